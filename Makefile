@@ -1,0 +1,34 @@
+# Makefile for the idempotency extension (PGXS).
+#
+#   make                      build, warnings are errors
+#   make install              install into the PostgreSQL that pg_config names
+#   make installcheck         regression, isolation and TAP suites against a
+#                             running server that preloads idempotency
+#
+# scripts/test.sh does all of it on a throwaway cluster.
+
+EXTENSION = idempotency
+MODULE_big = idempotency
+OBJS = \
+	src/idempotency.o \
+	src/snowflake.o \
+	src/snowflake_type.o
+
+DATA = $(wildcard sql/idempotency--*.sql)
+DOCS = README.md
+
+REGRESS = snowflake_type snowflake
+REGRESS_OPTS = --load-extension=idempotency
+ISOLATION = snowflake_order
+ISOLATION_OPTS = --load-extension=idempotency
+TAP_TESTS = 1
+
+# Warnings are errors; a packager may override WERROR= on the command line.
+WERROR ?= -Werror
+PG_CFLAGS += -Wall -Wextra $(WERROR) -Wno-unused-parameter
+
+EXTRA_CLEAN = results output_iso tmp_check log regression.diffs regression.out
+
+PG_CONFIG ?= pg_config
+PGXS := $(shell $(PG_CONFIG) --pgxs)
+include $(PGXS)

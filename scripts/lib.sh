@@ -1,0 +1,110 @@
+# scripts/lib.sh: set-up shared by demo.sh, test.sh and the benchmarks.
+#
+# Sourced, not run.  It installs what is missing (Debian packages), builds
+# and installs the extension from a private copy of the source tree, and
+# starts a throwaway PostgreSQL cluster that preloads it.  initdb and
+# postgres refuse to run as root, so when run as root everything that
+# touches the cluster runs as the unprivileged user $IDEM_USER (created if
+# needed); run as another user, that user owns the cluster and sudo is used
+# for apt-get and "make install".
+#
+# Every step can be repeated: a cluster left running by an interrupted run
+# is stopped, and the work directory is made anew each time.
+
+set -euo pipefail
+
+IDEM_SRC=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+PG_MAJOR=${PG_MAJOR:-15}
+PG_BIN=/usr/lib/postgresql/$PG_MAJOR/bin
+PG_CONFIG=$PG_BIN/pg_config
+IDEM_USER=${IDEM_USER:-idemtest}
+IDEM_PORT=${IDEM_PORT:-54329}
+
+say() { printf '\n== %s\n' "$*"; }
+
+as_root() {
+	if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi
+}
+
+# Run a command as the cluster's owner, with the connection settings.
+as_owner() {
+	local envs=(PATH="$PG_BIN:$PATH") v
+	for v in PGHOST PGPORT PGUSER PGDATABASE; do
+		[ -z "${!v:-}" ] || envs+=("$v=${!v}")
+	done
+	if [ "$(id -u)" -eq 0 ]; then
+		runuser -u "$IDEM_USER" -- env "${envs[@]}" "$@"
+	else
+		env "${envs[@]}" "$@"
+	fi
+}
+
+# Install the Debian packages that are missing.
+idem_packages() {
+	local pkgs=(postgresql-$PG_MAJOR postgresql-server-dev-$PG_MAJOR
+		postgresql-client-$PG_MAJOR libipc-run-perl build-essential make perl procps)
+	local missing=() p
+	for p in "${pkgs[@]}"; do
+		dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' ||
+			missing+=("$p")
+	done
+	if [ ${#missing[@]} -gt 0 ]; then
+		say "installing ${missing[*]}"
+		as_root apt-get update -qq
+		as_root env DEBIAN_FRONTEND=noninteractive \
+			apt-get install -y -qq --no-install-recommends "${missing[@]}"
+	fi
+}
+
+# Create the unprivileged owner of the throwaway cluster when run as root.
+idem_owner() {
+	if [ "$(id -u)" -eq 0 ]; then
+		id "$IDEM_USER" >/dev/null 2>&1 ||
+			useradd --system --create-home --shell /bin/bash "$IDEM_USER"
+		export PGUSER=$IDEM_USER
+	else
+		IDEM_USER=$(id -un)
+		export PGUSER=$IDEM_USER
+	fi
+}
+
+# Copy the source tree to $IDEM_WORK/src, build it there as the owner
+# with warnings as errors, and install it.
+idem_build() {
+	idem_stop_cluster
+	rm -rf "$IDEM_WORK"
+	mkdir -p "$IDEM_WORK/src" "$IDEM_WORK/sock"
+	tar -C "$IDEM_SRC" --exclude=.git --exclude='*.o' --exclude='*.so' \
+		--exclude='*.bc' --exclude=results --exclude=output_iso \
+		--exclude=tmp_check --exclude=log -cf - . | tar -C "$IDEM_WORK/src" -xf -
+	[ "$(id -u)" -ne 0 ] || chown -R "$IDEM_USER" "$IDEM_WORK"
+	say "building idempotency (-Wall -Wextra -Werror)"
+	as_owner make -s -C "$IDEM_WORK/src" PG_CONFIG="$PG_CONFIG" -j2
+	as_root make -s -C "$IDEM_WORK/src" PG_CONFIG="$PG_CONFIG" install
+}
+
+idem_stop_cluster() {
+	if [ -n "${IDEM_WORK:-}" ] && [ -f "$IDEM_WORK/data/postmaster.pid" ]; then
+		as_owner "$PG_BIN/pg_ctl" -D "$IDEM_WORK/data" -m fast -w stop >/dev/null 2>&1 ||
+			as_owner "$PG_BIN/pg_ctl" -D "$IDEM_WORK/data" -m immediate -w stop >/dev/null 2>&1 || true
+	fi
+}
+
+# Start a throwaway cluster with the extension preloaded.  Extra lines for
+# postgresql.conf may be passed as arguments.
+idem_start_cluster() {
+	say "starting a throwaway PostgreSQL $PG_MAJOR cluster in $IDEM_WORK/data"
+	as_owner "$PG_BIN/initdb" -D "$IDEM_WORK/data" -A trust -U "$IDEM_USER" \
+		-E UTF8 --locale=C.UTF-8 >"$IDEM_WORK/initdb.log"
+	{
+		echo "shared_preload_libraries = 'idempotency'"
+		echo "listen_addresses = ''"
+		echo "unix_socket_directories = '$IDEM_WORK/sock'"
+		echo "port = $IDEM_PORT"
+		echo "max_connections = 50"
+		printf '%s\n' "$@"
+	} | as_owner tee -a "$IDEM_WORK/data/postgresql.conf" >/dev/null
+	as_owner "$PG_BIN/pg_ctl" -D "$IDEM_WORK/data" -l "$IDEM_WORK/postgres.log" -w start >/dev/null
+	export PGHOST=$IDEM_WORK/sock PGPORT=$IDEM_PORT PGDATABASE=postgres
+	trap idem_stop_cluster EXIT
+}

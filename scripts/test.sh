@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# scripts/test.sh: install what is missing, build with warnings as errors,
+# start a throwaway cluster that preloads idempotency, and run every suite:
+# regression (sql/, expected/), isolation (specs/) and TAP (t/).
+# Exits non-zero if any test fails.  Safe to run again.
+#
+# Usage: bash scripts/test.sh     (as root, or as a user with sudo)
+
+source "$(dirname "$0")/lib.sh"
+IDEM_WORK=${IDEM_WORK:-/tmp/idempotency-test}
+
+idem_packages
+idem_owner
+idem_build
+idem_start_cluster
+
+cd "$IDEM_WORK/src"
+status=0
+declare -A result
+
+# Run one suite; remember its outcome and keep going so that every suite
+# reports.  $1 names it, the rest selects it through make variables.
+suite() {
+	local name=$1
+	shift
+	say "$name tests"
+	if as_owner make -s PG_CONFIG="$PG_CONFIG" installcheck "$@" 2>&1 |
+		tee "$IDEM_WORK/$name.log"; then
+		result[$name]=ok
+	else
+		result[$name]=FAILED
+		status=1
+		for f in regression.diffs output_iso/regression.diffs; do
+			[ -s "$f" ] && { echo "--- $f"; head -n 200 "$f"; }
+		done
+		for f in tmp_check/log/regress_log_*; do
+			[ -f "$f" ] && grep -q 'not ok' "$f" && { echo "--- $f"; tail -n 60 "$f"; }
+		done
+	fi
+}
+set +e
+suite regression ISOLATION= TAP_TESTS=
+suite isolation REGRESS= TAP_TESTS=
+suite tap REGRESS= ISOLATION= PROVE_FLAGS=--timer
+set -e
+
+# One closing line over all suites: a regression test or spec counts once,
+# a TAP assertion counts once.
+count() { grep -Ec "$2" "$IDEM_WORK/$1.log" || true; }
+passed=$(($(count regression '\.\.\. ok') + $(count isolation '\.\.\. ok')))
+failed=$(($(count regression '\.\.\. FAILED') + $(count isolation '\.\.\. FAILED')))
+tap_total=$(sed -n 's/.*Tests=\([0-9]*\),.*/\1/p' "$IDEM_WORK/tap.log" | tail -n 1)
+tap_failed=$(grep -Eo 'Failed [0-9]+/[0-9]+ subtests' "$IDEM_WORK/tap.log" | awk '{split($2,a,"/"); n+=a[1]} END {print n+0}')
+passed=$((passed + ${tap_total:-0} - tap_failed))
+failed=$((failed + tap_failed))
+[ "${result[tap]}" = ok ] || [ "$tap_failed" -gt 0 ] || failed=$((failed + 1))
+
+say "summary: regression ${result[regression]}, isolation ${result[isolation]}, tap ${result[tap]}"
+echo "idempotency: $passed passed, $failed failed"
+exit $status

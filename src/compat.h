@@ -1,0 +1,44 @@
+/*-------------------------------------------------------------------------
+ *
+ * compat.h
+ *	  Shims for the PostgreSQL versions idempotency supports (15 to 18).
+ *
+ * Every version difference lives here, so that the rest of the code reads
+ * as if written for a single release.  Nothing in this file may change the
+ * behaviour on PostgreSQL 15, the primary target.
+ *
+ *-------------------------------------------------------------------------
+ */
+#ifndef IDEMPOTENCY_COMPAT_H
+#define IDEMPOTENCY_COMPAT_H
+
+#if PG_VERSION_NUM < 150000
+#error "idempotency requires PostgreSQL 15 or later"
+#endif
+
+/*
+ * Soft input errors (errsave) arrived in PostgreSQL 16.  Before that an
+ * input function can only throw, so errsave degrades to ereport(ERROR) and
+ * the escontext argument is ignored.
+ */
+#if PG_VERSION_NUM < 160000
+#define errsave(context, ...)	ereport(ERROR, __VA_ARGS__)
+#else
+#include "nodes/miscnodes.h"
+#endif
+
+/* varatt.h was split out of postgres.h in PostgreSQL 16. */
+#if PG_VERSION_NUM >= 160000
+#include "varatt.h"
+#endif
+
+/*
+ * The "extra" of a GUC check hook must come from guc_malloc since
+ * PostgreSQL 16 (GUC memory became a memory context); before that guc.c
+ * released it with free() and did not export guc_malloc.
+ */
+#if PG_VERSION_NUM < 160000
+#define guc_malloc(elevel, size)	malloc(size)
+#endif
+
+#endif							/* IDEMPOTENCY_COMPAT_H */

@@ -1,0 +1,231 @@
+/*-------------------------------------------------------------------------
+ *
+ * idempotency.c
+ *	  Module entry point: settings, shared memory and hooks.
+ *
+ * _PG_init runs in the postmaster when the library is listed in
+ * shared_preload_libraries, and in a backend when a function of the
+ * extension is first called otherwise.  Only in the first case can it
+ * reserve shared memory; the parts that need it then refuse to run with a
+ * hint that names the setting (IdemRequireShared), while the rest of the
+ * extension works either way.
+ *
+ * Shared memory is requested in shmem_request_hook and created in
+ * shmem_startup_hook under AddinShmemInitLock, the PostgreSQL 15 protocol.
+ * The postmaster also registers an exit callback that lets the snowflake
+ * generator record its exact high-water mark at a clean shutdown.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include <time.h>
+
+#include "fmgr.h"
+#include "miscadmin.h"
+#include "storage/ipc.h"
+#include "storage/shmem.h"
+#include "utils/guc.h"
+
+#include "idempotency.h"
+
+PG_MODULE_MAGIC;
+
+/* Settings. */
+int			idem_node_id = 0;
+char	   *idem_epoch_string = NULL;
+int64		idem_epoch_unix_ms = INT64CONST(1577836800000);	/* 2020-01-01 UTC */
+int			idem_max_lead_ms = 1000;
+int			idem_test_clock_shift_ms = 0;
+
+/* Shared state, NULL unless the library was preloaded. */
+IdemShared *idem_shared = NULL;
+
+static shmem_request_hook_type prev_shmem_request_hook = NULL;
+static shmem_startup_hook_type prev_shmem_startup_hook = NULL;
+
+void		_PG_init(void);
+static void idem_shmem_request(void);
+static void idem_shmem_startup(void);
+static void idem_shmem_shutdown(int code, Datum arg);
+static bool check_epoch(char **newval, void **extra, GucSource source);
+static void assign_epoch(const char *newval, void *extra);
+
+/*
+ * Define the settings and, when preloaded, claim shared memory.
+ */
+void
+_PG_init(void)
+{
+	/*
+	 * PostgreSQL refuses PGC_POSTMASTER settings defined after startup.  Loaded
+	 * late, nothing generates IDs, but decoding still needs node_id and epoch:
+	 * they are then read from the configuration file like PGC_SIGHUP ones.
+	 */
+	GucContext	startup_only = process_shared_preload_libraries_in_progress ?
+		PGC_POSTMASTER : PGC_SIGHUP;
+
+	DefineCustomIntVariable("idempotency.node_id",
+							"Sets the node number written into every snowflake ID.",
+							"Give every server that generates IDs for the same "
+							"tables its own number from 0 to 1023.",
+							&idem_node_id,
+							0, 0, SNOWFLAKE_MAX_NODE,
+							startup_only,
+							0,
+							NULL, NULL, NULL);
+
+	DefineCustomStringVariable("idempotency.epoch",
+							   "Sets the instant from which snowflake IDs count milliseconds.",
+							   "An ISO 8601 timestamp; without a UTC offset it is read as UTC. "
+							   "Never change it once IDs have been issued.",
+							   &idem_epoch_string,
+							   "2020-01-01 00:00:00+00",
+							   startup_only,
+							   0,
+							   check_epoch, assign_epoch, NULL);
+
+	DefineCustomIntVariable("idempotency.max_lead",
+							"Sets how far the snowflake generator may run ahead of "
+							"the clock before a caller waits.",
+							"Each millisecond holds 4096 IDs; a burst beyond that "
+							"borrows later milliseconds up to this bound.",
+							&idem_max_lead_ms,
+							1000, 0, 60 * 60 * 1000,
+							PGC_SUSET,
+							GUC_UNIT_MS,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("idempotency.test_clock_shift",
+							"Shifts the clock the snowflake generator reads, for tests.",
+							"Lets tests step the clock back or forward without "
+							"touching the system clock.  Leave it at 0 in production.",
+							&idem_test_clock_shift_ms,
+							0, -INT_MAX, INT_MAX,
+							PGC_SUSET,
+							GUC_UNIT_MS | GUC_NOT_IN_SAMPLE,
+							NULL, NULL, NULL);
+
+	MarkGUCPrefixReserved("idempotency");
+
+	if (!process_shared_preload_libraries_in_progress)
+		return;
+
+	prev_shmem_request_hook = shmem_request_hook;
+	shmem_request_hook = idem_shmem_request;
+	prev_shmem_startup_hook = shmem_startup_hook;
+	shmem_startup_hook = idem_shmem_startup;
+}
+
+/*
+ * Reserve our shared memory and the generator's lock.
+ */
+static void
+idem_shmem_request(void)
+{
+	if (prev_shmem_request_hook)
+		prev_shmem_request_hook();
+
+	RequestAddinShmemSpace(MAXALIGN(sizeof(IdemShared)));
+	RequestNamedLWLockTranche("idempotency", 1);
+}
+
+/*
+ * Create or attach to the shared block.  Runs in the postmaster at start
+ * and after every crash restart; the generator reloads its persisted
+ * high-water mark each time it initialises a fresh block.
+ */
+static void
+idem_shmem_startup(void)
+{
+	bool		found;
+
+	if (prev_shmem_startup_hook)
+		prev_shmem_startup_hook();
+
+	LWLockAcquire(AddinShmemInitLock, LW_EXCLUSIVE);
+
+	idem_shared = ShmemInitStruct("idempotency", sizeof(IdemShared), &found);
+	if (!found)
+		idem_shared->snowflake.persist_lock =
+			&(GetNamedLWLockTranche("idempotency"))[0].lock;
+	SnowflakeShmemInit(&idem_shared->snowflake, found);
+
+	LWLockRelease(AddinShmemInitLock);
+
+	if (!IsUnderPostmaster)
+		on_shmem_exit(idem_shmem_shutdown, (Datum) 0);
+}
+
+/*
+ * Postmaster exit: on a clean shutdown, record the generator's exact
+ * high-water mark.  After a crash (code != 0) the reservation already on
+ * disk is the bound, and shared memory may not be trustworthy.
+ */
+static void
+idem_shmem_shutdown(int code, Datum arg)
+{
+	if (code != 0 || idem_shared == NULL)
+		return;
+	SnowflakeShmemShutdown(&idem_shared->snowflake);
+}
+
+/*
+ * Return the shared block, or explain why there is none.
+ */
+IdemShared *
+IdemRequireShared(const char *what)
+{
+	if (idem_shared == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("%s requires idempotency to be loaded via \"shared_preload_libraries\"",
+						what),
+				 errhint("Add idempotency to \"shared_preload_libraries\" in postgresql.conf and restart the server.")));
+	return idem_shared;
+}
+
+/*
+ * Validate idempotency.epoch: it must parse, lie after 1970 and not in the
+ * future, so that the clock reads as a non-negative number of milliseconds.
+ */
+static bool
+check_epoch(char **newval, void **extra, GucSource source)
+{
+	int64		unix_ms;
+	const char *problem = NULL;
+	int64	   *parsed;
+	struct timespec now;
+
+	if (*newval == NULL)
+		return false;
+	if (!SnowflakeParseEpoch(*newval, &unix_ms, &problem))
+	{
+		GUC_check_errcode(ERRCODE_INVALID_PARAMETER_VALUE);
+		GUC_check_errdetail("%s", problem);
+		GUC_check_errhint("Write it as YYYY-MM-DD HH:MM:SS+00, for example \"2020-01-01 00:00:00+00\".");
+		return false;
+	}
+	clock_gettime(CLOCK_REALTIME, &now);
+	if (unix_ms > (int64) now.tv_sec * 1000)
+	{
+		GUC_check_errcode(ERRCODE_INVALID_PARAMETER_VALUE);
+		GUC_check_errdetail("The epoch lies in the future, so the clock would read a negative number of milliseconds.");
+		GUC_check_errhint("Choose an instant in the past, such as the day the application went live.");
+		return false;
+	}
+
+	parsed = (int64 *) guc_malloc(LOG, sizeof(int64));
+	if (parsed == NULL)
+		return false;
+	*parsed = unix_ms;
+	*extra = parsed;
+	return true;
+}
+
+static void
+assign_epoch(const char *newval, void *extra)
+{
+	if (extra != NULL)
+		idem_epoch_unix_ms = *(int64 *) extra;
+}

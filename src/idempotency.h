@@ -1,0 +1,79 @@
+/*-------------------------------------------------------------------------
+ *
+ * idempotency.h
+ *	  Declarations shared between the files of the idempotency extension.
+ *
+ * The extension keeps one block of shared memory, IdemShared, created by
+ * the postmaster when the library is in shared_preload_libraries.  Code
+ * that needs it calls IdemRequireShared(), which raises a clear error when
+ * the library was loaded too late to have it.
+ *
+ *-------------------------------------------------------------------------
+ */
+#ifndef IDEMPOTENCY_H
+#define IDEMPOTENCY_H
+
+#include "port/atomics.h"
+#include "storage/lwlock.h"
+
+#include "compat.h"
+
+/*
+ * Snowflake layout: 1 sign bit (always 0) | 41 bits of milliseconds since
+ * idempotency.epoch | 10 bits of node id | 12 bits of sequence.
+ *
+ * The generator works on a "tick": milliseconds and sequence packed as
+ * (ms << SNOWFLAKE_SEQ_BITS) | seq.  Adding one to a tick moves to the next
+ * sequence number and, after 4095, carries into the next millisecond, which
+ * is exactly how the generator runs ahead of the clock in a burst.
+ */
+#define SNOWFLAKE_SEQ_BITS		12
+#define SNOWFLAKE_NODE_BITS		10
+#define SNOWFLAKE_TIME_BITS		41
+#define SNOWFLAKE_MAX_SEQ		((INT64CONST(1) << SNOWFLAKE_SEQ_BITS) - 1)
+#define SNOWFLAKE_MAX_NODE		((1 << SNOWFLAKE_NODE_BITS) - 1)
+#define SNOWFLAKE_MAX_MS		((INT64CONST(1) << SNOWFLAKE_TIME_BITS) - 1)
+#define SNOWFLAKE_MS_SHIFT		(SNOWFLAKE_SEQ_BITS + SNOWFLAKE_NODE_BITS)
+
+/* Milliseconds between 1970-01-01 and 2000-01-01 (PostgreSQL's epoch). */
+#define IDEM_UNIX_TO_PG_MS		INT64CONST(946684800000)
+
+/* The shared generator state; the fields are described in snowflake.c. */
+typedef struct SnowflakeShared
+{
+	pg_atomic_uint64 last_tick;		/* last tick handed out */
+	char		pad1[PG_CACHE_LINE_SIZE - sizeof(pg_atomic_uint64)];	/* keep the
+																		 * hot field
+																		 * alone */
+	pg_atomic_uint64 reserved_ms;	/* durable bound: every tick issued is
+									 * below reserved_ms << 12 */
+	pg_atomic_uint64 floor_base;	/* clock floor after a step back, or
+									 * SNOWFLAKE_FLOOR_OFF */
+	pg_atomic_uint64 regressions;	/* clock steps back detected */
+	LWLock	   *persist_lock;	/* serialises writes of the state file */
+} SnowflakeShared;
+
+typedef struct IdemShared
+{
+	SnowflakeShared snowflake;	/* the ID generator */
+} IdemShared;
+
+/* idempotency.c */
+extern IdemShared *idem_shared;
+extern int	idem_node_id;
+extern char *idem_epoch_string;
+extern int64 idem_epoch_unix_ms;
+extern int	idem_max_lead_ms;
+extern int	idem_test_clock_shift_ms;
+
+extern IdemShared *IdemRequireShared(const char *what);
+
+/* snowflake.c */
+extern void SnowflakeShmemInit(SnowflakeShared *sf, bool found);
+extern void SnowflakeShmemShutdown(SnowflakeShared *sf);
+
+/* snowflake_type.c */
+extern bool SnowflakeParseEpoch(const char *str, int64 *unix_ms,
+								const char **problem);
+
+#endif							/* IDEMPOTENCY_H */

@@ -1,0 +1,132 @@
+# Snowflake IDs across restarts and crashes, with the clock set back in
+# between: every new ID must be above every ID issued before, which only a
+# persisted high-water mark can guarantee (shared memory does not survive).
+use strict;
+use warnings;
+use PostgreSQL::Test::Cluster;
+use PostgreSQL::Test::Utils;
+use Test::More;
+use Time::HiRes;
+
+my $node = PostgreSQL::Test::Cluster->new('snowflake_restart');
+$node->init;
+$node->append_conf('postgresql.conf', qq{
+shared_preload_libraries = 'idempotency'
+idempotency.node_id = 7
+idempotency.test_clock_shift = 0
+restart_after_crash = on
+});
+$node->start;
+
+# Run SQL with the extension's schema on the path.
+sub sf
+{
+	my ($sql) = @_;
+	return $node->safe_psql('postgres',
+		"SET search_path = idempotency, public;\n$sql");
+}
+
+# Issue a burst of IDs, allowing a long lead so that the generator runs
+# well ahead of the clock, and return the last one.
+sub burst
+{
+	my ($n) = @_;
+	return sf("SET idempotency.max_lead = '1h';
+		SELECT max(snowflake_id()) FROM generate_series(1, $n)");
+}
+
+sub set_clock_shift
+{
+	my ($shift) = @_;
+	$node->adjust_conf('postgresql.conf', 'idempotency.test_clock_shift', "'$shift'");
+}
+
+sf('CREATE EXTENSION idempotency');
+my $last = burst(100000);
+is(sf("SELECT snowflake_node('$last')"), '7', 'node id from the setting');
+ok(-f $node->data_dir . '/idempotency_snowflake.state',
+	'the high-water mark is on disk after the first IDs');
+
+# 1. Clean restart, clock set back an hour while the server was down.
+$node->stop('fast');
+set_clock_shift('-1h');
+$node->start;
+is(sf("SELECT snowflake_id() > '$last'"), 't',
+	'after a clean restart with the clock set back, IDs stay above the old ones');
+ok($node->log_contains('behind the snowflake high-water mark'),
+	'the server log reports the clock behind the high-water mark');
+is(sf("SELECT snowflake_timestamp(snowflake_id()) - snowflake_timestamp('$last') < interval '10 s'"),
+	't', 'and the exact high-water mark of a clean shutdown avoids a needless jump ahead');
+
+# 2. Immediate shutdown (no shutdown hook runs) right after a burst that ran
+# ahead of the clock, then the clock set back two hours.
+$last = burst(3000000);
+$node->stop('immediate');
+set_clock_shift('-2h');
+$node->start;
+is(sf("SELECT snowflake_id() > '$last'"), 't',
+	'after an immediate shutdown with the clock set back, IDs stay above the old ones');
+
+# 3. A backend killed with SIGKILL: the postmaster reinitialises shared
+# memory without exiting, and must reload the mark from disk.
+my $bg = $node->background_psql('postgres', on_error_stop => 0);
+my $pid = $bg->query_safe('SELECT pg_backend_pid()');
+$last = burst(3000000);
+kill 'KILL', $pid;
+$bg->quit;
+$node->poll_query_until('postgres', 'SELECT 1', '1')
+	or die 'server did not come back after the crash';
+ok($node->log_contains('all server processes terminated; reinitializing'),
+	'the postmaster went through crash recovery');
+is(sf("SELECT snowflake_id() > '$last'"), 't',
+	'after a backend crash, IDs stay above the old ones');
+
+# 4. The whole server killed with SIGKILL, as in a power cut: nothing runs
+# at exit, so only the reservation on disk is left.  Then the clock is set
+# back three hours.
+$last = burst(3000000);
+my $postmaster = (split /\n/, PostgreSQL::Test::Utils::slurp_file($node->data_dir . '/postmaster.pid'))[0];
+my @children = split /\s+/, `pgrep -P $postmaster`;
+$node->kill9;
+@children = grep { /^\d+$/ } @children;
+kill 'KILL', @children;
+# Wait until every killed process is gone (and reaped), or the new
+# postmaster would take the old one for alive.
+foreach my $p ($postmaster, @children)
+{
+	for (my $i = 0; kill(0, $p) && $i < 600; $i++)
+	{
+		Time::HiRes::usleep(100_000);
+	}
+}
+set_clock_shift('-3h');
+$node->start;
+is(sf("SELECT snowflake_id() > '$last'"), 't',
+	'after the server is killed and the clock set back, IDs stay above the old ones');
+is(sf("SELECT snowflake_timestamp(snowflake_id()) >= snowflake_timestamp('$last')"), 't',
+	'and their timestamps do not go back with the clock');
+
+# 5. While running, the clock steps back and forward by reload: IDs keep
+# increasing across both steps.
+set_clock_shift('-4h');
+$node->reload;
+$last = burst(10000);
+set_clock_shift('0');
+$node->reload;
+is(sf("SELECT snowflake_id() > '$last'"), 't', 'IDs increase across a forward step');
+
+# 6. A damaged state file is reported and ignored, not fatal; the next IDs
+# write a good one again.
+$node->stop('fast');
+my $state = $node->data_dir . '/idempotency_snowflake.state';
+open(my $fh, '>', $state) or die "could not open $state: $!";
+print $fh 'not a snowflake state file';
+close $fh;
+$node->start;
+ok($node->log_contains('ignoring invalid snowflake state file'),
+	'a damaged state file is reported');
+is(sf('SELECT snowflake_id() > 0'), 't', 'IDs are still issued');
+ok(-s $state == 32, 'a valid state file is written again');
+
+$node->stop;
+done_testing();
