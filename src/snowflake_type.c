@@ -39,6 +39,7 @@ PG_FUNCTION_INFO_V1(snowflake_sequence);
 PG_FUNCTION_INFO_V1(snowflake_at);
 
 #define SNOWFLAKE_NEGATIVE_DETAIL "Snowflake IDs are never negative."
+#define SNOWFLAKE_RANGE_HINT "Use a value made by snowflake_id() or snowflake_at(), from 0 to 9223372036854775807."
 
 /*
  * snowflake_in: decimal text, optional leading '+' and surrounding blanks,
@@ -67,7 +68,8 @@ snowflake_in(PG_FUNCTION_ARGS)
 					errcode(ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE),
 					errmsg("value \"%s\" is out of range for type %s",
 						   str, "snowflake"),
-					errdetail("A snowflake is at most 9223372036854775807."));
+					errdetail("A snowflake is at most 9223372036854775807."),
+					errhint(SNOWFLAKE_RANGE_HINT));
 			PG_RETURN_NULL();
 		}
 		value = value * 10 + digit;
@@ -91,7 +93,8 @@ snowflake_in(PG_FUNCTION_ARGS)
 				errcode(ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE),
 				errmsg("value \"%s\" is out of range for type %s",
 					   str, "snowflake"),
-				errdetail(SNOWFLAKE_NEGATIVE_DETAIL));
+				errdetail(SNOWFLAKE_NEGATIVE_DETAIL),
+				errhint(SNOWFLAKE_RANGE_HINT));
 		PG_RETURN_NULL();
 	}
 	PG_RETURN_INT64((int64) value);
@@ -121,7 +124,8 @@ snowflake_recv(PG_FUNCTION_ARGS)
 		ereport(ERROR,
 				(errcode(ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE),
 				 errmsg("snowflake value %lld is out of range", (long long) value),
-				 errdetail(SNOWFLAKE_NEGATIVE_DETAIL)));
+				 errdetail(SNOWFLAKE_NEGATIVE_DETAIL),
+				 errhint(SNOWFLAKE_RANGE_HINT)));
 	PG_RETURN_INT64(value);
 }
 
@@ -144,7 +148,8 @@ snowflake_from_integer(int64 value)
 		ereport(ERROR,
 				(errcode(ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE),
 				 errmsg("snowflake value %lld is out of range", (long long) value),
-				 errdetail(SNOWFLAKE_NEGATIVE_DETAIL)));
+				 errdetail(SNOWFLAKE_NEGATIVE_DETAIL),
+				 errhint(SNOWFLAKE_RANGE_HINT)));
 	return Int64GetDatum(value);
 }
 

@@ -1,0 +1,71 @@
+-- examples/walkthrough.sql: what idempotency does, in five minutes of psql.
+-- Run by scripts/demo.sh against a throwaway cluster; safe to run by hand
+-- in any database where you may create the extension.
+
+\set ON_ERROR_STOP 1
+\pset footer off
+CREATE EXTENSION IF NOT EXISTS idempotency;
+SET search_path = idempotency, public;
+
+\echo
+\echo '== 1. Snowflake IDs: 64-bit, time-ordered, unique across every session.'
+SELECT snowflake_id() AS id, snowflake_id() AS next_id;
+
+\echo
+\echo '== 2. Each ID decodes into the millisecond, node and sequence it was made from.'
+SELECT id, snowflake_timestamp(id) AS generated_at, snowflake_node(id) AS node,
+       snowflake_sequence(id) AS seq
+FROM (SELECT snowflake_id() AS id FROM generate_series(1, 3)) ids;
+
+\echo
+\echo '== 3. As a primary key.  IDs sort in creation order, like a sequence, but'
+\echo '      need no sequence, no WAL and no lock per call.'
+CREATE TABLE demo_orders (
+	id snowflake PRIMARY KEY DEFAULT snowflake_id(),
+	item text NOT NULL
+);
+INSERT INTO demo_orders (item) VALUES ('coffee'), ('tea'), ('cake');
+SELECT id, item, snowflake_timestamp(id) AS created FROM demo_orders ORDER BY id;
+
+\echo
+\echo '== 4. Time-range scans need no created_at column: snowflake_at() gives the'
+\echo '      smallest ID of an instant, and the primary key index does the rest.'
+EXPLAIN (COSTS OFF)
+SELECT * FROM demo_orders
+WHERE id >= snowflake_at(now() - interval '1 hour') AND id < snowflake_at(now() + interval '1 second');
+SELECT count(*) AS orders_in_the_last_hour FROM demo_orders
+WHERE id >= snowflake_at(now() - interval '1 hour');
+
+\echo
+\echo '== 5. In JSON an ID is a string, so JavaScript cannot round it off.'
+SELECT json_agg(json_build_object('id', id, 'item', item) ORDER BY id) AS api_response FROM demo_orders;
+
+\echo
+\echo '== 6. A million IDs in one statement: all distinct, all increasing.'
+SELECT count(*) AS ids, count(DISTINCT id) AS distinct_ids,
+       count(*) FILTER (WHERE id <= prev) AS out_of_order
+FROM (SELECT id, lag(id) OVER (ORDER BY n) AS prev
+      FROM (SELECT n, snowflake_id() AS id FROM generate_series(1, 1000000) n) g) s;
+
+\echo
+\echo '== 7. The clock steps back an hour (simulated with a superuser-only test'
+\echo '      setting).  IDs do not follow it back: they keep increasing.'
+SELECT snowflake_id() AS before_the_step \gset
+SET idempotency.test_clock_shift = '-1h';
+SELECT snowflake_id() AS after_the_step,
+       snowflake_id() > :'before_the_step'::snowflake AS still_increasing;
+RESET idempotency.test_clock_shift;
+
+\echo
+\echo '== 8. Bad input is refused with a clear error and a SQLSTATE.'
+\set ON_ERROR_STOP 0
+\set VERBOSITY default
+SELECT '-42'::snowflake;
+\echo SQLSTATE :LAST_ERROR_SQLSTATE
+SELECT snowflake_at('1999-01-01');
+\echo SQLSTATE :LAST_ERROR_SQLSTATE
+\set ON_ERROR_STOP 1
+
+DROP TABLE demo_orders;
+\echo
+\echo 'Done.  See README.md for the full reference.'

@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# scripts/demo.sh: install what is missing, build with warnings as errors,
+# start a throwaway cluster that preloads idempotency, walk through what the
+# extension does (examples/walkthrough.sql), and stop the cluster.
+# Safe to run again.
+#
+# Usage: bash scripts/demo.sh     (as root, or as a user with sudo)
+
+source "$(dirname "$0")/lib.sh"
+IDEM_WORK=${IDEM_WORK:-/tmp/idempotency-demo}
+
+idem_packages
+idem_owner
+idem_build
+idem_start_cluster
+
+say "walkthrough (examples/walkthrough.sql)"
+as_owner psql -X -q -v ON_ERROR_STOP=1 --echo-queries \
+	-f "$IDEM_WORK/src/examples/walkthrough.sql"
+say "stopping the cluster"
