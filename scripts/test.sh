@@ -45,15 +45,25 @@ suite tap REGRESS= ISOLATION= PROVE_FLAGS=--timer
 set -e
 
 # One closing line over all suites: a regression test or spec counts once,
-# a TAP assertion counts once.
+# a TAP assertion counts once; a suite that failed without a failing test
+# (it did not run) counts as one failure.
 count() { grep -Ec "$2" "$IDEM_WORK/$1.log" || true; }
-passed=$(($(count regression '\.\.\. ok') + $(count isolation '\.\.\. ok')))
-failed=$(($(count regression '\.\.\. FAILED') + $(count isolation '\.\.\. FAILED')))
+passed=0
+failed=0
+for name in regression isolation; do
+	ok=$(count $name '\.\.\. ok')
+	bad=$(count $name '\.\.\. FAILED')
+	[ "${result[$name]}" = ok ] || [ "$bad" -gt 0 ] || bad=1
+	passed=$((passed + ok))
+	failed=$((failed + bad))
+done
 tap_total=$(sed -n 's/.*Tests=\([0-9]*\),.*/\1/p' "$IDEM_WORK/tap.log" | tail -n 1)
-tap_failed=$(grep -Eo 'Failed [0-9]+/[0-9]+ subtests' "$IDEM_WORK/tap.log" | awk '{split($2,a,"/"); n+=a[1]} END {print n+0}')
-passed=$((passed + ${tap_total:-0} - tap_failed))
+tap_total=${tap_total:-0}
+tap_failed=$( (grep -Eo 'Failed [0-9]+/[0-9]+ subtests' "$IDEM_WORK/tap.log" || true) |
+	awk '{split($2, a, "/"); n += a[1]} END {print n + 0}')
+[ "${result[tap]}" = ok ] || [ "$tap_failed" -gt 0 ] || tap_failed=1
+passed=$((passed + tap_total - tap_failed))
 failed=$((failed + tap_failed))
-[ "${result[tap]}" = ok ] || [ "$tap_failed" -gt 0 ] || failed=$((failed + 1))
 
 say "summary: regression ${result[regression]}, isolation ${result[isolation]}, tap ${result[tap]}"
 echo "idempotency: $passed passed, $failed failed"
