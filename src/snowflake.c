@@ -385,7 +385,7 @@ next_tick(SnowflakeShared *sf)
 				pg_atomic_fetch_add_u64(&sf->regressions, 1);
 				if (raise_floor(sf, old_ms - idem_max_lead_ms))
 					ereport(LOG,
-							(errmsg("system clock stepped back %lld ms behind the snowflake generator",
+							(errmsg("system clock is %lld ms behind the snowflake generator",
 									(long long) (old_ms - clock)),
 							 errdetail("IDs continue above the high-water mark; their timestamps run at half speed until the clock catches up.")));
 				clock = generator_clock(sf);
