@@ -111,22 +111,29 @@ snowflake_out(PG_FUNCTION_ARGS)
 }
 
 /*
- * Binary input: the int8 wire format, refusing negative values so that a
- * binary COPY cannot store what text input would not.
+ * Every non-negative int8 is a valid snowflake; refuse the rest.  Shared by
+ * binary input and the casts from integers, so that neither can store what
+ * text input would not.
  */
-Datum
-snowflake_recv(PG_FUNCTION_ARGS)
+static int64
+nonnegative(int64 value)
 {
-	StringInfo	buf = (StringInfo) PG_GETARG_POINTER(0);
-	int64		value = pq_getmsgint64(buf);
-
 	if (value < 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE),
 				 errmsg("snowflake value %lld is out of range", (long long) value),
 				 errdetail(SNOWFLAKE_NEGATIVE_DETAIL),
 				 errhint(SNOWFLAKE_RANGE_HINT)));
-	PG_RETURN_INT64(value);
+	return value;
+}
+
+/* Binary input: the int8 wire format. */
+Datum
+snowflake_recv(PG_FUNCTION_ARGS)
+{
+	StringInfo	buf = (StringInfo) PG_GETARG_POINTER(0);
+
+	PG_RETURN_INT64(nonnegative(pq_getmsgint64(buf)));
 }
 
 Datum
@@ -140,29 +147,16 @@ snowflake_send(PG_FUNCTION_ARGS)
 	PG_RETURN_BYTEA_P(pq_endtypsend(&buf));
 }
 
-/* Casts from integers: every non-negative value is a valid snowflake. */
-static Datum
-snowflake_from_integer(int64 value)
-{
-	if (value < 0)
-		ereport(ERROR,
-				(errcode(ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE),
-				 errmsg("snowflake value %lld is out of range", (long long) value),
-				 errdetail(SNOWFLAKE_NEGATIVE_DETAIL),
-				 errhint(SNOWFLAKE_RANGE_HINT)));
-	return Int64GetDatum(value);
-}
-
 Datum
 snowflake_from_int8(PG_FUNCTION_ARGS)
 {
-	return snowflake_from_integer(PG_GETARG_INT64(0));
+	PG_RETURN_INT64(nonnegative(PG_GETARG_INT64(0)));
 }
 
 Datum
 snowflake_from_int4(PG_FUNCTION_ARGS)
 {
-	return snowflake_from_integer(PG_GETARG_INT32(0));
+	PG_RETURN_INT64(nonnegative(PG_GETARG_INT32(0)));
 }
 
 /*
