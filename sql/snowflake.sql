@@ -70,9 +70,11 @@ SELECT max(snowflake_timestamp(id)) <= clock_timestamp() AS never_ahead,
 FROM (SELECT snowflake_id() AS id FROM generate_series(1, 1000000)) burst;
 RESET idempotency.max_lead;
 
--- The clock steps back a second.  IDs keep increasing and keep their
--- timestamps ahead of the last one issued; once the floor has caught up
--- (after twice the step), they follow the shifted clock again.
+-- The clock steps back a second, with no lead allowed, so that the step
+-- cannot pass for a burst.  IDs keep increasing and keep their timestamps
+-- at or above the last one issued; once the floor has caught up (after
+-- twice the step), they follow the shifted clock again.
+SET idempotency.max_lead = 0;
 CREATE TEMP TABLE before_step AS SELECT snowflake_id() AS id;
 SET idempotency.test_clock_shift = '-1s';
 CREATE TEMP TABLE after_step AS
@@ -82,12 +84,13 @@ SELECT (SELECT min(id) FROM after_step) > (SELECT id FROM before_step) AS above_
          >= (SELECT snowflake_timestamp(id) FROM before_step) AS no_time_travel;
 SELECT count(*) FILTER (WHERE id <= prev) AS out_of_order
 FROM (SELECT id, lag(id) OVER (ORDER BY g) AS prev FROM after_step) s;
-SELECT pg_sleep(3.5);
+SELECT pg_sleep(3);
 SELECT snowflake_timestamp(snowflake_id()) < clock_timestamp() - interval '0.5 s' AS follows_shifted_clock,
        snowflake_id() > (SELECT max(id) FROM after_step) AS still_increasing;
 -- The clock jumps forward again: IDs follow at once.
 RESET idempotency.test_clock_shift;
 SELECT snowflake_timestamp(snowflake_id()) > clock_timestamp() - interval '0.5 s' AS follows_clock,
        snowflake_id() > (SELECT max(id) FROM after_step) AS still_increasing;
+RESET idempotency.max_lead;
 
 DROP TABLE ids, events, before_step, after_step;
