@@ -19,8 +19,6 @@
  */
 #include "postgres.h"
 
-#include <time.h>
-
 #include "fmgr.h"
 #include "miscadmin.h"
 #include "storage/ipc.h"
@@ -48,6 +46,8 @@ void		_PG_init(void);
 static void idem_shmem_request(void);
 static void idem_shmem_startup(void);
 static void idem_shmem_shutdown(int code, Datum arg);
+static char *copy_raw_setting(const char *name);
+static void refuse_rejected_settings(const char *raw_node_id, const char *raw_epoch);
 static bool check_epoch(char **newval, void **extra, GucSource source);
 static void assign_epoch(const char *newval, void *extra);
 
@@ -62,8 +62,10 @@ _PG_init(void)
 	 * late, nothing generates IDs, but decoding still needs node_id and epoch:
 	 * they are then read from the configuration file like PGC_SIGHUP ones.
 	 */
-	GucContext	startup_only = process_shared_preload_libraries_in_progress ?
-		PGC_POSTMASTER : PGC_SIGHUP;
+	bool		preloading = process_shared_preload_libraries_in_progress;
+	GucContext	startup_only = preloading ? PGC_POSTMASTER : PGC_SIGHUP;
+	char	   *raw_node_id = copy_raw_setting("idempotency.node_id");
+	char	   *raw_epoch = copy_raw_setting("idempotency.epoch");
 
 	DefineCustomIntVariable("idempotency.node_id",
 							"Sets the node number written into every snowflake ID.",
@@ -85,6 +87,9 @@ _PG_init(void)
 							   0,
 							   check_epoch, assign_epoch, NULL);
 
+	if (preloading)
+		refuse_rejected_settings(raw_node_id, raw_epoch);
+
 	DefineCustomIntVariable("idempotency.max_lead",
 							"Sets how far the snowflake generator may run ahead of "
 							"the clock before a caller waits.",
@@ -92,7 +97,7 @@ _PG_init(void)
 							"borrows later milliseconds up to this bound.",
 							&idem_max_lead_ms,
 							1000, 0, 60 * 60 * 1000,
-							PGC_SUSET,
+							PGC_SIGHUP,
 							GUC_UNIT_MS,
 							NULL, NULL, NULL);
 
@@ -171,6 +176,45 @@ idem_shmem_shutdown(int code, Datum arg)
 }
 
 /*
+ * The value a setting was given in the configuration, before the setting is
+ * defined (a placeholder then holds it), or NULL if it was not given.
+ */
+static char *
+copy_raw_setting(const char *name)
+{
+	const char *raw = GetConfigOption(name, true, false);
+
+	return raw ? pstrdup(raw) : NULL;
+}
+
+/*
+ * PostgreSQL only warns about an invalid value of a custom setting in the
+ * configuration, and keeps the default.  For node_id and epoch that would
+ * silently give a second node 0 or another epoch, so refuse to start.
+ */
+static void
+refuse_rejected_settings(const char *raw_node_id, const char *raw_epoch)
+{
+	int			node_id;
+
+	if (raw_node_id != NULL &&
+		!(parse_int(raw_node_id, &node_id, 0, NULL) && node_id == idem_node_id))
+		ereport(FATAL,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("invalid value for parameter \"%s\": \"%s\"",
+						"idempotency.node_id", raw_node_id),
+				 errdetail("Starting with the default node number could repeat another node's snowflake IDs."),
+				 errhint("Set it to a whole number from 0 to %d.", SNOWFLAKE_MAX_NODE)));
+	if (raw_epoch != NULL && strcmp(raw_epoch, idem_epoch_string) != 0)
+		ereport(FATAL,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("invalid value for parameter \"%s\": \"%s\"",
+						"idempotency.epoch", raw_epoch),
+				 errdetail("Starting with the default epoch would give snowflake IDs other timestamps."),
+				 errhint("Write it as YYYY-MM-DD HH:MM:SS+00, for example \"2020-01-01 00:00:00+00\".")));
+}
+
+/*
  * Return the shared block, or explain why there is none.
  */
 IdemShared *
@@ -186,8 +230,9 @@ IdemRequireShared(const char *what)
 }
 
 /*
- * Validate idempotency.epoch: it must parse, lie after 1970 and not in the
- * future, so that the clock reads as a non-negative number of milliseconds.
+ * Validate idempotency.epoch: it must parse and not lie before 1970.  An
+ * epoch in the future is accepted (the clock may be wrong at boot);
+ * snowflake_id() then refuses until the clock has passed it.
  */
 static bool
 check_epoch(char **newval, void **extra, GucSource source)
@@ -195,7 +240,6 @@ check_epoch(char **newval, void **extra, GucSource source)
 	int64		unix_ms;
 	const char *problem = NULL;
 	int64	   *parsed;
-	struct timespec now;
 
 	if (*newval == NULL)
 		return false;
@@ -206,15 +250,6 @@ check_epoch(char **newval, void **extra, GucSource source)
 		GUC_check_errhint("Write it as YYYY-MM-DD HH:MM:SS+00, for example \"2020-01-01 00:00:00+00\".");
 		return false;
 	}
-	clock_gettime(CLOCK_REALTIME, &now);
-	if (unix_ms > (int64) now.tv_sec * 1000)
-	{
-		GUC_check_errcode(ERRCODE_INVALID_PARAMETER_VALUE);
-		GUC_check_errdetail("The epoch lies in the future, so the clock would read a negative number of milliseconds.");
-		GUC_check_errhint("Choose an instant in the past, such as the day the application went live.");
-		return false;
-	}
-
 	parsed = (int64 *) guc_malloc(LOG, sizeof(int64));
 	if (parsed == NULL)
 		return false;

@@ -26,7 +26,9 @@
  *	 wall clock after twice the size of the step; then the floor retires.
  *	 floor_base only grows while active, so the floor never moves back.
  *	 A step back is recognised because the generator is further ahead of
- *	 the clock than max_lead lets a burst take it.
+ *	 the clock than max_lead lets a burst take it; max_lead is therefore
+ *	 a server-wide setting (PGC_SIGHUP).  While the floor is in force the
+ *	 sustained rate is half the usual 4096 IDs per millisecond.
  *
  * - Crash safety: reserved_ms is a bound, kept on disk, above every
  *	 millisecond ever issued.  A tick is installed only when its millisecond
@@ -48,6 +50,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "access/xlog.h"
 #include "fmgr.h"
 #include "miscadmin.h"
 #include "port/pg_crc32c.h"
@@ -236,6 +239,18 @@ load_bound(void)
 		return -1;
 	}
 	nread = read(fd, &f, sizeof(f));
+	if (nread < 0)
+	{
+		int			save_errno = errno;
+
+		CloseTransientFile(fd);
+		errno = save_errno;
+		ereport(WARNING,
+				(errcode_for_file_access(),
+				 errmsg("could not read file \"%s\": %m", SNOWFLAKE_STATE_FILE),
+				 errdetail("Snowflake IDs start from the system clock alone.")));
+		return -1;
+	}
 	CloseTransientFile(fd);
 
 	INIT_CRC32C(crc);
@@ -258,7 +273,21 @@ load_bound(void)
 		ereport(LOG,
 				(errmsg("idempotency.node_id changed from %d to %d",
 						f.node_id, idem_node_id)));
-	return Max(f.bound_unix_ms - idem_epoch_unix_ms, 0);
+
+	/*
+	 * IDs compare by value, whose high bits count from the epoch they were
+	 * made under.  If the epoch moved later, new IDs must still start above
+	 * the old ones' millisecond field, even though their timestamps then
+	 * run ahead of the clock; if it moved earlier, the clock is the bound.
+	 */
+	if (f.epoch_unix_ms != idem_epoch_unix_ms)
+		ereport(WARNING,
+				(errmsg("idempotency.epoch changed since snowflake IDs were last issued"),
+				 errdetail("New IDs continue above the old ones, so their timestamps may run ahead of the clock by the difference, %lld ms.",
+						   (long long) Max(idem_epoch_unix_ms - f.epoch_unix_ms, 0)),
+				 errhint("Restore the old epoch unless this was intended.")));
+	return Max(Max(f.bound_unix_ms - f.epoch_unix_ms,
+				   f.bound_unix_ms - idem_epoch_unix_ms), 0);
 }
 
 /*
@@ -280,7 +309,7 @@ SnowflakeShmemInit(SnowflakeShared *sf, bool found)
 	pg_atomic_init_u64(&sf->floor_base, SNOWFLAKE_FLOOR_OFF);
 	pg_atomic_init_u64(&sf->regressions, 0);
 
-	if (bound > wall_ms())
+	if (bound > 0 && bound > wall_ms())
 	{
 		raise_floor(sf, bound);
 		pg_atomic_write_u64(&sf->regressions, 1);
@@ -377,13 +406,15 @@ next_tick(SnowflakeShared *sf)
 			/*
 			 * Further ahead than a burst can take the generator: either our
 			 * clock reading is stale, or the clock stepped back.  Look again;
-			 * if it still is, raise the floor to the high-water mark.
+			 * if it still is, raise the floor to the high-water mark, which
+			 * keeps the whole lead for bursts.
 			 */
+			CHECK_FOR_INTERRUPTS();
 			clock = generator_clock(sf);
 			if (old_ms > clock + idem_max_lead_ms)
 			{
 				pg_atomic_fetch_add_u64(&sf->regressions, 1);
-				if (raise_floor(sf, old_ms - idem_max_lead_ms))
+				if (raise_floor(sf, old_ms))
 					ereport(LOG,
 							(errmsg("system clock is %lld ms behind the snowflake generator",
 									(long long) (old_ms - clock)),
@@ -429,10 +460,17 @@ Datum
 snowflake_id(PG_FUNCTION_ARGS)
 {
 	IdemShared *shared = IdemRequireShared("snowflake_id()");
-	int64		tick = next_tick(&shared->snowflake);
-	int64		ms = tick >> SNOWFLAKE_SEQ_BITS;
-	int64		seq = tick & SNOWFLAKE_MAX_SEQ;
+	int64		tick;
 
-	PG_RETURN_INT64((ms << SNOWFLAKE_MS_SHIFT) |
-					((int64) idem_node_id << SNOWFLAKE_SEQ_BITS) | seq);
+	if (RecoveryInProgress())
+		ereport(ERROR,
+				(errcode(ERRCODE_READ_ONLY_SQL_TRANSACTION),
+				 errmsg("cannot generate snowflake IDs during recovery"),
+				 errdetail("A standby usually has its primary's idempotency.node_id, so its IDs could repeat the primary's."),
+				 errhint("Generate IDs on the primary.")));
+	tick = next_tick(&shared->snowflake);
+
+	PG_RETURN_INT64(((tick >> SNOWFLAKE_SEQ_BITS) << SNOWFLAKE_MS_SHIFT) |
+					((int64) idem_node_id << SNOWFLAKE_SEQ_BITS) |
+					(tick & SNOWFLAKE_MAX_SEQ));
 }

@@ -319,14 +319,13 @@ SnowflakeParseEpoch(const char *str, int64 *unix_ms, const char **problem)
 		*problem = "A field of the timestamp is out of range.";
 		return false;
 	}
-	if (year < 1970)
-	{
-		*problem = "The epoch must not be before 1970-01-01.";
-		return false;
-	}
-
 	*unix_ms = ((int64) (date2j(year, month, day) - UNIX_EPOCH_JDATE) * 86400 +
 				hour * 3600 + minute * 60 + second -
 				sign * (off_h * 3600 + off_m * 60)) * 1000 + millis;
+	if (*unix_ms < 0)
+	{
+		*problem = "The epoch must not be before 1970-01-01 00:00:00 UTC.";
+		return false;
+	}
 	return true;
 }

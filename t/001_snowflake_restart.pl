@@ -14,6 +14,7 @@ $node->append_conf('postgresql.conf', qq{
 shared_preload_libraries = 'idempotency'
 idempotency.node_id = 7
 idempotency.test_clock_shift = 0
+idempotency.max_lead = 1000
 restart_after_crash = on
 });
 $node->start;
@@ -26,19 +27,28 @@ sub sf
 		"SET search_path = idempotency, public;\n$sql");
 }
 
-# Issue a burst of IDs, allowing a long lead so that the generator runs
-# well ahead of the clock, and return the last one.
+# Issue a burst of IDs, which runs the generator ahead of the clock (by
+# up to max_lead), and return the last one.
 sub burst
 {
 	my ($n) = @_;
-	return sf("SET idempotency.max_lead = '1h';
-		SELECT max(snowflake_id()) FROM generate_series(1, $n)");
+	return sf("SELECT max(snowflake_id()) FROM generate_series(1, $n)");
 }
 
 sub set_clock_shift
 {
 	my ($shift) = @_;
 	$node->adjust_conf('postgresql.conf', 'idempotency.test_clock_shift', "'$shift'");
+}
+
+# Change a setting and reload; wait until new sessions see it.
+sub set_and_reload
+{
+	my ($name, $value, $shown) = @_;
+	$node->adjust_conf('postgresql.conf', $name, "'$value'");
+	$node->reload;
+	$node->poll_query_until('postgres', "SHOW $name", $shown)
+	  or die "$name did not become $shown";
 }
 
 sf('CREATE EXTENSION idempotency');
@@ -106,14 +116,41 @@ is(sf("SELECT snowflake_id() > '$last'"), 't',
 is(sf("SELECT snowflake_timestamp(snowflake_id()) >= snowflake_timestamp('$last')"), 't',
 	'and their timestamps do not go back with the clock');
 
-# 5. While running, the clock steps back and forward by reload: IDs keep
-# increasing across both steps.
-set_clock_shift('-4h');
-$node->reload;
-$last = burst(10000);
-set_clock_shift('0');
-$node->reload;
-is(sf("SELECT snowflake_id() > '$last'"), 't', 'IDs increase across a forward step');
+# 5. While running, with no lead allowed so that a step cannot pass for a
+# burst, the clock steps back a second.  IDs keep increasing, stamped at
+# or after the last one; the floor runs at half speed, so after twice the
+# step the IDs follow the (shifted) clock again; then the clock jumps
+# forward and they follow at once.
+set_and_reload('idempotency.test_clock_shift', '0', '0');
+set_and_reload('idempotency.max_lead', '0', '0');
+# The crashes above left the generator up to a reservation window (5 s)
+# ahead of the clock; the floor pays that back at half speed.
+ok($node->poll_query_until('postgres',
+	'SELECT idempotency.snowflake_timestamp(idempotency.snowflake_id()) <= clock_timestamp()'),
+	'the lead left by the crashes converges back to the clock');
+$last = sf('SELECT snowflake_id()');
+set_and_reload('idempotency.test_clock_shift', '-1s', '-1000');
+is(sf("SELECT min(id) > '$last' AND min(snowflake_timestamp(id)) >= snowflake_timestamp('$last')
+	FROM (SELECT snowflake_id() AS id FROM generate_series(1, 50000)) s"),
+	't', 'after a step back, IDs stay above the high-water mark, and so do their timestamps');
+ok($node->log_contains('ms behind the snowflake generator'), 'the step back is logged');
+sleep 3;
+is(sf("SELECT snowflake_timestamp(snowflake_id()) < clock_timestamp() - interval '0.5 s'"),
+	't', 'after twice the step, IDs follow the shifted clock again');
+$last = sf('SELECT snowflake_id()');
+set_and_reload('idempotency.test_clock_shift', '0', '0');
+is(sf("SELECT snowflake_id() > '$last'
+	AND snowflake_timestamp(snowflake_id()) > clock_timestamp() - interval '0.5 s'"),
+	't', 'a step forward is followed at once');
+
+# A burst with no lead allowed: a million IDs fill some milliseconds to
+# the last sequence number, so the generator waited for the clock, and
+# none is stamped later than the clock when the burst ends.
+is(sf(q{SELECT max(snowflake_timestamp(id)) <= clock_timestamp()
+	       AND max(snowflake_sequence(id)) = 4095 AND count(DISTINCT id) = 1000000
+	FROM (SELECT snowflake_id() AS id FROM generate_series(1, 1000000)) s}),
+	't', 'with max_lead = 0 a burst waits for the clock and never runs ahead');
+set_and_reload('idempotency.max_lead', '1000', '1s');
 
 # 6. A damaged state file is reported and ignored, not fatal; the next IDs
 # write a good one again.

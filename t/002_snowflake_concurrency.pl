@@ -39,6 +39,8 @@ is($node->safe_psql('postgres', 'SELECT count(*) FROM single'), '32000',
 # and wait for the clock.  No lead at all is allowed here.
 $node->append_conf('postgresql.conf', 'idempotency.max_lead = 0');
 $node->reload;
+$node->poll_query_until('postgres', 'SHOW idempotency.max_lead', '0')
+  or die 'max_lead was not reloaded';
 $node->pgbench(
 	'--no-vacuum --client=8 --jobs=2 --transactions=20',
 	0,
