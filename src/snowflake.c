@@ -443,7 +443,7 @@ next_tick(SnowflakeShared *sf)
 					 errmsg("snowflake IDs have run out of timestamp bits"),
 					 errdetail("41 bits of milliseconds reach about 69 years past idempotency.epoch \"%s\".",
 							   idem_epoch_string),
-					 errhint("A later idempotency.epoch makes room, but new IDs would then sort below old ones.")));
+					 errhint("Check the system clock and idempotency.test_clock_shift; if they are right, this epoch's IDs are used up.")));
 
 		ensure_reserved(sf, next_ms);
 
