@@ -11,13 +11,16 @@ EXTENSION = idempotency
 MODULE_big = idempotency
 OBJS = \
 	src/idempotency.o \
+	src/claim.o \
+	src/fingerprint.o \
+	src/lock.o \
 	src/snowflake.o \
 	src/snowflake_type.o
 
 DATA = $(wildcard sql/idempotency--*.sql)
 DOCS = README.md
 
-REGRESS = snowflake_type snowflake
+REGRESS = snowflake_type snowflake claims
 REGRESS_OPTS = --load-extension=idempotency
 ISOLATION = snowflake_order
 ISOLATION_OPTS = --load-extension=idempotency

@@ -239,3 +239,129 @@ CREATE AGGREGATE idempotency.max(idempotency.snowflake) (
 	PARALLEL = SAFE
 );
 COMMENT ON AGGREGATE idempotency.max(idempotency.snowflake) IS 'the largest snowflake';
+
+--------------------------------------------------------------------------
+-- Idempotency-key claims
+--
+-- One row per (scope, key) in idempotency.claims.  The functions that read
+-- and write it are in C (src/claim.c); every one takes a transaction-level
+-- lock on the key first, in a lock space of its own, so that claims of one
+-- key serialise while claims of different keys never wait for each other.
+--------------------------------------------------------------------------
+
+CREATE TYPE idempotency.idem_outcome AS ENUM
+	('claimed', 'completed', 'in_progress', 'mismatch', 'reclaimed');
+COMMENT ON TYPE idempotency.idem_outcome IS
+	'what idem_claim found: claimed (do the work), completed (replay), in_progress (409), mismatch (422), reclaimed (take over)';
+
+CREATE TYPE idempotency.idem_claim_state AS ENUM ('in_progress', 'completed', 'failed');
+COMMENT ON TYPE idempotency.idem_claim_state IS
+	'state of a claim: in_progress (owned, under a lease), completed (response stored), failed (retryable failure, free to take over)';
+
+CREATE TYPE idempotency.idem_claim_result AS (
+	outcome idempotency.idem_outcome,
+	token bigint,
+	response jsonb,
+	status int,
+	recovery_point text,
+	attempts int,
+	expires_at timestamptz
+);
+COMMENT ON TYPE idempotency.idem_claim_result IS 'result of idem_claim';
+
+CREATE SEQUENCE idempotency.claim_tokens AS bigint NO CYCLE;
+COMMENT ON SEQUENCE idempotency.claim_tokens IS
+	'source of fencing tokens: one sequence for all keys, so a token is never reused, even after its claim was purged';
+
+CREATE TABLE idempotency.claims (
+	scope text NOT NULL DEFAULT 'default',
+	key text NOT NULL,
+	fingerprint bytea CHECK (octet_length(fingerprint) = 32),
+	state idempotency.idem_claim_state NOT NULL,
+	token bigint NOT NULL,
+	attempts int NOT NULL DEFAULT 1 CHECK (attempts > 0),
+	lease_until timestamptz,
+	recovery_point text,
+	response jsonb,
+	status int,
+	created_at timestamptz NOT NULL DEFAULT now(),
+	expires_at timestamptz NOT NULL,
+	PRIMARY KEY (scope, key)
+);
+COMMENT ON TABLE idempotency.claims IS
+	'idempotency-key claims, one row per (scope, key); rows past expires_at count as absent';
+COMMENT ON COLUMN idempotency.claims.fingerprint IS 'SHA-256 of the request payload (idem_fingerprint), if given';
+COMMENT ON COLUMN idempotency.claims.token IS 'fencing token of the current owner; strictly increases per key';
+COMMENT ON COLUMN idempotency.claims.attempts IS 'how many owners the key has had (1 + takeovers)';
+COMMENT ON COLUMN idempotency.claims.lease_until IS 'the owner''s lease; once past, the next caller takes over';
+COMMENT ON COLUMN idempotency.claims.recovery_point IS 'where the last owner got to (idem_checkpoint), handed to the next';
+COMMENT ON COLUMN idempotency.claims.response IS 'stored response, replayed to later callers';
+COMMENT ON COLUMN idempotency.claims.status IS 'stored status (for example an HTTP status), replayed with the response';
+CREATE INDEX claims_expires_at ON idempotency.claims (expires_at);
+
+CREATE FUNCTION idempotency.idem_claim(
+	key text,
+	ttl interval,
+	fingerprint bytea DEFAULT NULL,
+	scope text DEFAULT 'default',
+	lease interval DEFAULT NULL,
+	wait boolean DEFAULT true)
+RETURNS idempotency.idem_claim_result
+	AS 'MODULE_PATHNAME', 'idem_claim'
+	LANGUAGE C VOLATILE PARALLEL UNSAFE;
+COMMENT ON FUNCTION idempotency.idem_claim(text, interval, bytea, text, interval, boolean) IS
+	'claim an idempotency key: claimed, completed (replay), in_progress, mismatch or reclaimed';
+
+CREATE FUNCTION idempotency.idem_complete(
+	key text, token bigint, response jsonb, status int, scope text DEFAULT 'default')
+RETURNS boolean
+	AS 'MODULE_PATHNAME', 'idem_complete'
+	LANGUAGE C VOLATILE PARALLEL UNSAFE;
+COMMENT ON FUNCTION idempotency.idem_complete(text, bigint, jsonb, int, text) IS
+	'store the response of a claim; true if completed now, false if this token had already completed it';
+
+CREATE FUNCTION idempotency.idem_fail(
+	key text, token bigint, retryable boolean,
+	response jsonb DEFAULT NULL, status int DEFAULT NULL, scope text DEFAULT 'default')
+RETURNS boolean
+	AS 'MODULE_PATHNAME', 'idem_fail'
+	LANGUAGE C VOLATILE PARALLEL UNSAFE;
+COMMENT ON FUNCTION idempotency.idem_fail(text, bigint, boolean, jsonb, int, text) IS
+	'record a failed attempt: retryable frees the key for the next caller (reclaimed), otherwise the response is replayed like a completion';
+
+CREATE FUNCTION idempotency.idem_checkpoint(
+	key text, token bigint, recovery_point text, scope text DEFAULT 'default')
+RETURNS boolean
+	AS 'MODULE_PATHNAME', 'idem_checkpoint'
+	LANGUAGE C VOLATILE PARALLEL UNSAFE;
+COMMENT ON FUNCTION idempotency.idem_checkpoint(text, bigint, text, text) IS
+	'record how far the owner got, for whoever takes over';
+
+CREATE FUNCTION idempotency.idem_extend(
+	key text, token bigint, lease interval, scope text DEFAULT 'default')
+RETURNS timestamptz
+	AS 'MODULE_PATHNAME', 'idem_extend'
+	LANGUAGE C VOLATILE PARALLEL UNSAFE;
+COMMENT ON FUNCTION idempotency.idem_extend(text, bigint, interval, text) IS
+	'renew the owner''s lease from now; returns the new end of the lease';
+
+CREATE FUNCTION idempotency.idem_release(key text, token bigint, scope text DEFAULT 'default')
+RETURNS boolean
+	AS 'MODULE_PATHNAME', 'idem_release'
+	LANGUAGE C VOLATILE PARALLEL UNSAFE;
+COMMENT ON FUNCTION idempotency.idem_release(text, bigint, text) IS
+	'give a claim up without a result: the key is free again; false if there was no claim';
+
+CREATE FUNCTION idempotency.idem_lookup(key text, scope text DEFAULT 'default')
+RETURNS idempotency.claims
+	AS 'MODULE_PATHNAME', 'idem_lookup'
+	LANGUAGE C STABLE PARALLEL SAFE;
+COMMENT ON FUNCTION idempotency.idem_lookup(text, text) IS
+	'the live claim of a key, or NULL if there is none (or it has expired); changes nothing';
+
+CREATE FUNCTION idempotency.idem_fingerprint(payload jsonb, paths text[] DEFAULT NULL)
+RETURNS bytea
+	AS 'MODULE_PATHNAME', 'idem_fingerprint'
+	LANGUAGE C IMMUTABLE PARALLEL SAFE;
+COMMENT ON FUNCTION idempotency.idem_fingerprint(jsonb, text[]) IS
+	'SHA-256 of the canonical form of a JSON document, or of the values at the given dotted paths';

@@ -4,20 +4,7 @@
 --
 SET search_path = idempotency, public;
 
--- Report an error as SQLSTATE, message, detail and hint, so that each
--- refusal is checked for all four.
-CREATE FUNCTION pg_temp.fails(sql text) RETURNS text LANGUAGE plpgsql AS $$
-DECLARE
-	st text; msg text; det text; hnt text;
-BEGIN
-	EXECUTE sql;
-	RETURN 'no error';
-EXCEPTION WHEN OTHERS THEN
-	GET STACKED DIAGNOSTICS st = RETURNED_SQLSTATE, msg = MESSAGE_TEXT,
-		det = PG_EXCEPTION_DETAIL, hnt = PG_EXCEPTION_HINT;
-	RETURN st || ': ' || msg || coalesce(' | ' || nullif(det, ''), '')
-		|| coalesce(' | hint: ' || nullif(hnt, ''), '');
-END $$;
+\i sql/helpers.psql
 
 -- Text input and output.
 SELECT '0'::snowflake, '  +42  '::snowflake, '9223372036854775807'::snowflake,

@@ -1,0 +1,167 @@
+--
+-- Idempotency-key claims: every outcome of idem_claim, the owner's calls
+-- (complete, fail, checkpoint, extend, release), lookup, fingerprints, and
+-- every refusal with its SQLSTATE.  Races between sessions are in specs/.
+--
+SET search_path = idempotency, public;
+\i sql/helpers.psql
+\pset null '∅'
+
+-- Tokens come from one sequence shared by all keys.  The tests keep each
+-- owner's token in a psql variable (\gset) and print only comparisons.
+
+-- claimed, then in_progress while the owner's lease is live.
+SELECT outcome, token IS NOT NULL AS has_token, response, status, recovery_point, attempts,
+       expires_at > now() + interval '59 min' AS expires_in_an_hour
+FROM idem_claim('order-1', '1 hour');
+SELECT token AS order1 FROM claims WHERE key = 'order-1' \gset
+SELECT outcome, token, attempts FROM idem_claim('order-1', '1 hour');
+SELECT state, token = :order1 AS same_token, attempts, lease_until > clock_timestamp() AS leased
+FROM claims WHERE key = 'order-1';
+
+-- completed: the response and status are replayed.
+SELECT idem_complete('order-1', :order1, '{"order": 1, "total": 9.50}', 201) AS completed;
+SELECT outcome, token, response, status, attempts FROM idem_claim('order-1', '1 hour');
+SELECT outcome, response FROM idem_claim('order-1', '1 minute', wait => false);
+-- Completing again with the same token changes nothing.
+SELECT idem_complete('order-1', :order1, '{"other": true}', 500) AS completed_again;
+SELECT response, status FROM claims WHERE key = 'order-1';
+
+-- Scopes are separate key spaces.
+SELECT outcome, token > :order1 AS higher_token FROM idem_claim('order-1', '1 hour', scope => 'refunds');
+
+-- In one transaction with the business write: a rollback leaves nothing.
+BEGIN;
+SELECT outcome FROM idem_claim('order-2', '1 hour');
+ROLLBACK;
+SELECT count(*) AS left_behind FROM claims WHERE key = 'order-2';
+SELECT outcome, token AS order2 FROM idem_claim('order-2', '1 hour') \gset
+\echo :outcome
+
+-- Fingerprints: the same payload written differently matches; another
+-- payload is a mismatch, whatever the state, and reveals nothing.
+SELECT outcome FROM idem_claim('pay-1', '1 hour',
+	idem_fingerprint('{"amount": 10, "currency": "EUR", "tags": [1, 2.0]}'));
+SELECT outcome FROM idem_claim('pay-1', '1 hour',
+	idem_fingerprint('{ "tags":[1,2],"currency":"EUR","amount":10.00 }'));
+SELECT outcome, token, response, attempts, expires_at IS NOT NULL AS has_expiry
+FROM idem_claim('pay-1', '1 hour', idem_fingerprint('{"amount": 11, "currency": "EUR"}'));
+-- Without a fingerprint there is nothing to compare.
+SELECT outcome FROM idem_claim('pay-1', '1 hour');
+
+-- reclaimed: the lease ran out; the next caller takes over with a higher
+-- token and the last recovery point.
+SELECT token AS job1 FROM idem_claim('job-1', '1 hour', lease => '50 ms') \gset
+SELECT idem_checkpoint('job-1', :job1, 'charged card') AS checkpointed;
+SELECT pg_sleep(0.1);
+SELECT outcome, token > :job1 AS higher_token, recovery_point, attempts FROM idem_claim('job-1', '1 hour');
+SELECT token AS job1b FROM claims WHERE key = 'job-1' \gset
+-- The old owner is fenced out, and nothing changes.
+SELECT pg_temp.fails($$SELECT idempotency.idem_complete('job-1', $$ || :job1 || $$, '{}', 200)$$) AS stale_complete;
+SELECT pg_temp.fails($$SELECT idempotency.idem_checkpoint('job-1', $$ || :job1 || $$, 'x')$$) AS stale_checkpoint;
+SELECT pg_temp.fails($$SELECT idempotency.idem_release('job-1', $$ || :job1 || $$)$$) AS stale_release;
+SELECT pg_temp.fails($$SELECT idempotency.idem_extend('job-1', $$ || :job1 || $$, '1 min')$$) AS stale_extend;
+SELECT state, token = :job1b AS new_owner, recovery_point, response FROM claims WHERE key = 'job-1';
+-- The new owner extends its lease and checkpoints again.
+SELECT idem_extend('job-1', :job1b, '10 min') > clock_timestamp() + interval '9 min' AS extended;
+SELECT idem_checkpoint('job-1', :job1b, 'shipped') AS checkpointed;
+SELECT outcome, attempts FROM idem_claim('job-1', '1 hour');
+
+-- A lease that ran out is lost only when someone takes over: until then
+-- the owner can still complete.
+SELECT token AS job2 FROM idem_claim('job-2', '1 hour', lease => '10 ms') \gset
+SELECT pg_sleep(0.05);
+SELECT idem_complete('job-2', :job2, '"late but fine"', 200) AS completed;
+
+-- idem_fail, retryable: the next caller takes over at once.
+SELECT token AS job3 FROM idem_claim('job-3', '1 hour') \gset
+SELECT idem_checkpoint('job-3', :job3, 'step 1');
+SELECT idem_fail('job-3', :job3, retryable => true) AS failed;
+SELECT idem_fail('job-3', :job3, retryable => true) AS failed_again;
+SELECT pg_temp.fails($$SELECT idempotency.idem_complete('job-3', $$ || :job3 || $$, '{}', 200)$$) AS complete_after_fail;
+SELECT outcome, token > :job3 AS higher_token, recovery_point, attempts FROM idem_claim('job-3', '1 hour');
+
+-- idem_fail, final: the error response is what later callers replay.
+SELECT token AS job4 FROM idem_claim('job-4', '1 hour') \gset
+SELECT idem_fail('job-4', :job4, false, '{"error": "card declined"}', 402) AS failed;
+SELECT outcome, response, status FROM idem_claim('job-4', '1 hour');
+SELECT pg_temp.fails($$SELECT idempotency.idem_fail('job-4', $$ || :job4 || $$, true)$$) AS retryable_after_final;
+
+-- idem_release: the key is free again, and its next token is higher.
+SELECT token AS job5 FROM idem_claim('job-5', '1 hour') \gset
+SELECT idem_release('job-5', :job5) AS released;
+SELECT idem_release('job-5', :job5) AS released_again;
+SELECT outcome, token > :job5 AS higher_token, attempts FROM idem_claim('job-5', '1 hour');
+SELECT pg_temp.fails($$SELECT idempotency.idem_release('order-1', $$ || :order1 || $$)$$) AS release_completed;
+
+-- An expired claim counts as absent, purged or not: the key is claimed
+-- afresh, with a new token and nothing of the old claim.
+SELECT token AS old1 FROM idem_claim('old-1', '10 ms') \gset
+SELECT idem_complete('old-1', :old1, '"old"', 200);
+SELECT pg_sleep(0.05);
+SELECT (idem_lookup('old-1')).key IS NULL AS absent;
+SELECT pg_temp.fails($$SELECT idempotency.idem_complete('old-1', $$ || :old1 || $$, '{}', 200)$$) AS complete_expired;
+SELECT outcome, token > :old1 AS higher_token, response, attempts FROM idem_claim('old-1', '1 hour');
+
+-- idem_lookup changes nothing.
+SELECT key, state, token = :order1 AS same_token, response, status FROM idem_lookup('order-1');
+SELECT (idem_lookup('never-claimed')).key IS NULL AS absent;
+
+-- Tokens strictly increase per key and are never reused.
+SELECT count(*) = count(DISTINCT token) AS unique_tokens FROM claims;
+
+-- Fingerprints.
+SELECT encode(idem_fingerprint('{"a": 1}'), 'hex') AS sha256;
+SELECT idem_fingerprint('{"b": [1, {"c": null}], "a": "x"}')
+     = idem_fingerprint('{"a":"x","b":[1.0,{"c":null}]}') AS same_document,
+       idem_fingerprint('{"a": 1}') <> idem_fingerprint('{"a": "1"}') AS number_is_not_string,
+       idem_fingerprint('{"a": null}') <> idem_fingerprint('{}') AS null_is_not_absent,
+       idem_fingerprint('[1, 2]') <> idem_fingerprint('[2, 1]') AS arrays_keep_order,
+       idem_fingerprint('"ab"') <> idem_fingerprint('["a", "b"]') AS framed,
+       octet_length(idem_fingerprint('42')) AS bytes;
+SELECT idem_fingerprint('{"amount": 10, "customer": {"id": 7}, "note": "x"}', ARRAY['customer.id', 'amount'])
+     = idem_fingerprint('{"note": "y", "amount": 10.0, "customer": {"id": 7, "name": "z"}}', ARRAY['amount', 'customer.id'])
+       AS selected_paths_only,
+       idem_fingerprint('{"items": [{"sku": "a"}]}', ARRAY['items.0.sku'])
+     <> idem_fingerprint('{"items": [{"sku": "b"}]}', ARRAY['items.0.sku']) AS array_index,
+       idem_fingerprint('{"a": null}', ARRAY['a']) <> idem_fingerprint('{}', ARRAY['a']) AS missing_path,
+       idem_fingerprint(NULL) IS NULL AS null_payload;
+SELECT pg_temp.fails($$SELECT idempotency.idem_fingerprint('{}', '{}')$$) AS no_paths;
+SELECT pg_temp.fails($$SELECT idempotency.idem_fingerprint('{}', ARRAY[NULL])$$) AS null_path;
+SELECT pg_temp.fails($$SELECT idempotency.idem_fingerprint('{}', ARRAY[''])$$) AS empty_path;
+
+-- Bad input: each refused with a SQLSTATE and a hint, nothing written.
+SELECT count(*) AS claims_before FROM claims \gset
+SELECT pg_temp.fails($$SELECT idempotency.idem_claim(NULL, '1 hour')$$) AS null_key;
+SELECT pg_temp.fails($$SELECT idempotency.idem_claim('', '1 hour')$$) AS empty_key;
+SELECT pg_temp.fails($$SELECT idempotency.idem_claim(repeat('k', 256), '1 hour')$$) AS long_key;
+SELECT pg_temp.fails($$SELECT idempotency.idem_claim('k', NULL)$$) AS null_ttl;
+SELECT pg_temp.fails($$SELECT idempotency.idem_claim('k', '0')$$) AS zero_ttl;
+SELECT pg_temp.fails($$SELECT idempotency.idem_claim('k', '-1 hour')$$) AS negative_ttl;
+SELECT pg_temp.fails($$SELECT idempotency.idem_claim('k', '1 month -1 day')$$) AS mixed_signs_ttl;
+SELECT pg_temp.fails($$SELECT idempotency.idem_claim('k', '1000 years')$$) AS absurd_ttl;
+SELECT pg_temp.fails($$SELECT idempotency.idem_claim('k', '1 hour', lease => '0')$$) AS zero_lease;
+SELECT pg_temp.fails($$SELECT idempotency.idem_claim('k', '1 hour', lease => '2 hours')$$) AS lease_over_ttl;
+SELECT pg_temp.fails($$SELECT idempotency.idem_claim('k', '1 hour', '\x0102')$$) AS short_fingerprint;
+SELECT pg_temp.fails($$SELECT idempotency.idem_claim('k', '1 hour', scope => NULL)$$) AS null_scope;
+SELECT pg_temp.fails($$SELECT idempotency.idem_claim('k', '1 hour', scope => '')$$) AS empty_scope;
+SELECT pg_temp.fails($$SELECT idempotency.idem_claim('k', '1 hour', wait => NULL)$$) AS null_wait;
+SELECT pg_temp.fails($$SELECT idempotency.idem_complete('nope', 1, '{}', 200)$$) AS unknown_key;
+SELECT pg_temp.fails($$SELECT idempotency.idem_complete('order-2', NULL, '{}', 200)$$) AS null_token;
+SELECT pg_temp.fails($$SELECT idempotency.idem_complete('order-2', $$ || :order2 + 1000000 || $$, '{}', 200)$$) AS unknown_token;
+SELECT pg_temp.fails($$SELECT idempotency.idem_fail('order-2', $$ || :order2 || $$, NULL)$$) AS null_retryable;
+SELECT pg_temp.fails($$SELECT idempotency.idem_checkpoint('order-2', $$ || :order2 || $$, NULL)$$) AS null_recovery_point;
+SELECT pg_temp.fails($$SELECT idempotency.idem_extend('order-2', $$ || :order2 || $$, '-1 min')$$) AS negative_extend;
+SELECT pg_temp.fails($$SELECT idempotency.idem_checkpoint('order-1', $$ || :order1 || $$, 'x')$$) AS checkpoint_completed;
+SELECT count(*) = :claims_before AS nothing_written FROM claims;
+SELECT state, token = :order2 AS same_token FROM claims WHERE key = 'order-2';
+
+-- The claim lock lives in a lock space of its own, visible in pg_locks,
+-- apart from pg_advisory_lock's.
+BEGIN;
+SELECT outcome FROM idem_claim('locked-1', '1 hour');
+SELECT locktype, mode, granted, objsubid FROM pg_locks
+WHERE locktype = 'advisory' AND pid = pg_backend_pid();
+ROLLBACK;
+
+DELETE FROM claims;

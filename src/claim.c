@@ -1,0 +1,771 @@
+/*-------------------------------------------------------------------------
+ *
+ * claim.c
+ *	  Idempotency-key claims: idem_claim, the calls its owner makes
+ *	  afterwards (idem_complete, idem_fail, idem_checkpoint, idem_extend,
+ *	  idem_release) and idem_lookup.
+ *
+ * Concurrency.  Every function first locks the key (lock.c, lock space
+ * IDEM_LOCKSPACE_CLAIM) for the rest of the transaction, then reads its row
+ * with a fresh snapshot and decides.  Calls on one key therefore take turns:
+ * a caller racing an uncommitted claim waits until it commits or rolls back
+ * and then sees the outcome (or, with wait => false, reports in_progress at
+ * once).  A call that changes nothing (a replay, a live owner, a mismatch)
+ * releases the lock straight away.  Every write names, in its WHERE clause,
+ * the token read under the lock, so a row changed behind the lock (by hand)
+ * is detected, not overwritten.  Calls on different keys never wait for
+ * each other.
+ *
+ * Claim, business write and completion in one transaction are exactly
+ * once: the claim is a row write, and a rollback removes it.
+ *
+ * Time is the database's clock, clock_timestamp(): leases and expiry are
+ * judged when the call runs, not when its transaction began.
+ *
+ * SQL runs through SPI plans prepared once per backend and kept.  Every name
+ * in them is schema-qualified, operators included, so that the caller's
+ * search_path cannot redirect them; no SQL text is built per call.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "access/htup_details.h"
+#include "catalog/pg_type.h"
+#include "datatype/timestamp.h"
+#include "executor/spi.h"
+#include "funcapi.h"
+#include "utils/builtins.h"
+#include "utils/jsonb.h"
+#include "utils/timestamp.h"
+
+#include "idempotency.h"
+
+PG_FUNCTION_INFO_V1(idem_claim);
+PG_FUNCTION_INFO_V1(idem_complete);
+PG_FUNCTION_INFO_V1(idem_fail);
+PG_FUNCTION_INFO_V1(idem_checkpoint);
+PG_FUNCTION_INFO_V1(idem_extend);
+PG_FUNCTION_INFO_V1(idem_release);
+PG_FUNCTION_INFO_V1(idem_lookup);
+
+/* Limits; per-scope policies will be able to lower them. */
+#define CLAIM_MAX_KEY_BYTES		255
+#define CLAIM_MAX_SCOPE_BYTES	255
+#define CLAIM_MAX_TTL_DAYS		366
+#define CLAIM_DEFAULT_LEASE_SECS 60
+#define FINGERPRINT_BYTES		32
+
+/* Fragments of the SQL below. */
+#define EQ			" OPERATOR(pg_catalog.=) "
+#define PLUS		" OPERATOR(pg_catalog.+) "
+#define CLOCK		"pg_catalog.clock_timestamp()"
+#define NEXT_TOKEN	"pg_catalog.nextval('idempotency.claim_tokens'::pg_catalog.regclass)"
+#define KEY_IS		" WHERE scope" EQ "$1 AND key" EQ "$2"
+#define TOKEN_IS(n) " AND token" EQ "$" #n
+
+typedef enum ClaimPlan
+{
+	PLAN_READ,
+	PLAN_INSERT,
+	PLAN_RENEW,
+	PLAN_TAKEOVER,
+	PLAN_FINISH,
+	PLAN_CHECKPOINT,
+	PLAN_EXTEND,
+	PLAN_RELEASE,
+	PLAN_LOOKUP,
+	NUM_PLANS
+} ClaimPlan;
+
+typedef struct PlanDef
+{
+	const char *sql;			/* the statement */
+	int			nargs;			/* how many $n */
+	Oid			argtypes[6];	/* their types */
+} PlanDef;
+
+static const PlanDef plan_defs[NUM_PLANS] = {
+	[PLAN_READ] = {
+		"SELECT state::pg_catalog.text, fingerprint, token, attempts, lease_until,"
+		" recovery_point, response, status, expires_at,"
+		" expires_at OPERATOR(pg_catalog.<=) " CLOCK ","
+		" lease_until OPERATOR(pg_catalog.<=) " CLOCK
+		" FROM idempotency.claims" KEY_IS,
+		2, {TEXTOID, TEXTOID}
+	},
+	[PLAN_INSERT] = {
+		"INSERT INTO idempotency.claims (scope, key, fingerprint, state, token,"
+		" attempts, lease_until, created_at, expires_at)"
+		" VALUES ($1, $2, $3, 'in_progress', " NEXT_TOKEN ", 1, " CLOCK PLUS "$4,"
+		" pg_catalog.now(), " CLOCK PLUS "$5)"
+		" ON CONFLICT (scope, key) DO NOTHING RETURNING token, expires_at",
+		5, {TEXTOID, TEXTOID, BYTEAOID, INTERVALOID, INTERVALOID}
+	},
+	[PLAN_RENEW] = {
+		"UPDATE idempotency.claims SET fingerprint = $3, state = 'in_progress',"
+		" token = " NEXT_TOKEN ", attempts = 1, lease_until = " CLOCK PLUS "$4,"
+		" recovery_point = NULL, response = NULL, status = NULL,"
+		" created_at = pg_catalog.now(), expires_at = " CLOCK PLUS "$5"
+		KEY_IS TOKEN_IS(6) " RETURNING token, expires_at",
+		6, {TEXTOID, TEXTOID, BYTEAOID, INTERVALOID, INTERVALOID, INT8OID}
+	},
+	[PLAN_TAKEOVER] = {
+		"UPDATE idempotency.claims SET state = 'in_progress', token = " NEXT_TOKEN ","
+		" attempts = attempts" PLUS "1, lease_until = " CLOCK PLUS "$4,"
+		" expires_at = GREATEST(expires_at, " CLOCK PLUS "$4),"
+		" fingerprint = COALESCE(fingerprint, $3)"
+		KEY_IS TOKEN_IS(5) " RETURNING token, attempts, recovery_point, expires_at",
+		5, {TEXTOID, TEXTOID, BYTEAOID, INTERVALOID, INT8OID}
+	},
+	[PLAN_FINISH] = {
+		"UPDATE idempotency.claims SET state = CASE WHEN $6 THEN 'failed'"
+		" ELSE 'completed' END::idempotency.idem_claim_state,"
+		" response = $4, status = $5, lease_until = NULL"
+		KEY_IS TOKEN_IS(3),
+		6, {TEXTOID, TEXTOID, INT8OID, JSONBOID, INT4OID, BOOLOID}
+	},
+	[PLAN_CHECKPOINT] = {
+		"UPDATE idempotency.claims SET recovery_point = $4" KEY_IS TOKEN_IS(3),
+		4, {TEXTOID, TEXTOID, INT8OID, TEXTOID}
+	},
+	[PLAN_EXTEND] = {
+		"UPDATE idempotency.claims SET lease_until = " CLOCK PLUS "$4,"
+		" expires_at = GREATEST(expires_at, " CLOCK PLUS "$4)"
+		KEY_IS TOKEN_IS(3) " RETURNING lease_until",
+		4, {TEXTOID, TEXTOID, INT8OID, INTERVALOID}
+	},
+	[PLAN_RELEASE] = {
+		"DELETE FROM idempotency.claims" KEY_IS TOKEN_IS(3),
+		3, {TEXTOID, TEXTOID, INT8OID}
+	},
+	[PLAN_LOOKUP] = {
+		"SELECT c FROM idempotency.claims c"
+		" WHERE c.scope" EQ "$1 AND c.key" EQ "$2"
+		" AND c.expires_at OPERATOR(pg_catalog.>) " CLOCK,
+		2, {TEXTOID, TEXTOID}
+	},
+};
+
+static SPIPlanPtr plans[NUM_PLANS];
+
+/* The columns PLAN_READ returns, 0-based. */
+enum
+{
+	COL_STATE, COL_FINGERPRINT, COL_TOKEN, COL_ATTEMPTS, COL_LEASE_UNTIL,
+	COL_RECOVERY_POINT, COL_RESPONSE, COL_STATUS, COL_EXPIRES_AT,
+	COL_EXPIRED, COL_LEASE_OVER, NUM_READ_COLS
+};
+
+/* A call's key and scope, validated. */
+typedef struct ClaimKey
+{
+	text	   *key;			/* the key */
+	text	   *scope;			/* its scope */
+	char	   *key_str;		/* for messages */
+	char	   *scope_str;		/* for messages */
+} ClaimKey;
+
+/* A claim row as read under the key's lock; datums live until SPI_finish. */
+typedef struct ClaimRow
+{
+	bool		found;			/* a row exists (possibly expired) */
+	Datum		values[NUM_READ_COLS];	/* the columns */
+	bool		nulls[NUM_READ_COLS];	/* and their nulls */
+	char	   *state;			/* "in_progress", "completed", "failed" */
+	int64		token;			/* current owner's token */
+	bool		expired;		/* past expires_at: counts as absent */
+	bool		lease_over;		/* the owner's lease has run out */
+} ClaimRow;
+
+/* The fields of idem_claim_result, in order. */
+enum
+{
+	RES_OUTCOME, RES_TOKEN, RES_RESPONSE, RES_STATUS, RES_RECOVERY_POINT,
+	RES_ATTEMPTS, RES_EXPIRES_AT, NUM_RES_COLS
+};
+
+/*
+ * Prepare (once per backend) and return one of the plans.
+ */
+static SPIPlanPtr
+get_plan(ClaimPlan which)
+{
+	if (plans[which] == NULL)
+	{
+		const PlanDef *def = &plan_defs[which];
+		SPIPlanPtr	plan = SPI_prepare(def->sql, def->nargs, (Oid *) def->argtypes);
+
+		if (plan == NULL)
+			elog(ERROR, "could not prepare claim statement %d: %s",
+				 (int) which, SPI_result_code_string(SPI_result));
+		SPI_keepplan(plan);
+		plans[which] = plan;
+	}
+	return plans[which];
+}
+
+/*
+ * Run a plan; returns the number of rows processed.  nulls is in SPI's
+ * form ('n' for NULL, ' ' otherwise), or NULL when no argument is NULL.
+ */
+static uint64
+run_plan(ClaimPlan which, Datum *args, const char *nulls, bool read_only)
+{
+	int			rc;
+
+	rc = SPI_execute_plan(get_plan(which), args, nulls, read_only, 0);
+	if (rc < 0)
+		elog(ERROR, "claim statement %d failed: %s", (int) which,
+			 SPI_result_code_string(rc));
+	return SPI_processed;
+}
+
+/*
+ * A write that found no row to change: the row moved behind the key's
+ * lock (a manual change), or a snapshot older than the lock (REPEATABLE
+ * READ) did not see a row another transaction committed.
+ */
+static void
+concurrent_change(const ClaimKey *k)
+{
+	ereport(ERROR,
+			(errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
+			 errmsg("could not serialize access to idempotency key \"%s\" in scope \"%s\"",
+					k->key_str, k->scope_str),
+			 errdetail("Its claim was changed by another transaction."),
+			 errhint("Retry the transaction; in REPEATABLE READ or SERIALIZABLE, claim keys before reading other data.")));
+}
+
+/*
+ * A required argument must not be NULL.
+ */
+static void
+require_arg(FunctionCallInfo fcinfo, int n, const char *name)
+{
+	if (PG_ARGISNULL(n))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("%s must not be null", name),
+				 errhint("Pass a value for \"%s\".", name)));
+}
+
+/*
+ * Validate a key or scope: not empty, not longer than max bytes.
+ */
+static text *
+name_arg(FunctionCallInfo fcinfo, int n, const char *what, int max_bytes,
+		 const char *empty_hint)
+{
+	text	   *t;
+	int			len;
+
+	require_arg(fcinfo, n, what);
+	t = PG_GETARG_TEXT_PP(n);
+	len = VARSIZE_ANY_EXHDR(t);
+	if (len == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("%s must not be empty", what),
+				 errhint("%s", empty_hint)));
+	if (len > max_bytes)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("%s is too long", what),
+				 errdetail("It is %d bytes; the limit is %d.", len, max_bytes),
+				 errhint("Use a shorter %s, or a digest of it.", what)));
+	return t;
+}
+
+/*
+ * Read the key (argument key_arg) and scope (scope_arg) of a call.
+ */
+static void
+claim_key_args(FunctionCallInfo fcinfo, int key_arg, int scope_arg, ClaimKey *k)
+{
+	k->key = name_arg(fcinfo, key_arg, "key", CLAIM_MAX_KEY_BYTES,
+					  "Use a unique request identifier, such as the client's Idempotency-Key header.");
+	k->scope = name_arg(fcinfo, scope_arg, "scope", CLAIM_MAX_SCOPE_BYTES,
+						"Name the kind of request, such as 'payments', or leave scope out for 'default'.");
+	k->key_str = text_to_cstring(k->key);
+	k->scope_str = text_to_cstring(k->scope);
+}
+
+static char *
+interval_text(Interval *iv)
+{
+	return DatumGetCString(DirectFunctionCall1(interval_out, IntervalPGetDatum(iv)));
+}
+
+static double
+interval_days(const Interval *iv)
+{
+	return ((double) iv->time / USECS_PER_DAY) + iv->day + (double) iv->month * DAYS_PER_MONTH;
+}
+
+/*
+ * Validate a duration: positive, and not longer than max (months count as
+ * 30 days, as in EXTRACT(epoch FROM interval)); max_name says what max is.
+ */
+static Interval *
+duration_arg(FunctionCallInfo fcinfo, int n, const char *what, Interval *max,
+			 const char *max_name)
+{
+	Interval   *iv;
+
+	require_arg(fcinfo, n, what);
+	iv = PG_GETARG_INTERVAL_P(n);
+	/* Mixed signs ('1 month -29 days') would depend on the calendar. */
+	if (interval_days(iv) <= 0 || iv->month < 0 || iv->day < 0 || iv->time < 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("%s must be positive", what),
+				 errdetail("It is %s; its months, days and time must each be zero or more, and not all zero.",
+						   interval_text(iv)),
+				 errhint("Pass a positive interval, such as '24 hours'.")));
+	if (interval_days(iv) > interval_days(max))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("%s must not be longer than %s", what, max_name),
+				 errdetail("It is %s; %s is %s.", interval_text(iv), max_name,
+						   interval_text(max)),
+				 errhint("Pass a shorter interval.")));
+	return iv;
+}
+
+/* The longest ttl (and lease) allowed. */
+static Interval *
+max_ttl(void)
+{
+	static Interval iv = {.time = 0,.day = CLAIM_MAX_TTL_DAYS,.month = 0};
+
+	return &iv;
+}
+
+/*
+ * Lock the key, connect to SPI and read the row.  Returns false without
+ * connecting if wait is false and another transaction holds the key.
+ */
+static bool
+lock_and_read(const ClaimKey *k, bool wait, ClaimRow *row)
+{
+	Datum		args[2];
+
+	if (!IdemLockKey(IDEM_LOCKSPACE_CLAIM,
+					 VARDATA_ANY(k->scope), VARSIZE_ANY_EXHDR(k->scope),
+					 VARDATA_ANY(k->key), VARSIZE_ANY_EXHDR(k->key), wait))
+		return false;
+
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+
+	args[0] = PointerGetDatum(k->scope);
+	args[1] = PointerGetDatum(k->key);
+	memset(row, 0, sizeof(*row));
+	if (run_plan(PLAN_READ, args, NULL, false) == 1)
+	{
+		HeapTuple	tup = SPI_tuptable->vals[0];
+
+		row->found = true;
+		for (int i = 0; i < NUM_READ_COLS; i++)
+			row->values[i] = SPI_getbinval(tup, SPI_tuptable->tupdesc, i + 1,
+										   &row->nulls[i]);
+		row->state = TextDatumGetCString(row->values[COL_STATE]);
+		row->token = DatumGetInt64(row->values[COL_TOKEN]);
+		row->expired = DatumGetBool(row->values[COL_EXPIRED]);
+		row->lease_over = !row->nulls[COL_LEASE_OVER] &&
+			DatumGetBool(row->values[COL_LEASE_OVER]);
+	}
+	return true;
+}
+
+static void
+unlock_key(const ClaimKey *k)
+{
+	IdemUnlockKey(IDEM_LOCKSPACE_CLAIM,
+				  VARDATA_ANY(k->scope), VARSIZE_ANY_EXHDR(k->scope),
+				  VARDATA_ANY(k->key), VARSIZE_ANY_EXHDR(k->key));
+}
+
+/*
+ * Does the stored fingerprint differ from the caller's?  Only when both
+ * are known.
+ */
+static bool
+fingerprint_differs(const ClaimRow *row, bytea *fingerprint)
+{
+	bytea	   *stored;
+
+	if (fingerprint == NULL || row->nulls[COL_FINGERPRINT])
+		return false;
+	stored = DatumGetByteaPP(row->values[COL_FINGERPRINT]);
+	return VARSIZE_ANY_EXHDR(stored) != VARSIZE_ANY_EXHDR(fingerprint) ||
+		memcmp(VARDATA_ANY(stored), VARDATA_ANY(fingerprint),
+			   VARSIZE_ANY_EXHDR(fingerprint)) != 0;
+}
+
+/*
+ * idem_claim(key, ttl, fingerprint, scope, lease, wait) → idem_claim_result
+ */
+Datum
+idem_claim(PG_FUNCTION_ARGS)
+{
+	ClaimKey	k;
+	Interval   *ttl;
+	Interval   *lease;
+	Interval	default_lease;
+	bytea	   *fingerprint = NULL;
+	bool		wait;
+	ClaimRow	row;
+	TupleDesc	tupdesc;
+	Datum		values[NUM_RES_COLS];
+	bool		nulls[NUM_RES_COLS];
+	const char *outcome;
+	Datum		args[6];
+	char		argnulls[6];
+	HeapTupleHeader result;
+
+	claim_key_args(fcinfo, 0, 3, &k);
+	ttl = duration_arg(fcinfo, 1, "ttl", max_ttl(), "the maximum ttl");
+	if (!PG_ARGISNULL(2))
+	{
+		fingerprint = PG_GETARG_BYTEA_PP(2);
+		if (VARSIZE_ANY_EXHDR(fingerprint) != FINGERPRINT_BYTES)
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("fingerprint must be %d bytes", FINGERPRINT_BYTES),
+					 errdetail("It is %d bytes.", (int) VARSIZE_ANY_EXHDR(fingerprint)),
+					 errhint("Compute it with idem_fingerprint(payload), a SHA-256 digest.")));
+	}
+	if (PG_ARGISNULL(4))
+	{
+		/* The default lease, but never longer than the claim lives. */
+		memset(&default_lease, 0, sizeof(default_lease));
+		default_lease.time = (int64) CLAIM_DEFAULT_LEASE_SECS * USECS_PER_SEC;
+		lease = interval_days(ttl) < interval_days(&default_lease) ? ttl : &default_lease;
+	}
+	else
+		lease = duration_arg(fcinfo, 4, "lease", ttl, "the ttl");
+	require_arg(fcinfo, 5, "wait");
+	wait = PG_GETARG_BOOL(5);
+
+	if (get_call_result_type(fcinfo, NULL, &tupdesc) != TYPEFUNC_COMPOSITE)
+		elog(ERROR, "idem_claim must return a composite type");
+	tupdesc = BlessTupleDesc(tupdesc);
+	memset(nulls, true, sizeof(nulls));
+
+	if (!lock_and_read(&k, wait, &row))
+	{
+		/* Another transaction is claiming this key right now. */
+		values[RES_OUTCOME] = DirectFunctionCall2(enum_in, CStringGetDatum("in_progress"),
+												  ObjectIdGetDatum(TupleDescAttr(tupdesc, RES_OUTCOME)->atttypid));
+		nulls[RES_OUTCOME] = false;
+		PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(tupdesc, values, nulls)));
+	}
+
+	memset(argnulls, ' ', sizeof(argnulls));
+	args[0] = PointerGetDatum(k.scope);
+	args[1] = PointerGetDatum(k.key);
+	args[2] = PointerGetDatum(fingerprint);
+	argnulls[2] = fingerprint ? ' ' : 'n';
+	args[3] = IntervalPGetDatum(lease);
+
+	if (!row.found || row.expired)
+	{
+		/* First time, or the old claim has expired: the caller owns it. */
+		args[4] = IntervalPGetDatum(ttl);
+		args[5] = Int64GetDatum(row.token);
+		if (run_plan(row.found ? PLAN_RENEW : PLAN_INSERT, args, argnulls, false) != 1)
+			concurrent_change(&k);
+		outcome = "claimed";
+		values[RES_TOKEN] = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &nulls[RES_TOKEN]);
+		values[RES_EXPIRES_AT] = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &nulls[RES_EXPIRES_AT]);
+		values[RES_ATTEMPTS] = Int32GetDatum(1);
+		nulls[RES_ATTEMPTS] = false;
+	}
+	else if (fingerprint_differs(&row, fingerprint))
+	{
+		outcome = "mismatch";
+		values[RES_EXPIRES_AT] = row.values[COL_EXPIRES_AT];
+		nulls[RES_EXPIRES_AT] = false;
+		unlock_key(&k);
+	}
+	else if (strcmp(row.state, "completed") == 0)
+	{
+		/* Done before: replay. */
+		outcome = "completed";
+		values[RES_RESPONSE] = row.values[COL_RESPONSE];
+		nulls[RES_RESPONSE] = row.nulls[COL_RESPONSE];
+		values[RES_STATUS] = row.values[COL_STATUS];
+		nulls[RES_STATUS] = row.nulls[COL_STATUS];
+		values[RES_ATTEMPTS] = row.values[COL_ATTEMPTS];
+		nulls[RES_ATTEMPTS] = false;
+		values[RES_EXPIRES_AT] = row.values[COL_EXPIRES_AT];
+		nulls[RES_EXPIRES_AT] = false;
+		unlock_key(&k);
+	}
+	else if (strcmp(row.state, "in_progress") == 0 && !row.lease_over)
+	{
+		/* Someone else owns it, under a live lease. */
+		outcome = "in_progress";
+		values[RES_ATTEMPTS] = row.values[COL_ATTEMPTS];
+		nulls[RES_ATTEMPTS] = false;
+		values[RES_EXPIRES_AT] = row.values[COL_EXPIRES_AT];
+		nulls[RES_EXPIRES_AT] = false;
+		unlock_key(&k);
+	}
+	else
+	{
+		/* A retryable failure, or a lease that ran out: take over. */
+		HeapTuple	tup;
+		TupleDesc	td;
+
+		args[4] = Int64GetDatum(row.token);
+		if (run_plan(PLAN_TAKEOVER, args, argnulls, false) != 1)
+			concurrent_change(&k);
+		tup = SPI_tuptable->vals[0];
+		td = SPI_tuptable->tupdesc;
+		outcome = "reclaimed";
+		values[RES_TOKEN] = SPI_getbinval(tup, td, 1, &nulls[RES_TOKEN]);
+		values[RES_ATTEMPTS] = SPI_getbinval(tup, td, 2, &nulls[RES_ATTEMPTS]);
+		values[RES_RECOVERY_POINT] = SPI_getbinval(tup, td, 3, &nulls[RES_RECOVERY_POINT]);
+		values[RES_EXPIRES_AT] = SPI_getbinval(tup, td, 4, &nulls[RES_EXPIRES_AT]);
+	}
+
+	values[RES_OUTCOME] = DirectFunctionCall2(enum_in, CStringGetDatum(outcome),
+											  ObjectIdGetDatum(TupleDescAttr(tupdesc, RES_OUTCOME)->atttypid));
+	nulls[RES_OUTCOME] = false;
+	result = SPI_returntuple(heap_form_tuple(tupdesc, values, nulls), tupdesc);
+	SPI_finish();
+	PG_RETURN_DATUM(PointerGetDatum(result));
+}
+
+/*
+ * The owner's calls start here: lock the key, read the row, and check that
+ * the token is the current one.  Returns false (connected to SPI) if there
+ * is no live claim and missing_ok; raises otherwise.
+ */
+static bool
+owner_begin(FunctionCallInfo fcinfo, int key_arg, int scope_arg, ClaimKey *k,
+			int64 *token, ClaimRow *row, bool missing_ok)
+{
+	claim_key_args(fcinfo, key_arg, scope_arg, k);
+	require_arg(fcinfo, key_arg + 1, "token");
+	*token = PG_GETARG_INT64(key_arg + 1);
+
+	(void) lock_and_read(k, true, row);
+
+	if (!row->found || row->expired)
+	{
+		if (missing_ok)
+			return false;
+		ereport(ERROR,
+				(errcode(ERRCODE_NO_DATA_FOUND),
+				 errmsg("idempotency key \"%s\" in scope \"%s\" has no live claim",
+						k->key_str, k->scope_str),
+				 errdetail("The claim expired, was released, or was never made."),
+				 errhint("Call idem_claim again.")));
+	}
+	if (*token < row->token)
+		ereport(ERROR,
+				(errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
+				 errmsg("fencing token %lld of idempotency key \"%s\" is stale",
+						(long long) *token, k->key_str),
+				 errdetail("The key was taken over after the lease ran out; its current token is %lld.",
+						   (long long) row->token),
+				 errhint("Stop working on this key; call idem_claim again to learn its outcome.")));
+	if (*token > row->token)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("fencing token %lld was not issued for idempotency key \"%s\"",
+						(long long) *token, k->key_str),
+				 errdetail("Its current token is %lld.", (long long) row->token),
+				 errhint("Pass the token that idem_claim returned.")));
+	return true;
+}
+
+/* The claim must still be in progress for this call. */
+static void
+require_in_progress(const ClaimKey *k, const ClaimRow *row)
+{
+	if (strcmp(row->state, "in_progress") != 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("claim of idempotency key \"%s\" is not in progress", k->key_str),
+				 errdetail("It is %s.", row->state),
+				 errhint("Call idem_claim again: a failed claim is taken over, a completed one replayed.")));
+}
+
+/*
+ * Shared by idem_complete and idem_fail: store the outcome of the current
+ * owner's attempt.  Repeating the same call with the same token changes
+ * nothing and returns false.
+ */
+static bool
+finish(FunctionCallInfo fcinfo, int scope_arg, bool failed, int response_arg, int status_arg)
+{
+	ClaimKey	k;
+	int64		token;
+	ClaimRow	row;
+	Datum		args[6];
+	char		argnulls[6];
+	const char *done = failed ? "failed" : "completed";
+
+	owner_begin(fcinfo, 0, scope_arg, &k, &token, &row, false);
+	if (strcmp(row.state, done) == 0)
+	{
+		SPI_finish();
+		return false;
+	}
+	require_in_progress(&k, &row);
+
+	memset(argnulls, ' ', sizeof(argnulls));
+	args[0] = PointerGetDatum(k.scope);
+	args[1] = PointerGetDatum(k.key);
+	args[2] = Int64GetDatum(token);
+	args[3] = PG_ARGISNULL(response_arg) ? (Datum) 0 : PG_GETARG_DATUM(response_arg);
+	argnulls[3] = PG_ARGISNULL(response_arg) ? 'n' : ' ';
+	args[4] = PG_ARGISNULL(status_arg) ? (Datum) 0 : PG_GETARG_DATUM(status_arg);
+	argnulls[4] = PG_ARGISNULL(status_arg) ? 'n' : ' ';
+	args[5] = BoolGetDatum(failed);
+	if (run_plan(PLAN_FINISH, args, argnulls, false) != 1)
+		concurrent_change(&k);
+	SPI_finish();
+	return true;
+}
+
+/*
+ * idem_complete(key, token, response, status, scope) → boolean
+ */
+Datum
+idem_complete(PG_FUNCTION_ARGS)
+{
+	PG_RETURN_BOOL(finish(fcinfo, 4, false, 2, 3));
+}
+
+/*
+ * idem_fail(key, token, retryable, response, status, scope) → boolean
+ *
+ * A retryable failure frees the key: the next caller takes over as
+ * reclaimed.  A final one is stored like a completion, so that its
+ * response (an error, say) is what later callers replay.
+ */
+Datum
+idem_fail(PG_FUNCTION_ARGS)
+{
+	require_arg(fcinfo, 2, "retryable");
+	PG_RETURN_BOOL(finish(fcinfo, 5, PG_GETARG_BOOL(2), 3, 4));
+}
+
+/*
+ * idem_checkpoint(key, token, recovery_point, scope) → boolean
+ */
+Datum
+idem_checkpoint(PG_FUNCTION_ARGS)
+{
+	ClaimKey	k;
+	int64		token;
+	ClaimRow	row;
+	Datum		args[4];
+
+	require_arg(fcinfo, 2, "recovery_point");
+	owner_begin(fcinfo, 0, 3, &k, &token, &row, false);
+	require_in_progress(&k, &row);
+	args[0] = PointerGetDatum(k.scope);
+	args[1] = PointerGetDatum(k.key);
+	args[2] = Int64GetDatum(token);
+	args[3] = PG_GETARG_DATUM(2);
+	if (run_plan(PLAN_CHECKPOINT, args, NULL, false) != 1)
+		concurrent_change(&k);
+	SPI_finish();
+	PG_RETURN_BOOL(true);
+}
+
+/*
+ * idem_extend(key, token, lease, scope) → timestamptz
+ *
+ * A lease that ran out can still be extended while nobody has taken over.
+ * The claim's expiry moves out with the lease if it has to.
+ */
+Datum
+idem_extend(PG_FUNCTION_ARGS)
+{
+	ClaimKey	k;
+	int64		token;
+	ClaimRow	row;
+	Datum		args[4];
+	Interval   *lease;
+	Datum		until;
+	bool		isnull;
+
+	lease = duration_arg(fcinfo, 2, "lease", max_ttl(), "the maximum ttl");
+	owner_begin(fcinfo, 0, 3, &k, &token, &row, false);
+	require_in_progress(&k, &row);
+	args[0] = PointerGetDatum(k.scope);
+	args[1] = PointerGetDatum(k.key);
+	args[2] = Int64GetDatum(token);
+	args[3] = IntervalPGetDatum(lease);
+	if (run_plan(PLAN_EXTEND, args, NULL, false) != 1)
+		concurrent_change(&k);
+	until = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+	SPI_finish();
+	PG_RETURN_DATUM(until);
+}
+
+/*
+ * idem_release(key, token, scope) → boolean
+ *
+ * The owner gives up without a result: the row goes, and the next caller
+ * claims the key afresh.  False if there was no live claim.
+ */
+Datum
+idem_release(PG_FUNCTION_ARGS)
+{
+	ClaimKey	k;
+	int64		token;
+	ClaimRow	row;
+	Datum		args[3];
+
+	if (!owner_begin(fcinfo, 0, 2, &k, &token, &row, true))
+	{
+		SPI_finish();
+		PG_RETURN_BOOL(false);
+	}
+	require_in_progress(&k, &row);
+	args[0] = PointerGetDatum(k.scope);
+	args[1] = PointerGetDatum(k.key);
+	args[2] = Int64GetDatum(token);
+	if (run_plan(PLAN_RELEASE, args, NULL, false) != 1)
+		concurrent_change(&k);
+	SPI_finish();
+	PG_RETURN_BOOL(true);
+}
+
+/*
+ * idem_lookup(key, scope) → claims: the live claim, or NULL.  Takes no
+ * lock and changes nothing.
+ */
+Datum
+idem_lookup(PG_FUNCTION_ARGS)
+{
+	ClaimKey	k;
+	Datum		args[2];
+	Datum		result = (Datum) 0;
+	bool		isnull = true;
+
+	claim_key_args(fcinfo, 0, 1, &k);
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	args[0] = PointerGetDatum(k.scope);
+	args[1] = PointerGetDatum(k.key);
+	if (run_plan(PLAN_LOOKUP, args, NULL, true) == 1)
+	{
+		result = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+		if (!isnull)
+			result = SPI_datumTransfer(result, false, -1);
+	}
+	SPI_finish();
+	if (isnull)
+		PG_RETURN_NULL();
+	PG_RETURN_DATUM(result);
+}
