@@ -13,7 +13,6 @@ OBJS = \
 	src/idempotency.o \
 	src/claim.o \
 	src/fingerprint.o \
-	src/lock.o \
 	src/snowflake.o \
 	src/snowflake_type.o
 

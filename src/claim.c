@@ -5,16 +5,19 @@
  *	  afterwards (idem_complete, idem_fail, idem_checkpoint, idem_extend,
  *	  idem_release) and idem_lookup.
  *
- * Concurrency.  Every function first locks the key (lock.c, lock space
- * IDEM_LOCKSPACE_CLAIM) for the rest of the transaction, then reads its row
- * with a fresh snapshot and decides.  Calls on one key therefore take turns:
- * a caller racing an uncommitted claim waits until it commits or rolls back
- * and then sees the outcome (or, with wait => false, reports in_progress at
- * once).  A call that changes nothing (a replay, a live owner, a mismatch)
- * releases the lock straight away.  Every write names, in its WHERE clause,
- * the token read under the lock, so a row changed behind the lock (by hand)
- * is detected, not overwritten.  Calls on different keys never wait for
- * each other.
+ * Concurrency.  There is no lock of our own: the rows are the locks, so a
+ * transaction may claim any number of keys.  A call reads the key's row
+ * with a fresh snapshot, decides, and writes with a WHERE clause that
+ * restates what it saw (the token, the state, the lease or expiry).  A
+ * caller racing an uncommitted claim therefore waits in PostgreSQL's own
+ * row or unique-index wait for that transaction to end, finds its WHERE
+ * no longer true (or the key taken) if it committed, and reads again to
+ * report what it left; if it rolled back, the caller's write goes through.
+ * With wait => false, a look at the primary key index with a dirty
+ * snapshot first tells whether another transaction is writing the key at
+ * that moment, and the call reports in_progress instead of waiting.  In
+ * REPEATABLE READ and SERIALIZABLE, losing such a race raises PostgreSQL's
+ * serialization failure (40001), to be retried as usual.
  *
  * Claim, business write and completion in one transaction are exactly
  * once: the claim is a row write, and a rollback removes it.
@@ -30,13 +33,21 @@
  */
 #include "postgres.h"
 
+#include "access/genam.h"
 #include "access/htup_details.h"
+#include "access/skey.h"
+#include "access/table.h"
+#include "catalog/namespace.h"
 #include "catalog/pg_type.h"
 #include "datatype/timestamp.h"
 #include "executor/spi.h"
 #include "funcapi.h"
 #include "utils/builtins.h"
+#include "utils/fmgroids.h"
 #include "utils/jsonb.h"
+#include "utils/lsyscache.h"
+#include "utils/rel.h"
+#include "utils/snapmgr.h"
 #include "utils/timestamp.h"
 
 #include "idempotency.h"
@@ -63,6 +74,9 @@ PG_FUNCTION_INFO_V1(idem_lookup);
 #define NEXT_TOKEN	"pg_catalog.nextval('idempotency.claim_tokens'::pg_catalog.regclass)"
 #define KEY_IS		" WHERE scope" EQ "$1 AND key" EQ "$2"
 #define TOKEN_IS(n) " AND token" EQ "$" #n
+/* What an owner's call requires of the row, restated in its WHERE. */
+#define OWNED(n)	TOKEN_IS(n) " AND state OPERATOR(pg_catalog.=) 'in_progress'" \
+					" AND expires_at OPERATOR(pg_catalog.>) " CLOCK
 
 typedef enum ClaimPlan
 {
@@ -107,7 +121,8 @@ static const PlanDef plan_defs[NUM_PLANS] = {
 		" token = " NEXT_TOKEN ", attempts = 1, lease_until = " CLOCK PLUS "$4,"
 		" recovery_point = NULL, response = NULL, status = NULL,"
 		" created_at = pg_catalog.now(), expires_at = " CLOCK PLUS "$5"
-		KEY_IS TOKEN_IS(6) " RETURNING token, expires_at",
+		KEY_IS TOKEN_IS(6) " AND expires_at OPERATOR(pg_catalog.<=) " CLOCK
+		" RETURNING token, expires_at",
 		6, {TEXTOID, TEXTOID, BYTEAOID, INTERVALOID, INTERVALOID, INT8OID}
 	},
 	[PLAN_TAKEOVER] = {
@@ -115,28 +130,31 @@ static const PlanDef plan_defs[NUM_PLANS] = {
 		" attempts = attempts" PLUS "1, lease_until = " CLOCK PLUS "$4,"
 		" expires_at = GREATEST(expires_at, " CLOCK PLUS "$4),"
 		" fingerprint = COALESCE(fingerprint, $3)"
-		KEY_IS TOKEN_IS(5) " RETURNING token, attempts, recovery_point, expires_at",
+		KEY_IS TOKEN_IS(5) " AND expires_at OPERATOR(pg_catalog.>) " CLOCK
+		" AND (state OPERATOR(pg_catalog.=) 'failed' OR (state OPERATOR(pg_catalog.=) 'in_progress'"
+		" AND lease_until OPERATOR(pg_catalog.<=) " CLOCK "))"
+		" RETURNING token, attempts, recovery_point, expires_at",
 		5, {TEXTOID, TEXTOID, BYTEAOID, INTERVALOID, INT8OID}
 	},
 	[PLAN_FINISH] = {
 		"UPDATE idempotency.claims SET state = CASE WHEN $6 THEN 'failed'"
 		" ELSE 'completed' END::idempotency.idem_claim_state,"
 		" response = $4, status = $5, lease_until = NULL"
-		KEY_IS TOKEN_IS(3),
+		KEY_IS OWNED(3),
 		6, {TEXTOID, TEXTOID, INT8OID, JSONBOID, INT4OID, BOOLOID}
 	},
 	[PLAN_CHECKPOINT] = {
-		"UPDATE idempotency.claims SET recovery_point = $4" KEY_IS TOKEN_IS(3),
+		"UPDATE idempotency.claims SET recovery_point = $4" KEY_IS OWNED(3),
 		4, {TEXTOID, TEXTOID, INT8OID, TEXTOID}
 	},
 	[PLAN_EXTEND] = {
 		"UPDATE idempotency.claims SET lease_until = " CLOCK PLUS "$4,"
 		" expires_at = GREATEST(expires_at, " CLOCK PLUS "$4)"
-		KEY_IS TOKEN_IS(3) " RETURNING lease_until",
+		KEY_IS OWNED(3) " RETURNING lease_until",
 		4, {TEXTOID, TEXTOID, INT8OID, INTERVALOID}
 	},
 	[PLAN_RELEASE] = {
-		"DELETE FROM idempotency.claims" KEY_IS TOKEN_IS(3),
+		"DELETE FROM idempotency.claims" KEY_IS OWNED(3),
 		3, {TEXTOID, TEXTOID, INT8OID}
 	},
 	[PLAN_LOOKUP] = {
@@ -342,22 +360,20 @@ max_ttl(void)
 	return &iv;
 }
 
-/*
- * Lock the key, connect to SPI and read the row.  Returns false without
- * connecting if wait is false and another transaction holds the key.
- */
-static bool
-lock_and_read(const ClaimKey *k, bool wait, ClaimRow *row)
+static void
+connect_spi(void)
 {
-	Datum		args[2];
-
-	if (!IdemLockKey(IDEM_LOCKSPACE_CLAIM,
-					 VARDATA_ANY(k->scope), VARSIZE_ANY_EXHDR(k->scope),
-					 VARDATA_ANY(k->key), VARSIZE_ANY_EXHDR(k->key), wait))
-		return false;
-
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
+}
+
+/*
+ * Read the key's row with a fresh snapshot (in READ COMMITTED).
+ */
+static void
+read_row(const ClaimKey *k, ClaimRow *row)
+{
+	Datum		args[2];
 
 	args[0] = PointerGetDatum(k->scope);
 	args[1] = PointerGetDatum(k->key);
@@ -376,15 +392,46 @@ lock_and_read(const ClaimKey *k, bool wait, ClaimRow *row)
 		row->lease_over = !row->nulls[COL_LEASE_OVER] &&
 			DatumGetBool(row->values[COL_LEASE_OVER]);
 	}
-	return true;
 }
 
-static void
-unlock_key(const ClaimKey *k)
+/*
+ * Is another transaction inserting, updating or deleting this key's row
+ * right now?  A scan of the primary key index with a dirty snapshot sees
+ * uncommitted versions and names the transactions writing them.  (Row
+ * locks taken by SELECT FOR UPDATE do not count: they change nothing.)
+ */
+static bool
+key_busy_elsewhere(const ClaimKey *k)
 {
-	IdemUnlockKey(IDEM_LOCKSPACE_CLAIM,
-				  VARDATA_ANY(k->scope), VARSIZE_ANY_EXHDR(k->scope),
-				  VARDATA_ANY(k->key), VARSIZE_ANY_EXHDR(k->key));
+	Oid			nsp = get_namespace_oid("idempotency", false);
+	Oid			relid = get_relname_relid("claims", nsp);
+	Relation	rel;
+	Relation	irel;
+	SnapshotData dirty;
+	ScanKeyData skey[2];
+	IndexScanDesc scan;
+	TupleTableSlot *slot;
+	bool		busy = false;
+
+	if (!OidIsValid(relid))
+		elog(ERROR, "table idempotency.claims does not exist");
+	rel = table_open(relid, AccessShareLock);
+	irel = index_open(RelationGetPrimaryKeyIndex(rel), AccessShareLock);
+	InitDirtySnapshot(dirty);
+	ScanKeyEntryInitialize(&skey[0], 0, 1, BTEqualStrategyNumber, InvalidOid,
+						   irel->rd_indcollation[0], F_TEXTEQ, PointerGetDatum(k->scope));
+	ScanKeyEntryInitialize(&skey[1], 0, 2, BTEqualStrategyNumber, InvalidOid,
+						   irel->rd_indcollation[1], F_TEXTEQ, PointerGetDatum(k->key));
+	scan = idem_index_beginscan(rel, irel, &dirty, 2);
+	index_rescan(scan, skey, 2, NULL, 0);
+	slot = table_slot_create(rel, NULL);
+	while (!busy && index_getnext_slot(scan, ForwardScanDirection, slot))
+		busy = TransactionIdIsValid(dirty.xmin) || TransactionIdIsValid(dirty.xmax);
+	ExecDropSingleTupleTableSlot(slot);
+	index_endscan(scan);
+	index_close(irel, AccessShareLock);
+	table_close(rel, AccessShareLock);
+	return busy;
 }
 
 /*
@@ -454,15 +501,16 @@ idem_claim(PG_FUNCTION_ARGS)
 	tupdesc = BlessTupleDesc(tupdesc);
 	memset(nulls, true, sizeof(nulls));
 
-	if (!lock_and_read(&k, wait, &row))
+	if (!wait && key_busy_elsewhere(&k))
 	{
-		/* Another transaction is claiming this key right now. */
+		/* Another transaction is claiming or finishing this key right now. */
 		values[RES_OUTCOME] = DirectFunctionCall2(enum_in, CStringGetDatum("in_progress"),
 												  ObjectIdGetDatum(TupleDescAttr(tupdesc, RES_OUTCOME)->atttypid));
 		nulls[RES_OUTCOME] = false;
 		PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(tupdesc, values, nulls)));
 	}
 
+	connect_spi();
 	memset(argnulls, ' ', sizeof(argnulls));
 	args[0] = PointerGetDatum(k.scope);
 	args[1] = PointerGetDatum(k.key);
@@ -470,66 +518,81 @@ idem_claim(PG_FUNCTION_ARGS)
 	argnulls[2] = fingerprint ? ' ' : 'n';
 	args[3] = IntervalPGetDatum(lease);
 
-	if (!row.found || row.expired)
+	for (int tries = 0;; tries++)
 	{
-		/* First time, or the old claim has expired: the caller owns it. */
-		args[4] = IntervalPGetDatum(ttl);
-		args[5] = Int64GetDatum(row.token);
-		if (run_plan(row.found ? PLAN_RENEW : PLAN_INSERT, args, argnulls, false) != 1)
-			concurrent_change(&k);
-		outcome = "claimed";
-		values[RES_TOKEN] = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &nulls[RES_TOKEN]);
-		values[RES_EXPIRES_AT] = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &nulls[RES_EXPIRES_AT]);
-		values[RES_ATTEMPTS] = Int32GetDatum(1);
-		nulls[RES_ATTEMPTS] = false;
-	}
-	else if (fingerprint_differs(&row, fingerprint))
-	{
-		outcome = "mismatch";
-		values[RES_EXPIRES_AT] = row.values[COL_EXPIRES_AT];
-		nulls[RES_EXPIRES_AT] = false;
-		unlock_key(&k);
-	}
-	else if (strcmp(row.state, "completed") == 0)
-	{
-		/* Done before: replay. */
-		outcome = "completed";
-		values[RES_RESPONSE] = row.values[COL_RESPONSE];
-		nulls[RES_RESPONSE] = row.nulls[COL_RESPONSE];
-		values[RES_STATUS] = row.values[COL_STATUS];
-		nulls[RES_STATUS] = row.nulls[COL_STATUS];
-		values[RES_ATTEMPTS] = row.values[COL_ATTEMPTS];
-		nulls[RES_ATTEMPTS] = false;
-		values[RES_EXPIRES_AT] = row.values[COL_EXPIRES_AT];
-		nulls[RES_EXPIRES_AT] = false;
-		unlock_key(&k);
-	}
-	else if (strcmp(row.state, "in_progress") == 0 && !row.lease_over)
-	{
-		/* Someone else owns it, under a live lease. */
-		outcome = "in_progress";
-		values[RES_ATTEMPTS] = row.values[COL_ATTEMPTS];
-		nulls[RES_ATTEMPTS] = false;
-		values[RES_EXPIRES_AT] = row.values[COL_EXPIRES_AT];
-		nulls[RES_EXPIRES_AT] = false;
-		unlock_key(&k);
-	}
-	else
-	{
-		/* A retryable failure, or a lease that ran out: take over. */
-		HeapTuple	tup;
-		TupleDesc	td;
+		read_row(&k, &row);
 
-		args[4] = Int64GetDatum(row.token);
-		if (run_plan(PLAN_TAKEOVER, args, argnulls, false) != 1)
+		if (!row.found || row.expired)
+		{
+			/* First time, or the old claim has expired: the caller owns it. */
+			args[4] = IntervalPGetDatum(ttl);
+			args[5] = Int64GetDatum(row.token);
+			if (run_plan(row.found ? PLAN_RENEW : PLAN_INSERT, args, argnulls, false) == 1)
+			{
+				outcome = "claimed";
+				values[RES_TOKEN] = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &nulls[RES_TOKEN]);
+				values[RES_EXPIRES_AT] = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &nulls[RES_EXPIRES_AT]);
+				values[RES_ATTEMPTS] = Int32GetDatum(1);
+				nulls[RES_ATTEMPTS] = false;
+				break;
+			}
+		}
+		else if (fingerprint_differs(&row, fingerprint))
+		{
+			outcome = "mismatch";
+			values[RES_EXPIRES_AT] = row.values[COL_EXPIRES_AT];
+			nulls[RES_EXPIRES_AT] = false;
+			break;
+		}
+		else if (strcmp(row.state, "completed") == 0)
+		{
+			/* Done before: replay. */
+			outcome = "completed";
+			values[RES_RESPONSE] = row.values[COL_RESPONSE];
+			nulls[RES_RESPONSE] = row.nulls[COL_RESPONSE];
+			values[RES_STATUS] = row.values[COL_STATUS];
+			nulls[RES_STATUS] = row.nulls[COL_STATUS];
+			values[RES_ATTEMPTS] = row.values[COL_ATTEMPTS];
+			nulls[RES_ATTEMPTS] = false;
+			values[RES_EXPIRES_AT] = row.values[COL_EXPIRES_AT];
+			nulls[RES_EXPIRES_AT] = false;
+			break;
+		}
+		else if (strcmp(row.state, "in_progress") == 0 && !row.lease_over)
+		{
+			/* Someone else owns it, under a live lease. */
+			outcome = "in_progress";
+			values[RES_ATTEMPTS] = row.values[COL_ATTEMPTS];
+			nulls[RES_ATTEMPTS] = false;
+			values[RES_EXPIRES_AT] = row.values[COL_EXPIRES_AT];
+			nulls[RES_EXPIRES_AT] = false;
+			break;
+		}
+		else
+		{
+			/* A retryable failure, or a lease that ran out: take over. */
+			args[4] = Int64GetDatum(row.token);
+			if (run_plan(PLAN_TAKEOVER, args, argnulls, false) == 1)
+			{
+				HeapTuple	tup = SPI_tuptable->vals[0];
+				TupleDesc	td = SPI_tuptable->tupdesc;
+
+				outcome = "reclaimed";
+				values[RES_TOKEN] = SPI_getbinval(tup, td, 1, &nulls[RES_TOKEN]);
+				values[RES_ATTEMPTS] = SPI_getbinval(tup, td, 2, &nulls[RES_ATTEMPTS]);
+				values[RES_RECOVERY_POINT] = SPI_getbinval(tup, td, 3, &nulls[RES_RECOVERY_POINT]);
+				values[RES_EXPIRES_AT] = SPI_getbinval(tup, td, 4, &nulls[RES_EXPIRES_AT]);
+				break;
+			}
+		}
+
+		/*
+		 * The write found the row changed: another transaction claimed,
+		 * took over or finished the key and committed while we waited for
+		 * it.  Read again and report what it left.
+		 */
+		if (tries >= 3)
 			concurrent_change(&k);
-		tup = SPI_tuptable->vals[0];
-		td = SPI_tuptable->tupdesc;
-		outcome = "reclaimed";
-		values[RES_TOKEN] = SPI_getbinval(tup, td, 1, &nulls[RES_TOKEN]);
-		values[RES_ATTEMPTS] = SPI_getbinval(tup, td, 2, &nulls[RES_ATTEMPTS]);
-		values[RES_RECOVERY_POINT] = SPI_getbinval(tup, td, 3, &nulls[RES_RECOVERY_POINT]);
-		values[RES_EXPIRES_AT] = SPI_getbinval(tup, td, 4, &nulls[RES_EXPIRES_AT]);
 	}
 
 	values[RES_OUTCOME] = DirectFunctionCall2(enum_in, CStringGetDatum(outcome),
@@ -540,98 +603,117 @@ idem_claim(PG_FUNCTION_ARGS)
 	PG_RETURN_DATUM(PointerGetDatum(result));
 }
 
-/*
- * The owner's calls start here: lock the key, read the row, and check that
- * the token is the current one.  Returns false (connected to SPI) if there
- * is no live claim and missing_ok; raises otherwise.
- */
-static bool
-owner_begin(FunctionCallInfo fcinfo, int key_arg, int scope_arg, ClaimKey *k,
-			int64 *token, ClaimRow *row, bool missing_ok)
+/* How an owner's call ended. */
+typedef enum OwnerResult
 {
-	claim_key_args(fcinfo, key_arg, scope_arg, k);
-	require_arg(fcinfo, key_arg + 1, "token");
-	*token = PG_GETARG_INT64(key_arg + 1);
+	OWNER_CHANGED,				/* the write went through */
+	OWNER_ALREADY_DONE,			/* the same call had already been made */
+	OWNER_NO_CLAIM				/* no live claim (only with missing_ok) */
+} OwnerResult;
 
-	(void) lock_and_read(k, true, row);
+/*
+ * The owner's calls: check that the token is the current owner's and the
+ * claim in progress, then run the write, whose WHERE restates both.  If a
+ * takeover committed while the write waited for it, reading again turns
+ * the failed write into the right refusal (a stale token).  With
+ * done_state, finding the claim already in that state with this token
+ * means the call was made before: nothing changes.
+ */
+static OwnerResult
+owner_write(const ClaimKey *k, int64 token, ClaimPlan plan, Datum *args,
+			const char *argnulls, const char *done_state, bool missing_ok)
+{
+	ClaimRow	row;
 
-	if (!row->found || row->expired)
+	for (int tries = 0;; tries++)
 	{
-		if (missing_ok)
-			return false;
-		ereport(ERROR,
-				(errcode(ERRCODE_NO_DATA_FOUND),
-				 errmsg("idempotency key \"%s\" in scope \"%s\" has no live claim",
-						k->key_str, k->scope_str),
-				 errdetail("The claim expired, was released, or was never made."),
-				 errhint("Call idem_claim again.")));
+		read_row(k, &row);
+		if (!row.found || row.expired)
+		{
+			if (missing_ok)
+				return OWNER_NO_CLAIM;
+			ereport(ERROR,
+					(errcode(ERRCODE_NO_DATA_FOUND),
+					 errmsg("idempotency key \"%s\" in scope \"%s\" has no live claim",
+							k->key_str, k->scope_str),
+					 errdetail("The claim expired, was released, or was never made."),
+					 errhint("Call idem_claim again.")));
+		}
+		if (token < row.token)
+			ereport(ERROR,
+					(errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
+					 errmsg("fencing token %lld of idempotency key \"%s\" is stale",
+							(long long) token, k->key_str),
+					 errdetail("The key was taken over after the lease ran out; its current token is %lld.",
+							   (long long) row.token),
+					 errhint("Stop working on this key; call idem_claim again to learn its outcome.")));
+		if (token > row.token)
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("fencing token %lld was not issued for idempotency key \"%s\"",
+							(long long) token, k->key_str),
+					 errdetail("Its current token is %lld.", (long long) row.token),
+					 errhint("Pass the token that idem_claim returned.")));
+		if (done_state && strcmp(row.state, done_state) == 0)
+			return OWNER_ALREADY_DONE;
+		if (strcmp(row.state, "in_progress") != 0)
+			ereport(ERROR,
+					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+					 errmsg("claim of idempotency key \"%s\" is not in progress", k->key_str),
+					 errdetail("It is %s.", row.state),
+					 errhint("Call idem_claim again: a failed claim is taken over, a completed one replayed.")));
+
+		if (run_plan(plan, args, argnulls, false) == 1)
+			return OWNER_CHANGED;
+		if (tries >= 3)
+			concurrent_change(k);
 	}
-	if (*token < row->token)
-		ereport(ERROR,
-				(errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
-				 errmsg("fencing token %lld of idempotency key \"%s\" is stale",
-						(long long) *token, k->key_str),
-				 errdetail("The key was taken over after the lease ran out; its current token is %lld.",
-						   (long long) row->token),
-				 errhint("Stop working on this key; call idem_claim again to learn its outcome.")));
-	if (*token > row->token)
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("fencing token %lld was not issued for idempotency key \"%s\"",
-						(long long) *token, k->key_str),
-				 errdetail("Its current token is %lld.", (long long) row->token),
-				 errhint("Pass the token that idem_claim returned.")));
-	return true;
 }
 
-/* The claim must still be in progress for this call. */
-static void
-require_in_progress(const ClaimKey *k, const ClaimRow *row)
+/*
+ * Read the key, scope and token arguments of an owner's call, connect to
+ * SPI, and fill the first three statement arguments.
+ */
+static int64
+owner_args(FunctionCallInfo fcinfo, int scope_arg, ClaimKey *k, Datum *args)
 {
-	if (strcmp(row->state, "in_progress") != 0)
-		ereport(ERROR,
-				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-				 errmsg("claim of idempotency key \"%s\" is not in progress", k->key_str),
-				 errdetail("It is %s.", row->state),
-				 errhint("Call idem_claim again: a failed claim is taken over, a completed one replayed.")));
+	int64		token;
+
+	claim_key_args(fcinfo, 0, scope_arg, k);
+	require_arg(fcinfo, 1, "token");
+	token = PG_GETARG_INT64(1);
+	connect_spi();
+	args[0] = PointerGetDatum(k->scope);
+	args[1] = PointerGetDatum(k->key);
+	args[2] = Int64GetDatum(token);
+	return token;
 }
 
 /*
  * Shared by idem_complete and idem_fail: store the outcome of the current
- * owner's attempt.  Repeating the same call with the same token changes
- * nothing and returns false.
+ * owner's attempt.  Repeating the call with the same token changes nothing
+ * and returns false.
  */
 static bool
 finish(FunctionCallInfo fcinfo, int scope_arg, bool failed, int response_arg, int status_arg)
 {
 	ClaimKey	k;
 	int64		token;
-	ClaimRow	row;
 	Datum		args[6];
 	char		argnulls[6];
-	const char *done = failed ? "failed" : "completed";
+	OwnerResult result;
 
-	owner_begin(fcinfo, 0, scope_arg, &k, &token, &row, false);
-	if (strcmp(row.state, done) == 0)
-	{
-		SPI_finish();
-		return false;
-	}
-	require_in_progress(&k, &row);
-
+	token = owner_args(fcinfo, scope_arg, &k, args);
 	memset(argnulls, ' ', sizeof(argnulls));
-	args[0] = PointerGetDatum(k.scope);
-	args[1] = PointerGetDatum(k.key);
-	args[2] = Int64GetDatum(token);
 	args[3] = PG_ARGISNULL(response_arg) ? (Datum) 0 : PG_GETARG_DATUM(response_arg);
 	argnulls[3] = PG_ARGISNULL(response_arg) ? 'n' : ' ';
 	args[4] = PG_ARGISNULL(status_arg) ? (Datum) 0 : PG_GETARG_DATUM(status_arg);
 	argnulls[4] = PG_ARGISNULL(status_arg) ? 'n' : ' ';
 	args[5] = BoolGetDatum(failed);
-	if (run_plan(PLAN_FINISH, args, argnulls, false) != 1)
-		concurrent_change(&k);
+	result = owner_write(&k, token, PLAN_FINISH, args, argnulls,
+						 failed ? "failed" : "completed", false);
 	SPI_finish();
-	return true;
+	return result == OWNER_CHANGED;
 }
 
 /*
@@ -665,18 +747,12 @@ idem_checkpoint(PG_FUNCTION_ARGS)
 {
 	ClaimKey	k;
 	int64		token;
-	ClaimRow	row;
 	Datum		args[4];
 
 	require_arg(fcinfo, 2, "recovery_point");
-	owner_begin(fcinfo, 0, 3, &k, &token, &row, false);
-	require_in_progress(&k, &row);
-	args[0] = PointerGetDatum(k.scope);
-	args[1] = PointerGetDatum(k.key);
-	args[2] = Int64GetDatum(token);
+	token = owner_args(fcinfo, 3, &k, args);
 	args[3] = PG_GETARG_DATUM(2);
-	if (run_plan(PLAN_CHECKPOINT, args, NULL, false) != 1)
-		concurrent_change(&k);
+	owner_write(&k, token, PLAN_CHECKPOINT, args, NULL, NULL, false);
 	SPI_finish();
 	PG_RETURN_BOOL(true);
 }
@@ -692,21 +768,13 @@ idem_extend(PG_FUNCTION_ARGS)
 {
 	ClaimKey	k;
 	int64		token;
-	ClaimRow	row;
 	Datum		args[4];
-	Interval   *lease;
 	Datum		until;
 	bool		isnull;
 
-	lease = duration_arg(fcinfo, 2, "lease", max_ttl(), "the maximum ttl");
-	owner_begin(fcinfo, 0, 3, &k, &token, &row, false);
-	require_in_progress(&k, &row);
-	args[0] = PointerGetDatum(k.scope);
-	args[1] = PointerGetDatum(k.key);
-	args[2] = Int64GetDatum(token);
-	args[3] = IntervalPGetDatum(lease);
-	if (run_plan(PLAN_EXTEND, args, NULL, false) != 1)
-		concurrent_change(&k);
+	args[3] = IntervalPGetDatum(duration_arg(fcinfo, 2, "lease", max_ttl(), "the maximum ttl"));
+	token = owner_args(fcinfo, 3, &k, args);
+	owner_write(&k, token, PLAN_EXTEND, args, NULL, NULL, false);
 	until = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
 	SPI_finish();
 	PG_RETURN_DATUM(until);
@@ -723,22 +791,13 @@ idem_release(PG_FUNCTION_ARGS)
 {
 	ClaimKey	k;
 	int64		token;
-	ClaimRow	row;
 	Datum		args[3];
+	OwnerResult result;
 
-	if (!owner_begin(fcinfo, 0, 2, &k, &token, &row, true))
-	{
-		SPI_finish();
-		PG_RETURN_BOOL(false);
-	}
-	require_in_progress(&k, &row);
-	args[0] = PointerGetDatum(k.scope);
-	args[1] = PointerGetDatum(k.key);
-	args[2] = Int64GetDatum(token);
-	if (run_plan(PLAN_RELEASE, args, NULL, false) != 1)
-		concurrent_change(&k);
+	token = owner_args(fcinfo, 2, &k, args);
+	result = owner_write(&k, token, PLAN_RELEASE, args, NULL, NULL, true);
 	SPI_finish();
-	PG_RETURN_BOOL(true);
+	PG_RETURN_BOOL(result == OWNER_CHANGED);
 }
 
 /*
@@ -754,8 +813,7 @@ idem_lookup(PG_FUNCTION_ARGS)
 	bool		isnull = true;
 
 	claim_key_args(fcinfo, 0, 1, &k);
-	if (SPI_connect() != SPI_OK_CONNECT)
-		elog(ERROR, "SPI_connect failed");
+	connect_spi();
 	args[0] = PointerGetDatum(k.scope);
 	args[1] = PointerGetDatum(k.key);
 	if (run_plan(PLAN_LOOKUP, args, NULL, true) == 1)

@@ -41,4 +41,13 @@
 #define guc_malloc(elevel, size)	malloc(size)
 #endif
 
+/* index_beginscan took an instrumentation argument in PostgreSQL 18. */
+#if PG_VERSION_NUM >= 180000
+#define idem_index_beginscan(heap, index, snapshot, nkeys) \
+	index_beginscan((heap), (index), (snapshot), NULL, (nkeys), 0)
+#else
+#define idem_index_beginscan(heap, index, snapshot, nkeys) \
+	index_beginscan((heap), (index), (snapshot), (nkeys), 0)
+#endif
+
 #endif							/* IDEMPOTENCY_COMPAT_H */

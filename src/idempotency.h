@@ -72,15 +72,6 @@ extern IdemShared *IdemRequireShared(const char *what);
 extern void SnowflakeShmemInit(SnowflakeShared *sf, bool found);
 extern void SnowflakeShmemShutdown(SnowflakeShared *sf);
 
-/* lock.c: lock spaces (the objsubid column of pg_locks) */
-#define IDEM_LOCKSPACE_CLAIM	73	/* idem_claim and friends */
-#define IDEM_LOCKSPACE_KEY		74	/* idem_lock, idem_try_lock */
-
-extern bool IdemLockKey(uint16 space, const char *scope, int scope_len,
-						const char *key, int key_len, bool wait);
-extern void IdemUnlockKey(uint16 space, const char *scope, int scope_len,
-						  const char *key, int key_len);
-
 /* snowflake_type.c */
 extern bool SnowflakeParseEpoch(const char *str, int64 *unix_ms,
 								const char **problem);

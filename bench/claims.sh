@@ -1,0 +1,121 @@
+#!/usr/bin/env bash
+# bench/claims.sh: idem_claim against the hand-written dedup table it
+# replaces, in one run on one cluster, with pgbench.
+#
+#   1. New keys: SELECT idem_claim(random key, '1 hour') against
+#      INSERT ... ON CONFLICT DO NOTHING into a table with the same columns,
+#      key and index.
+#   2. Replays: idem_claim of a completed key against a plain primary-key
+#      SELECT of the stored response.
+#   3. If redis-server is installed: SET key val NX PX with appendonly and
+#      appendfsync always, the durable Redis equivalent of a claim.
+#
+# Each pair runs in alternating rounds (ROUNDS of SECONDS each, tables
+# emptied before every new-key round); the median throughput of each side
+# is reported with the ratio.  Both with synchronous_commit on (durable,
+# what production runs) and off (CPU cost alone).
+#
+# Usage: bash bench/claims.sh [CLIENTS] [SECONDS] [ROUNDS]
+# Defaults: 8 clients, 10 seconds, 3 rounds.  Not run in CI.
+
+source "$(dirname "$0")/../scripts/lib.sh"
+IDEM_WORK=${IDEM_WORK:-/tmp/idempotency-bench-claims}
+CLIENTS=${1:-8}
+SECONDS_RUN=${2:-10}
+ROUNDS=${3:-3}
+REPLAY_KEYS=100000
+
+idem_packages
+idem_owner
+idem_build
+idem_start_cluster "max_connections = 50"
+
+psqlq() { as_owner psql -X -q -v ON_ERROR_STOP=1 "$@"; }
+
+psqlq <<'SQL'
+CREATE EXTENSION idempotency;
+-- The hand-written equivalent: the same columns, key and expiry index.
+CREATE TABLE dedup (LIKE idempotency.claims INCLUDING DEFAULTS INCLUDING CONSTRAINTS);
+ALTER TABLE dedup ADD PRIMARY KEY (scope, key);
+CREATE INDEX ON dedup (expires_at);
+SQL
+
+script() { printf '%s\n' "$2" | as_owner tee "$IDEM_WORK/$1.sql" >/dev/null; }
+script claim '\set r random(1, 1000000000)
+SELECT idempotency.idem_claim(:r::text, '"'"'1 hour'"'"');'
+script insert '\set r random(1, 1000000000)
+INSERT INTO dedup (key, state, token, lease_until, expires_at)
+VALUES (:r::text, '"'"'in_progress'"'"', 1, now() + interval '"'"'1 min'"'"', now() + interval '"'"'1 hour'"'"')
+ON CONFLICT DO NOTHING;'
+script replay "\\set r random(1, $REPLAY_KEYS)
+SELECT idempotency.idem_claim('r' || :r, '1 hour');"
+script select "\\set r random(1, $REPLAY_KEYS)
+SELECT response, status FROM dedup WHERE scope = 'default' AND key = 'r' || :r;"
+
+# tps of one pgbench run of a script.
+tps() {
+	as_owner env PGOPTIONS="-c synchronous_commit=$2" pgbench -n -c "$CLIENTS" -j "$CLIENTS" \
+		-T "$SECONDS_RUN" -f "$IDEM_WORK/$1.sql" postgres 2>&1 |
+		sed -n 's/^tps = \([0-9.]*\).*/\1/p'
+}
+
+median() { sort -n | awk '{a[NR] = $1} END {print (NR % 2) ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2}'; }
+
+# Alternate two scripts for ROUNDS rounds; print medians and the ratio.
+pair() {
+	local label=$1 ours=$2 theirs=$3 commit=$4 reset=$5 a=() b=() r
+	for r in $(seq 1 "$ROUNDS"); do
+		[ -z "$reset" ] || psqlq -c "$reset"
+		a+=("$(tps "$ours" "$commit")")
+		[ -z "$reset" ] || psqlq -c "$reset"
+		b+=("$(tps "$theirs" "$commit")")
+		printf '.'
+	done
+	printf '\r'
+	local ma mb
+	ma=$(printf '%s\n' "${a[@]}" | median)
+	mb=$(printf '%s\n' "${b[@]}" | median)
+	awk -v l="$label" -v c="$commit" -v a="$ma" -v b="$mb" -v o="$ours" -v t="$theirs" 'BEGIN {
+		printf "  %-34s sync_commit=%-3s %-7s %9.0f tps   %-7s %9.0f tps   ratio %.3f\n", l, c, o, a, t, b, a / b
+	}'
+}
+
+say "idempotency claims: $CLIENTS clients, $ROUNDS rounds of $SECONDS_RUN s per side"
+reset_new="TRUNCATE idempotency.claims, dedup"
+for commit in on off; do
+	pair "new keys: idem_claim vs INSERT" claim insert "$commit" "$reset_new"
+done
+
+psqlq <<SQL
+TRUNCATE idempotency.claims, dedup;
+DO \$\$
+DECLARE t bigint;
+BEGIN
+	FOR i IN 1..$REPLAY_KEYS LOOP
+		t := (idempotency.idem_claim('r' || i, '1 day')).token;
+		PERFORM idempotency.idem_complete('r' || i, t, jsonb_build_object('id', i), 200);
+	END LOOP;
+END \$\$;
+INSERT INTO dedup SELECT * FROM idempotency.claims;
+VACUUM ANALYZE idempotency.claims, dedup;
+SQL
+for commit in on off; do
+	pair "replays: idem_claim vs PK SELECT" replay select "$commit" ""
+done
+
+if command -v redis-server >/dev/null && command -v redis-benchmark >/dev/null; then
+	say "Redis, SET key val NX PX 3600000, appendonly yes, appendfsync always"
+	redis_dir=$IDEM_WORK/redis
+	as_owner mkdir -p "$redis_dir"
+	as_owner redis-server --port 0 --unixsocket "$redis_dir/redis.sock" --dir "$redis_dir" \
+		--appendonly yes --appendfsync always --save '' --daemonize yes \
+		--pidfile "$redis_dir/redis.pid" --logfile "$redis_dir/redis.log"
+	for _ in $(seq 1 50); do [ -S "$redis_dir/redis.sock" ] && break; sleep 0.1; done
+	as_owner redis-benchmark -s "$redis_dir/redis.sock" -c "$CLIENTS" -n 200000 -r 1000000000 -q \
+		SET 'claim:__rand_int__' in_progress NX PX 3600000 | tr '\r' '\n' | grep -v '^$' | tail -n 1
+	kill "$(cat "$redis_dir/redis.pid")"
+else
+	say "Redis: not installed (apt-get install redis-server to include it)"
+fi
+psqlq -At -c "SELECT 'server: ' || version()"
+echo "machine: $(nproc) cores"
