@@ -80,7 +80,6 @@ PG_FUNCTION_INFO_V1(idem_lookup);
 
 typedef enum ClaimPlan
 {
-	PLAN_READ,
 	PLAN_INSERT,
 	PLAN_RENEW,
 	PLAN_TAKEOVER,
@@ -100,14 +99,6 @@ typedef struct PlanDef
 } PlanDef;
 
 static const PlanDef plan_defs[NUM_PLANS] = {
-	[PLAN_READ] = {
-		"SELECT state::pg_catalog.text, fingerprint, token, attempts, lease_until,"
-		" recovery_point, response, status, expires_at,"
-		" expires_at OPERATOR(pg_catalog.<=) " CLOCK ","
-		" lease_until OPERATOR(pg_catalog.<=) " CLOCK
-		" FROM idempotency.claims" KEY_IS,
-		2, {TEXTOID, TEXTOID}
-	},
 	[PLAN_INSERT] = {
 		"INSERT INTO idempotency.claims (scope, key, fingerprint, state, token,"
 		" attempts, lease_until, created_at, expires_at)"
@@ -167,34 +158,59 @@ static const PlanDef plan_defs[NUM_PLANS] = {
 
 static SPIPlanPtr plans[NUM_PLANS];
 
-/* The columns PLAN_READ returns, 0-based. */
+/* The columns of idempotency.claims that decisions read. */
 enum
 {
 	COL_STATE, COL_FINGERPRINT, COL_TOKEN, COL_ATTEMPTS, COL_LEASE_UNTIL,
-	COL_RECOVERY_POINT, COL_RESPONSE, COL_STATUS, COL_EXPIRES_AT,
-	COL_EXPIRED, COL_LEASE_OVER, NUM_READ_COLS
+	COL_RECOVERY_POINT, COL_RESPONSE, COL_STATUS, COL_EXPIRES_AT, NUM_READ_COLS
 };
+
+static const char *const read_col_names[NUM_READ_COLS] = {
+	"state", "fingerprint", "token", "attempts", "lease_until",
+	"recovery_point", "response", "status", "expires_at"
+};
+
+/* The labels of idem_claim_state, and their OIDs (found once). */
+static const char *const state_names[] = {"in_progress", "completed", "failed"};
+static Oid	state_type = InvalidOid;
+static Oid	state_oids[lengthof(state_names)];
 
 /* A call's key and scope, validated. */
 typedef struct ClaimKey
 {
 	text	   *key;			/* the key */
 	text	   *scope;			/* its scope */
-	char	   *key_str;		/* for messages */
-	char	   *scope_str;		/* for messages */
 } ClaimKey;
 
 /* A claim row as read under the key's lock; datums live until SPI_finish. */
 typedef struct ClaimRow
 {
 	bool		found;			/* a row exists (possibly expired) */
-	Datum		values[NUM_READ_COLS];	/* the columns */
+	Datum		values[NUM_READ_COLS];	/* the columns (COL_*) */
 	bool		nulls[NUM_READ_COLS];	/* and their nulls */
-	char	   *state;			/* "in_progress", "completed", "failed" */
+	const char *state;			/* "in_progress", "completed", "failed" */
 	int64		token;			/* current owner's token */
 	bool		expired;		/* past expires_at: counts as absent */
 	bool		lease_over;		/* the owner's lease has run out */
 } ClaimRow;
+
+/* The outcomes, in the order of idem_outcome. */
+typedef enum Outcome
+{
+	OUTCOME_CLAIMED, OUTCOME_COMPLETED, OUTCOME_IN_PROGRESS, OUTCOME_MISMATCH,
+	OUTCOME_RECLAIMED, NUM_OUTCOMES
+} Outcome;
+
+static const char *const outcome_names[NUM_OUTCOMES] = {
+	"claimed", "completed", "in_progress", "mismatch", "reclaimed"
+};
+
+/* What idem_claim keeps per call site (fn_extra) to build its result. */
+typedef struct ResultCache
+{
+	TupleDesc	tupdesc;		/* of idem_claim_result */
+	Datum		outcomes[NUM_OUTCOMES];	/* idem_outcome values */
+} ResultCache;
 
 /* The fields of idem_claim_result, in order. */
 enum
@@ -250,7 +266,7 @@ concurrent_change(const ClaimKey *k)
 	ereport(ERROR,
 			(errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
 			 errmsg("could not serialize access to idempotency key \"%s\" in scope \"%s\"",
-					k->key_str, k->scope_str),
+					text_to_cstring(k->key), text_to_cstring(k->scope)),
 			 errdetail("Its claim was changed by another transaction."),
 			 errhint("Retry the transaction; in REPEATABLE READ or SERIALIZABLE, claim keys before reading other data.")));
 }
@@ -305,8 +321,6 @@ claim_key_args(FunctionCallInfo fcinfo, int key_arg, int scope_arg, ClaimKey *k)
 					  "Use a unique request identifier, such as the client's Idempotency-Key header.");
 	k->scope = name_arg(fcinfo, scope_arg, "scope", CLAIM_MAX_SCOPE_BYTES,
 						"Name the kind of request, such as 'payments', or leave scope out for 'default'.");
-	k->key_str = text_to_cstring(k->key);
-	k->scope_str = text_to_cstring(k->scope);
 }
 
 static char *
@@ -368,69 +382,142 @@ connect_spi(void)
 }
 
 /*
- * Read the key's row with a fresh snapshot (in READ COMMITTED).
+ * Open idempotency.claims; the lock is kept to the end of the transaction.
+ * Looked up by name each time (two cache lookups), so that a recreated
+ * extension is simply found again.
  */
-static void
-read_row(const ClaimKey *k, ClaimRow *row)
+static Relation
+open_claims(void)
 {
-	Datum		args[2];
+	Oid			relid = get_relname_relid("claims", get_namespace_oid("idempotency", false));
 
-	args[0] = PointerGetDatum(k->scope);
-	args[1] = PointerGetDatum(k->key);
-	memset(row, 0, sizeof(*row));
-	if (run_plan(PLAN_READ, args, NULL, false) == 1)
-	{
-		HeapTuple	tup = SPI_tuptable->vals[0];
-
-		row->found = true;
-		for (int i = 0; i < NUM_READ_COLS; i++)
-			row->values[i] = SPI_getbinval(tup, SPI_tuptable->tupdesc, i + 1,
-										   &row->nulls[i]);
-		row->state = TextDatumGetCString(row->values[COL_STATE]);
-		row->token = DatumGetInt64(row->values[COL_TOKEN]);
-		row->expired = DatumGetBool(row->values[COL_EXPIRED]);
-		row->lease_over = !row->nulls[COL_LEASE_OVER] &&
-			DatumGetBool(row->values[COL_LEASE_OVER]);
-	}
+	if (!OidIsValid(relid))
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_TABLE),
+				 errmsg("table \"idempotency.claims\" does not exist"),
+				 errhint("Reinstall the extension: DROP EXTENSION idempotency; CREATE EXTENSION idempotency;")));
+	return table_open(relid, AccessShareLock);
 }
 
 /*
- * Is another transaction inserting, updating or deleting this key's row
- * right now?  A scan of the primary key index with a dirty snapshot sees
- * uncommitted versions and names the transactions writing them.  (Row
- * locks taken by SELECT FOR UPDATE do not count: they change nothing.)
+ * Find the key's row through the primary key under the given snapshot and
+ * return a copy, or NULL.  With busy (and a dirty snapshot), set *busy if
+ * another transaction is inserting, updating or deleting the row, instead
+ * of returning it.
  */
-static bool
-key_busy_elsewhere(const ClaimKey *k)
+static HeapTuple
+fetch_claim(Relation rel, const ClaimKey *k, Snapshot snapshot, bool *busy)
 {
-	Oid			nsp = get_namespace_oid("idempotency", false);
-	Oid			relid = get_relname_relid("claims", nsp);
-	Relation	rel;
-	Relation	irel;
-	SnapshotData dirty;
+	Relation	irel = index_open(RelationGetPrimaryKeyIndex(rel), AccessShareLock);
 	ScanKeyData skey[2];
 	IndexScanDesc scan;
-	TupleTableSlot *slot;
-	bool		busy = false;
+	TupleTableSlot *slot = table_slot_create(rel, NULL);
+	HeapTuple	tuple = NULL;
 
-	if (!OidIsValid(relid))
-		elog(ERROR, "table idempotency.claims does not exist");
-	rel = table_open(relid, AccessShareLock);
-	irel = index_open(RelationGetPrimaryKeyIndex(rel), AccessShareLock);
-	InitDirtySnapshot(dirty);
 	ScanKeyEntryInitialize(&skey[0], 0, 1, BTEqualStrategyNumber, InvalidOid,
 						   irel->rd_indcollation[0], F_TEXTEQ, PointerGetDatum(k->scope));
 	ScanKeyEntryInitialize(&skey[1], 0, 2, BTEqualStrategyNumber, InvalidOid,
 						   irel->rd_indcollation[1], F_TEXTEQ, PointerGetDatum(k->key));
-	scan = idem_index_beginscan(rel, irel, &dirty, 2);
+	scan = idem_index_beginscan(rel, irel, snapshot, 2);
 	index_rescan(scan, skey, 2, NULL, 0);
-	slot = table_slot_create(rel, NULL);
-	while (!busy && index_getnext_slot(scan, ForwardScanDirection, slot))
-		busy = TransactionIdIsValid(dirty.xmin) || TransactionIdIsValid(dirty.xmax);
-	ExecDropSingleTupleTableSlot(slot);
+	while (index_getnext_slot(scan, ForwardScanDirection, slot))
+	{
+		if (busy == NULL)
+		{
+			tuple = ExecCopySlotHeapTuple(slot);
+			break;
+		}
+		if (TransactionIdIsValid(snapshot->xmin) || TransactionIdIsValid(snapshot->xmax))
+		{
+			*busy = true;
+			break;
+		}
+	}
 	index_endscan(scan);
+	ExecDropSingleTupleTableSlot(slot);
 	index_close(irel, AccessShareLock);
-	table_close(rel, AccessShareLock);
+	return tuple;
+}
+
+/*
+ * Read the key's row with a fresh snapshot (in READ COMMITTED; the
+ * transaction's own in the other levels), as an SPI query would, but
+ * straight from the primary key: this is every call's first step.
+ */
+static void
+read_row(const ClaimKey *k, ClaimRow *row)
+{
+	Relation	rel = open_claims();
+	TupleDesc	desc = RelationGetDescr(rel);
+	Snapshot	snapshot;
+	HeapTuple	tuple;
+	TimestampTz now;
+
+	memset(row, 0, sizeof(*row));
+	CommandCounterIncrement();	/* see this transaction's own writes */
+	snapshot = RegisterSnapshot(GetTransactionSnapshot());
+	tuple = fetch_claim(rel, k, snapshot, NULL);
+	UnregisterSnapshot(snapshot);
+
+	if (tuple != NULL)
+	{
+		Oid			state_typid = InvalidOid;
+
+		for (int i = 0; i < NUM_READ_COLS; i++)
+		{
+			int			att = 0;
+
+			while (att < desc->natts &&
+				   (TupleDescAttr(desc, att)->attisdropped ||
+					strcmp(NameStr(TupleDescAttr(desc, att)->attname), read_col_names[i]) != 0))
+				att++;
+			if (att == desc->natts)
+				elog(ERROR, "column \"%s\" of idempotency.claims is missing", read_col_names[i]);
+			row->values[i] = heap_getattr(tuple, att + 1, desc, &row->nulls[i]);
+			if (i == COL_STATE)
+				state_typid = TupleDescAttr(desc, att)->atttypid;
+		}
+
+		if (state_type != state_typid)
+		{
+			/* First use, or a recreated extension: find the state labels. */
+			for (int j = 0; j < (int) lengthof(state_names); j++)
+				state_oids[j] = DatumGetObjectId(DirectFunctionCall2(enum_in,
+																	 CStringGetDatum(state_names[j]),
+																	 ObjectIdGetDatum(state_typid)));
+			state_type = state_typid;
+		}
+
+		row->found = true;
+		row->state = "unknown";
+		for (int j = 0; j < (int) lengthof(state_names); j++)
+			if (DatumGetObjectId(row->values[COL_STATE]) == state_oids[j])
+				row->state = state_names[j];
+		row->token = DatumGetInt64(row->values[COL_TOKEN]);
+		now = GetCurrentTimestamp();
+		row->expired = DatumGetTimestampTz(row->values[COL_EXPIRES_AT]) <= now;
+		row->lease_over = !row->nulls[COL_LEASE_UNTIL] &&
+			DatumGetTimestampTz(row->values[COL_LEASE_UNTIL]) <= now;
+	}
+	table_close(rel, NoLock);
+}
+
+/*
+ * Is another transaction inserting, updating or deleting this key's row
+ * right now?  A dirty snapshot sees uncommitted versions and names the
+ * transactions writing them.  (Row locks taken by SELECT FOR UPDATE do not
+ * count: they change nothing.)
+ */
+static bool
+key_busy_elsewhere(const ClaimKey *k)
+{
+	Relation	rel = open_claims();
+	SnapshotData dirty;
+	bool		busy = false;
+
+	InitDirtySnapshot(dirty);
+	(void) fetch_claim(rel, k, &dirty, &busy);
+	table_close(rel, NoLock);
 	return busy;
 }
 
@@ -452,6 +539,34 @@ fingerprint_differs(const ClaimRow *row, bytea *fingerprint)
 }
 
 /*
+ * The result's descriptor and outcome values, found once per call site.
+ */
+static ResultCache *
+result_cache(FunctionCallInfo fcinfo)
+{
+	ResultCache *cache = (ResultCache *) fcinfo->flinfo->fn_extra;
+
+	if (cache == NULL)
+	{
+		TupleDesc	tupdesc;
+		MemoryContext old;
+
+		if (get_call_result_type(fcinfo, NULL, &tupdesc) != TYPEFUNC_COMPOSITE)
+			elog(ERROR, "idem_claim must return a composite type");
+		old = MemoryContextSwitchTo(fcinfo->flinfo->fn_mcxt);
+		cache = palloc(sizeof(ResultCache));
+		cache->tupdesc = BlessTupleDesc(CreateTupleDescCopy(tupdesc));
+		MemoryContextSwitchTo(old);
+		for (int i = 0; i < NUM_OUTCOMES; i++)
+			cache->outcomes[i] =
+				DirectFunctionCall2(enum_in, CStringGetDatum(outcome_names[i]),
+									ObjectIdGetDatum(TupleDescAttr(tupdesc, RES_OUTCOME)->atttypid));
+		fcinfo->flinfo->fn_extra = cache;
+	}
+	return cache;
+}
+
+/*
  * idem_claim(key, ttl, fingerprint, scope, lease, wait) → idem_claim_result
  */
 Datum
@@ -467,7 +582,8 @@ idem_claim(PG_FUNCTION_ARGS)
 	TupleDesc	tupdesc;
 	Datum		values[NUM_RES_COLS];
 	bool		nulls[NUM_RES_COLS];
-	const char *outcome;
+	Outcome		outcome;
+	ResultCache *cache;
 	Datum		args[6];
 	char		argnulls[6];
 	HeapTupleHeader result;
@@ -496,16 +612,14 @@ idem_claim(PG_FUNCTION_ARGS)
 	require_arg(fcinfo, 5, "wait");
 	wait = PG_GETARG_BOOL(5);
 
-	if (get_call_result_type(fcinfo, NULL, &tupdesc) != TYPEFUNC_COMPOSITE)
-		elog(ERROR, "idem_claim must return a composite type");
-	tupdesc = BlessTupleDesc(tupdesc);
+	cache = result_cache(fcinfo);
+	tupdesc = cache->tupdesc;
 	memset(nulls, true, sizeof(nulls));
 
 	if (!wait && key_busy_elsewhere(&k))
 	{
 		/* Another transaction is claiming or finishing this key right now. */
-		values[RES_OUTCOME] = DirectFunctionCall2(enum_in, CStringGetDatum("in_progress"),
-												  ObjectIdGetDatum(TupleDescAttr(tupdesc, RES_OUTCOME)->atttypid));
+		values[RES_OUTCOME] = cache->outcomes[OUTCOME_IN_PROGRESS];
 		nulls[RES_OUTCOME] = false;
 		PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(tupdesc, values, nulls)));
 	}
@@ -529,7 +643,7 @@ idem_claim(PG_FUNCTION_ARGS)
 			args[5] = Int64GetDatum(row.token);
 			if (run_plan(row.found ? PLAN_RENEW : PLAN_INSERT, args, argnulls, false) == 1)
 			{
-				outcome = "claimed";
+				outcome = OUTCOME_CLAIMED;
 				values[RES_TOKEN] = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &nulls[RES_TOKEN]);
 				values[RES_EXPIRES_AT] = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &nulls[RES_EXPIRES_AT]);
 				values[RES_ATTEMPTS] = Int32GetDatum(1);
@@ -539,7 +653,7 @@ idem_claim(PG_FUNCTION_ARGS)
 		}
 		else if (fingerprint_differs(&row, fingerprint))
 		{
-			outcome = "mismatch";
+			outcome = OUTCOME_MISMATCH;
 			values[RES_EXPIRES_AT] = row.values[COL_EXPIRES_AT];
 			nulls[RES_EXPIRES_AT] = false;
 			break;
@@ -547,7 +661,7 @@ idem_claim(PG_FUNCTION_ARGS)
 		else if (strcmp(row.state, "completed") == 0)
 		{
 			/* Done before: replay. */
-			outcome = "completed";
+			outcome = OUTCOME_COMPLETED;
 			values[RES_RESPONSE] = row.values[COL_RESPONSE];
 			nulls[RES_RESPONSE] = row.nulls[COL_RESPONSE];
 			values[RES_STATUS] = row.values[COL_STATUS];
@@ -561,7 +675,7 @@ idem_claim(PG_FUNCTION_ARGS)
 		else if (strcmp(row.state, "in_progress") == 0 && !row.lease_over)
 		{
 			/* Someone else owns it, under a live lease. */
-			outcome = "in_progress";
+			outcome = OUTCOME_IN_PROGRESS;
 			values[RES_ATTEMPTS] = row.values[COL_ATTEMPTS];
 			nulls[RES_ATTEMPTS] = false;
 			values[RES_EXPIRES_AT] = row.values[COL_EXPIRES_AT];
@@ -577,7 +691,7 @@ idem_claim(PG_FUNCTION_ARGS)
 				HeapTuple	tup = SPI_tuptable->vals[0];
 				TupleDesc	td = SPI_tuptable->tupdesc;
 
-				outcome = "reclaimed";
+				outcome = OUTCOME_RECLAIMED;
 				values[RES_TOKEN] = SPI_getbinval(tup, td, 1, &nulls[RES_TOKEN]);
 				values[RES_ATTEMPTS] = SPI_getbinval(tup, td, 2, &nulls[RES_ATTEMPTS]);
 				values[RES_RECOVERY_POINT] = SPI_getbinval(tup, td, 3, &nulls[RES_RECOVERY_POINT]);
@@ -595,8 +709,7 @@ idem_claim(PG_FUNCTION_ARGS)
 			concurrent_change(&k);
 	}
 
-	values[RES_OUTCOME] = DirectFunctionCall2(enum_in, CStringGetDatum(outcome),
-											  ObjectIdGetDatum(TupleDescAttr(tupdesc, RES_OUTCOME)->atttypid));
+	values[RES_OUTCOME] = cache->outcomes[outcome];
 	nulls[RES_OUTCOME] = false;
 	result = SPI_returntuple(heap_form_tuple(tupdesc, values, nulls), tupdesc);
 	SPI_finish();
@@ -635,7 +748,7 @@ owner_write(const ClaimKey *k, int64 token, ClaimPlan plan, Datum *args,
 			ereport(ERROR,
 					(errcode(ERRCODE_NO_DATA_FOUND),
 					 errmsg("idempotency key \"%s\" in scope \"%s\" has no live claim",
-							k->key_str, k->scope_str),
+							text_to_cstring(k->key), text_to_cstring(k->scope)),
 					 errdetail("The claim expired, was released, or was never made."),
 					 errhint("Call idem_claim again.")));
 		}
@@ -643,7 +756,7 @@ owner_write(const ClaimKey *k, int64 token, ClaimPlan plan, Datum *args,
 			ereport(ERROR,
 					(errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
 					 errmsg("fencing token %lld of idempotency key \"%s\" is stale",
-							(long long) token, k->key_str),
+							(long long) token, text_to_cstring(k->key)),
 					 errdetail("The key was taken over after the lease ran out; its current token is %lld.",
 							   (long long) row.token),
 					 errhint("Stop working on this key; call idem_claim again to learn its outcome.")));
@@ -651,7 +764,7 @@ owner_write(const ClaimKey *k, int64 token, ClaimPlan plan, Datum *args,
 			ereport(ERROR,
 					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 					 errmsg("fencing token %lld was not issued for idempotency key \"%s\"",
-							(long long) token, k->key_str),
+							(long long) token, text_to_cstring(k->key)),
 					 errdetail("Its current token is %lld.", (long long) row.token),
 					 errhint("Pass the token that idem_claim returned.")));
 		if (done_state && strcmp(row.state, done_state) == 0)
@@ -659,7 +772,7 @@ owner_write(const ClaimKey *k, int64 token, ClaimPlan plan, Datum *args,
 		if (strcmp(row.state, "in_progress") != 0)
 			ereport(ERROR,
 					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-					 errmsg("claim of idempotency key \"%s\" is not in progress", k->key_str),
+					 errmsg("claim of idempotency key \"%s\" is not in progress", text_to_cstring(k->key)),
 					 errdetail("It is %s.", row.state),
 					 errhint("Call idem_claim again: a failed claim is taken over, a completed one replayed.")));
 
