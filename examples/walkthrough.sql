@@ -67,5 +67,53 @@ SELECT snowflake_at('1999-01-01');
 \set ON_ERROR_STOP 1
 
 DROP TABLE demo_orders;
+
+\echo
+\echo '== 9. Idempotency keys.  A client retries POST /payments with the same'
+\echo '      Idempotency-Key.  The claim, the payment and the stored response'
+\echo '      commit together, in one transaction:'
+CREATE TABLE demo_payments (id snowflake PRIMARY KEY DEFAULT snowflake_id(), amount numeric);
+BEGIN;
+SELECT outcome, token FROM idem_claim('key-123', '24 hours',
+	fingerprint => idem_fingerprint('{"amount": 42.00}')) \gset
+\echo first request: :outcome
+INSERT INTO demo_payments (amount) VALUES (42.00) RETURNING id AS payment_id \gset
+SELECT idem_complete('key-123', :token, jsonb_build_object('payment', :'payment_id'), 201);
+COMMIT;
+
+\echo
+\echo '== 10. The retry replays the stored response; no second payment.  The same'
+\echo '       payload written differently has the same fingerprint.'
+SELECT outcome, response, status
+FROM idem_claim('key-123', '24 hours', fingerprint => idem_fingerprint('{ "amount" : 42 }'));
+SELECT count(*) AS payments FROM demo_payments;
+
+\echo
+\echo '== 11. The same key with another payload is refused (HTTP 422).'
+SELECT outcome FROM idem_claim('key-123', '24 hours', fingerprint => idem_fingerprint('{"amount": 99}'));
+
+\echo
+\echo '== 12. A request still in flight (HTTP 409): the first claim has committed'
+\echo '       and is calling a payment provider under a lease.'
+SELECT outcome, token AS slow_token FROM idem_claim('key-456', '24 hours', lease => '30 seconds') \gset
+SELECT outcome, attempts FROM idem_claim('key-456', '24 hours');
+\echo '     ... with wait => false, even a claim not yet committed reports'
+\echo '     in_progress at once instead of waiting for it.'
+
+\echo
+\echo '== 13. The owner crashed; its lease runs out and the next caller takes'
+\echo '       over with a higher fencing token and the last recovery point.'
+SELECT idem_checkpoint('key-456', :slow_token, 'card authorised');
+UPDATE claims SET lease_until = clock_timestamp() WHERE key = 'key-456';  -- fast-forward
+SELECT outcome, token > :slow_token AS higher_token, recovery_point, attempts
+FROM idem_claim('key-456', '24 hours');
+\echo '     The old owner comes back and is fenced out (SQLSTATE 40001):'
+\set ON_ERROR_STOP 0
+SELECT idem_complete('key-456', :slow_token, '{"late": true}', 200);
+\echo SQLSTATE :LAST_ERROR_SQLSTATE
+\set ON_ERROR_STOP 1
+
+DROP TABLE demo_payments;
+DELETE FROM claims WHERE key IN ('key-123', 'key-456');
 \echo
 \echo 'Done.  See README.md for the full reference.'

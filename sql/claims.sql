@@ -165,4 +165,13 @@ FROM (SELECT idem_claim('bulk-' || g, '1 hour') AS c FROM generate_series(1, 200
 SELECT count(*) AS advisory_locks FROM pg_locks WHERE locktype = 'advisory';
 COMMIT;
 
+-- A role without privileges on idempotency.claims sees nothing of it, not
+-- even through a replay.
+CREATE ROLE regress_claims_plain;
+SET ROLE regress_claims_plain;
+SELECT pg_temp.fails($$SELECT idempotency.idem_claim('order-1', '1 hour')$$) AS no_privilege;
+SELECT pg_temp.fails($$SELECT idempotency.idem_claim('order-1', '1 hour', wait => false)$$) AS no_privilege_nowait;
+RESET ROLE;
+DROP ROLE regress_claims_plain;
+
 DELETE FROM claims;

@@ -42,6 +42,8 @@
 #include "datatype/timestamp.h"
 #include "executor/spi.h"
 #include "funcapi.h"
+#include "miscadmin.h"
+#include "utils/acl.h"
 #include "utils/builtins.h"
 #include "utils/fmgroids.h"
 #include "utils/jsonb.h"
@@ -384,18 +386,28 @@ connect_spi(void)
 /*
  * Open idempotency.claims; the lock is kept to the end of the transaction.
  * Looked up by name each time (two cache lookups), so that a recreated
- * extension is simply found again.
+ * extension is simply found again.  Reading it directly bypasses the
+ * executor's privilege check, so check here: without SELECT on the table a
+ * caller must not see stored responses.
  */
 static Relation
 open_claims(void)
 {
 	Oid			relid = get_relname_relid("claims", get_namespace_oid("idempotency", false));
+	AclResult	aclresult;
 
 	if (!OidIsValid(relid))
 		ereport(ERROR,
 				(errcode(ERRCODE_UNDEFINED_TABLE),
 				 errmsg("table \"idempotency.claims\" does not exist"),
 				 errhint("Reinstall the extension: DROP EXTENSION idempotency; CREATE EXTENSION idempotency;")));
+	aclresult = pg_class_aclcheck(relid, GetUserId(), ACL_SELECT);
+	if (aclresult != ACLCHECK_OK)
+		ereport(ERROR,
+				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+				 errmsg("permission denied for table idempotency.claims"),
+				 errdetail("Claims are read and written with the privileges of the calling role."),
+				 errhint("GRANT SELECT, INSERT, UPDATE, DELETE ON idempotency.claims and USAGE ON SEQUENCE idempotency.claim_tokens to the role.")));
 	return table_open(relid, AccessShareLock);
 }
 
