@@ -6,18 +6,17 @@ use warnings;
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
+use FindBin;
+use lib $FindBin::RealBin;
+use IdempotencyTest;
 use Time::HiRes;
 
-my $node = PostgreSQL::Test::Cluster->new('snowflake_restart');
-$node->init;
-$node->append_conf('postgresql.conf', qq{
-shared_preload_libraries = 'idempotency'
+my $node = preloaded_node('snowflake_restart', qq{
 idempotency.node_id = 7
 idempotency.test_clock_shift = 0
 idempotency.max_lead = 1000
 restart_after_crash = on
 });
-$node->start;
 
 # Run SQL with the extension's schema on the path.
 sub sf
@@ -51,7 +50,6 @@ sub set_and_reload
 	  or die "$name did not become $shown";
 }
 
-sf('CREATE EXTENSION idempotency');
 my $last = burst(100000);
 is(sf("SELECT snowflake_node('$last')"), '7', 'node id from the setting');
 ok(-f $node->data_dir . '/idempotency_snowflake.state',

@@ -5,16 +5,12 @@ use warnings;
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
+use FindBin;
+use lib $FindBin::RealBin;
+use IdempotencyTest;
 
-my $node = PostgreSQL::Test::Cluster->new('snowflake_concurrency');
-$node->init;
-$node->append_conf('postgresql.conf', qq{
-shared_preload_libraries = 'idempotency'
-max_connections = 40
-});
-$node->start;
+my $node = preloaded_node('snowflake_concurrency', "max_connections = 40\n");
 $node->safe_psql('postgres', q{
-CREATE EXTENSION idempotency;
 CREATE TABLE single (id idempotency.snowflake PRIMARY KEY);
 CREATE TABLE bulk (ids bigint[]);
 CREATE TABLE ordered (seq bigint PRIMARY KEY, id idempotency.snowflake NOT NULL);

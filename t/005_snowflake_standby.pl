@@ -6,13 +6,12 @@ use warnings;
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
+use FindBin;
+use lib $FindBin::RealBin;
+use IdempotencyTest;
 
-my $primary = PostgreSQL::Test::Cluster->new('snowflake_primary');
-$primary->init(allows_streaming => 1);
-$primary->append_conf('postgresql.conf', "shared_preload_libraries = 'idempotency'");
-$primary->start;
+my $primary = preloaded_node('snowflake_primary', '', allows_streaming => 1);
 $primary->safe_psql('postgres', q{
-	CREATE EXTENSION idempotency;
 	CREATE TABLE orders (id idempotency.snowflake PRIMARY KEY DEFAULT idempotency.snowflake_id(), n int);
 	INSERT INTO orders (n) SELECT g FROM generate_series(1, 1000) g;
 });

@@ -16,16 +16,12 @@ use warnings;
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
+use FindBin;
+use lib $FindBin::RealBin;
+use IdempotencyTest;
 
-my $node = PostgreSQL::Test::Cluster->new('claims_concurrency');
-$node->init;
-$node->append_conf('postgresql.conf', qq{
-shared_preload_libraries = 'idempotency'
-max_connections = 40
-});
-$node->start;
+my $node = preloaded_node('claims_concurrency', "max_connections = 40\n");
 $node->safe_psql('postgres', q{
-CREATE EXTENSION idempotency;
 CREATE TABLE payments (id bigserial, key text NOT NULL, amount int NOT NULL);
 CREATE TABLE completions (key text NOT NULL, token bigint NOT NULL);
 CREATE FUNCTION finish_job(k text, t bigint) RETURNS void LANGUAGE plpgsql AS $$
