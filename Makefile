@@ -13,13 +13,14 @@ OBJS = \
 	src/idempotency.o \
 	src/claim.o \
 	src/fingerprint.o \
+	src/guard.o \
 	src/snowflake.o \
 	src/snowflake_type.o
 
 DATA = $(wildcard sql/idempotency--*.sql)
 DOCS = README.md
 
-REGRESS = snowflake_type snowflake claims
+REGRESS = snowflake_type snowflake claims guard
 REGRESS_OPTS = --load-extension=idempotency
 ISOLATION = snowflake_order claim_race claim_takeover
 ISOLATION_OPTS = --load-extension=idempotency

@@ -365,3 +365,231 @@ RETURNS bytea
 	LANGUAGE C IMMUTABLE PARALLEL SAFE;
 COMMENT ON FUNCTION idempotency.idem_fingerprint(jsonb, text[]) IS
 	'SHA-256 of the canonical form of a JSON document, or of the values at the given dotted paths';
+
+--------------------------------------------------------------------------
+-- State-transition guards
+--
+-- Machines are data: idempotency.machines and idempotency.transitions,
+-- which a DBA may edit directly (every change invalidates the per-backend
+-- cache of every session at commit).  A guard is a C trigger on the user's
+-- table whose arguments name the machine and the columns, so it is dumped,
+-- restored and renamed with the table.
+--------------------------------------------------------------------------
+
+CREATE TABLE idempotency.machines (
+	name text PRIMARY KEY CHECK (name <> ''),
+	initial_states text[],
+	created_at timestamptz NOT NULL DEFAULT now()
+);
+COMMENT ON TABLE idempotency.machines IS 'state machines for guarded tables';
+COMMENT ON COLUMN idempotency.machines.initial_states IS
+	'states a new row may start in; NULL: the states no transition leads to';
+
+CREATE TABLE idempotency.transitions (
+	machine text NOT NULL REFERENCES idempotency.machines ON UPDATE CASCADE ON DELETE CASCADE,
+	from_state text NOT NULL CHECK (from_state <> ''),
+	to_state text NOT NULL CHECK (to_state <> '' AND to_state <> from_state),
+	PRIMARY KEY (machine, from_state, to_state)
+);
+COMMENT ON TABLE idempotency.transitions IS
+	'the allowed state changes of each machine; a state with none leading out of it is terminal';
+
+SELECT pg_catalog.pg_extension_config_dump('idempotency.machines', '');
+SELECT pg_catalog.pg_extension_config_dump('idempotency.transitions', '');
+GRANT SELECT ON idempotency.machines, idempotency.transitions TO PUBLIC;
+
+-- Tell every session, at commit, that machines changed.
+CREATE FUNCTION idempotency.idem_machines_changed() RETURNS trigger
+	AS 'MODULE_PATHNAME', 'idem_machines_changed'
+	LANGUAGE C;
+COMMENT ON FUNCTION idempotency.idem_machines_changed() IS
+	'trigger: invalidate the cached machines of every session when machines or transitions change';
+CREATE TRIGGER machines_changed AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE
+	ON idempotency.machines FOR EACH STATEMENT EXECUTE FUNCTION idempotency.idem_machines_changed();
+CREATE TRIGGER transitions_changed AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE
+	ON idempotency.transitions FOR EACH STATEMENT EXECUTE FUNCTION idempotency.idem_machines_changed();
+
+CREATE FUNCTION idempotency.idem_guard_trigger() RETURNS trigger
+	AS 'MODULE_PATHNAME', 'idem_guard_trigger'
+	LANGUAGE C;
+COMMENT ON FUNCTION idempotency.idem_guard_trigger() IS
+	'trigger installed by idem_guard: enforces a state machine and a version column';
+
+CREATE FUNCTION idempotency.idem_machine(name text, VARIADIC transitions text[])
+RETURNS text
+LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	edge text;
+	parts text[];
+	froms text[] := '{}';
+	tos text[] := '{}';
+	initial text[];
+BEGIN
+	IF name IS NULL THEN
+		RAISE EXCEPTION 'machine name must not be null'
+			USING ERRCODE = 'null_value_not_allowed',
+				  HINT = 'Name the machine after what it governs, such as ''order''.';
+	END IF;
+	IF name = '' THEN
+		RAISE EXCEPTION 'machine name must not be empty'
+			USING ERRCODE = 'invalid_parameter_value',
+				  HINT = 'Name the machine after what it governs, such as ''order''.';
+	END IF;
+	IF transitions IS NULL OR cardinality(transitions) = 0 THEN
+		RAISE EXCEPTION 'machine "%" needs at least one transition', name
+			USING ERRCODE = 'invalid_parameter_value',
+				  HINT = 'Write each transition as ''from->to'', such as ''pending->paid''.';
+	END IF;
+	IF array_position(transitions, NULL) IS NOT NULL THEN
+		RAISE EXCEPTION 'transitions of machine "%" must not contain null', name
+			USING ERRCODE = 'null_value_not_allowed',
+				  HINT = 'Write each transition as ''from->to'', such as ''pending->paid''.';
+	END IF;
+	FOREACH edge IN ARRAY transitions LOOP
+		parts := regexp_match(edge, '^\s*([^\s>-](?:[^>]*[^\s>-])?)\s*->\s*([^\s>-](?:[^>]*[^\s>-])?)\s*$');
+		IF parts IS NULL OR parts[1] LIKE '%->%' OR parts[2] LIKE '%->%' THEN
+			RAISE EXCEPTION 'invalid transition "%" for machine "%"', edge, name
+				USING ERRCODE = 'invalid_parameter_value',
+					  HINT = 'Write each transition as ''from->to'', such as ''pending->paid''.';
+		END IF;
+		IF parts[1] = parts[2] THEN
+			RAISE EXCEPTION 'transition "%" of machine "%" leads back to its own state', edge, name
+				USING ERRCODE = 'invalid_parameter_value',
+					  HINT = 'Leave it out: an update that keeps the state is always allowed.';
+		END IF;
+		IF EXISTS (SELECT FROM unnest(froms, tos) AS e(f, t) WHERE f = parts[1] AND t = parts[2]) THEN
+			RAISE EXCEPTION 'transition "%" appears twice in machine "%"', edge, name
+				USING ERRCODE = 'invalid_parameter_value',
+					  HINT = 'List each transition once.';
+		END IF;
+		froms := froms || parts[1];
+		tos := tos || parts[2];
+	END LOOP;
+
+	initial := ARRAY(SELECT DISTINCT f FROM unnest(froms) AS f WHERE f <> ALL (tos));
+	IF cardinality(initial) = 0 AND NOT EXISTS (
+		SELECT FROM idempotency.machines m
+		WHERE m.name = idem_machine.name AND m.initial_states IS NOT NULL) THEN
+		RAISE EXCEPTION 'machine "%" has no initial state', name
+			USING ERRCODE = 'invalid_parameter_value',
+				  DETAIL = 'Every state has a transition leading into it.',
+				  HINT = 'Add a state that new rows start in, or set idempotency.machines.initial_states.';
+	END IF;
+
+	INSERT INTO idempotency.machines AS m (name) VALUES (idem_machine.name)
+		ON CONFLICT ON CONSTRAINT machines_pkey DO NOTHING;
+	DELETE FROM idempotency.transitions t WHERE t.machine = idem_machine.name;
+	INSERT INTO idempotency.transitions (machine, from_state, to_state)
+		SELECT idem_machine.name, f, t FROM unnest(froms, tos) AS e(f, t);
+	RETURN name;
+END
+$$;
+COMMENT ON FUNCTION idempotency.idem_machine(text, text[]) IS
+	'define or redefine a state machine from transitions written ''from->to''';
+
+CREATE FUNCTION idempotency.idem_guard(
+	tbl regclass,
+	state_column name DEFAULT 'state',
+	machine text DEFAULT NULL,
+	version_column name DEFAULT NULL,
+	strict_version boolean DEFAULT false)
+RETURNS void
+LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	machine_name text := coalesce(machine, (SELECT c.relname::text FROM pg_class c WHERE c.oid = tbl));
+	state_type oid;
+	version_type oid;
+	missing text;
+BEGIN
+	IF tbl IS NULL OR state_column IS NULL OR strict_version IS NULL THEN
+		RAISE EXCEPTION 'tbl, state_column and strict_version must not be null'
+			USING ERRCODE = 'null_value_not_allowed',
+				  HINT = 'Leave out an argument to use its default.';
+	END IF;
+	IF NOT EXISTS (SELECT FROM idempotency.machines m WHERE m.name = machine_name) THEN
+		RAISE EXCEPTION 'machine "%" does not exist', machine_name
+			USING ERRCODE = 'undefined_object',
+				  HINT = 'Define it first with idem_machine(), or pass machine => the name of an existing one.';
+	END IF;
+
+	SELECT a.atttypid INTO state_type FROM pg_attribute a
+	WHERE a.attrelid = tbl AND a.attname = state_column AND a.attnum > 0 AND NOT a.attisdropped;
+	IF state_type IS NULL THEN
+		RAISE EXCEPTION 'column "%" of relation % does not exist', state_column, tbl
+			USING ERRCODE = 'undefined_column',
+				  HINT = 'Pass state_column => the column that holds the state.';
+	END IF;
+	IF NOT (state_type IN ('text'::regtype, 'varchar'::regtype)
+			OR (SELECT t.typtype = 'e' FROM pg_type t WHERE t.oid = state_type)) THEN
+		RAISE EXCEPTION 'state column "%" of relation % has type %', state_column, tbl, state_type::regtype
+			USING ERRCODE = 'datatype_mismatch',
+				  HINT = 'A state column must be text, varchar or an enum.';
+	END IF;
+	IF (SELECT t.typtype = 'e' FROM pg_type t WHERE t.oid = state_type) THEN
+		SELECT string_agg(DISTINCT s, ', ' ORDER BY s) INTO missing
+		FROM (SELECT from_state AS s FROM idempotency.transitions WHERE transitions.machine = machine_name
+			  UNION SELECT to_state FROM idempotency.transitions WHERE transitions.machine = machine_name) st
+		WHERE NOT EXISTS (SELECT FROM pg_enum e WHERE e.enumtypid = state_type AND e.enumlabel = st.s);
+		IF missing IS NOT NULL THEN
+			RAISE EXCEPTION 'machine "%" has states that type % lacks: %', machine_name, state_type::regtype, missing
+				USING ERRCODE = 'invalid_parameter_value',
+					  HINT = 'Add the labels with ALTER TYPE ... ADD VALUE, or fix the machine.';
+		END IF;
+	END IF;
+
+	IF version_column IS NOT NULL THEN
+		SELECT a.atttypid INTO version_type FROM pg_attribute a
+		WHERE a.attrelid = tbl AND a.attname = version_column AND a.attnum > 0 AND NOT a.attisdropped;
+		IF version_type IS NULL THEN
+			RAISE EXCEPTION 'column "%" of relation % does not exist', version_column, tbl
+				USING ERRCODE = 'undefined_column',
+					  HINT = 'Pass version_column => an int or bigint column, or leave it out.';
+		END IF;
+		IF version_type NOT IN ('int4'::regtype, 'int8'::regtype) THEN
+			RAISE EXCEPTION 'version column "%" of relation % has type %', version_column, tbl, version_type::regtype
+				USING ERRCODE = 'datatype_mismatch',
+					  HINT = 'A version column must be int or bigint.';
+		END IF;
+	ELSIF strict_version THEN
+		RAISE EXCEPTION 'strict_version needs a version column'
+			USING ERRCODE = 'invalid_parameter_value',
+				  HINT = 'Pass version_column => the column to check.';
+	END IF;
+
+	IF EXISTS (SELECT FROM pg_trigger WHERE tgrelid = tbl AND tgname = 'idem_guard') THEN
+		EXECUTE format('DROP TRIGGER idem_guard ON %s', tbl);
+	END IF;
+	EXECUTE format('CREATE TRIGGER idem_guard BEFORE INSERT OR UPDATE ON %s FOR EACH ROW '
+				   'EXECUTE FUNCTION idempotency.idem_guard_trigger(%L, %L, %L, %L)',
+				   tbl, machine_name, state_column, coalesce(version_column, ''),
+				   CASE WHEN strict_version THEN 'strict' ELSE 'lenient' END);
+END
+$$;
+COMMENT ON FUNCTION idempotency.idem_guard(regclass, name, text, name, boolean) IS
+	'guard a table: its state column must follow the machine, its version column must match';
+
+CREATE FUNCTION idempotency.idem_unguard(tbl regclass)
+RETURNS boolean
+LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	found boolean;
+BEGIN
+	IF tbl IS NULL THEN
+		RAISE EXCEPTION 'tbl must not be null'
+			USING ERRCODE = 'null_value_not_allowed', HINT = 'Name the guarded table.';
+	END IF;
+	found := EXISTS (SELECT FROM pg_trigger WHERE tgrelid = tbl AND tgname = 'idem_guard');
+	IF found THEN
+		EXECUTE format('DROP TRIGGER idem_guard ON %s', tbl);
+	END IF;
+	RETURN found;
+END
+$$;
+COMMENT ON FUNCTION idempotency.idem_unguard(regclass) IS
+	'remove the guard of a table; false if it had none';

@@ -1,0 +1,661 @@
+/*-------------------------------------------------------------------------
+ *
+ * guard.c
+ *	  The state-transition guard: a C trigger that makes a table's state
+ *	  column follow a state machine and checks and bumps its version column,
+ *	  for every writer (application, psql, bulk UPDATE, COPY).
+ *
+ * A guard is the trigger idem_guard on the table, BEFORE INSERT OR UPDATE
+ * FOR EACH ROW, with four arguments: machine, state column, version column
+ * ('' for none) and 'strict' or 'lenient'.  Machines are rows of
+ * idempotency.machines and idempotency.transitions.
+ *
+ * Caching.  Each backend keeps what a row check needs: per machine, its
+ * states, which are initial, which terminal, and the allowed edges as a
+ * matrix; per trigger, the column numbers and, for an enum state column,
+ * the enum value of every state.  Any change to machines or transitions
+ * fires a statement trigger (idem_machines_changed) that queues a relcache
+ * invalidation of that table, delivered to every session at commit; the
+ * callback then drops the whole cache.  ALTER TABLE or DROP/CREATE TRIGGER
+ * on a guarded table invalidates its relcache entry, which drops its
+ * guards too.  So a DBA's edit takes effect in every session without a
+ * reconnect, and the per-row cost is a hash lookup and two short scans.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "access/htup_details.h"
+#include "catalog/namespace.h"
+#include "catalog/pg_type.h"
+#include "commands/trigger.h"
+#include "executor/spi.h"
+#include "fmgr.h"
+#include "parser/parse_relation.h"
+#include "utils/builtins.h"
+#include "utils/datum.h"
+#include "utils/hsearch.h"
+#include "utils/inval.h"
+#include "utils/lsyscache.h"
+#include "utils/memutils.h"
+#include "utils/rel.h"
+
+#include "idempotency.h"
+
+PG_FUNCTION_INFO_V1(idem_guard_trigger);
+PG_FUNCTION_INFO_V1(idem_machines_changed);
+
+/* A machine, as the row checks need it. */
+typedef struct GuardMachine
+{
+	char		name[NAMEDATALEN * 2];	/* hash key (truncated names are refused) */
+	int			nstates;		/* number of states */
+	char	  **states;			/* their names */
+	int		   *state_lens;		/* and lengths */
+	bool	   *initial;		/* may start in this state */
+	bool	   *terminal;		/* no transition leads out */
+	bool	   *edges;			/* nstates x nstates: edges[from * n + to] */
+} GuardMachine;
+
+/* A guard (one trigger), keyed by trigger OID. */
+typedef struct GuardEntry
+{
+	Oid			tgoid;			/* hash key */
+	Oid			relid;			/* the guarded table */
+	GuardMachine *machine;		/* its machine */
+	AttrNumber	state_att;		/* state column */
+	Oid			state_type;		/* its type */
+	bool		state_is_enum;	/* enum (compare OIDs) or text */
+	Oid		   *state_enum;		/* per machine state, its enum value */
+	AttrNumber	version_att;	/* version column, or 0 */
+	Oid			version_type;	/* INT4OID or INT8OID */
+	bool		strict_version; /* the UPDATE must set the version */
+} GuardEntry;
+
+static MemoryContext guard_cxt = NULL;
+static HTAB *machine_cache = NULL;
+static HTAB *guard_cache = NULL;
+static Oid	machines_relid = InvalidOid;
+static Oid	transitions_relid = InvalidOid;
+static bool callback_registered = false;
+
+/*
+ * Bumped whenever the callback drops anything.  Building a cache entry
+ * reads catalogs, which may deliver invalidations midway; a builder that
+ * sees the generation move starts again.
+ */
+static uint64 cache_generation = 0;
+
+/*
+ * Relcache invalidation: machines or transitions changed (or everything
+ * was invalidated): drop all; a guarded table changed: drop its guards.
+ */
+static void
+guard_relcache_callback(Datum arg, Oid relid)
+{
+	if (guard_cxt == NULL)
+		return;
+	cache_generation++;
+	if (relid == InvalidOid || relid == machines_relid || relid == transitions_relid)
+	{
+		MemoryContextReset(guard_cxt);
+		machine_cache = NULL;
+		guard_cache = NULL;
+		return;
+	}
+	if (guard_cache != NULL)
+	{
+		HASH_SEQ_STATUS status;
+		GuardEntry *entry;
+
+		hash_seq_init(&status, guard_cache);
+		while ((entry = hash_seq_search(&status)) != NULL)
+			if (entry->relid == relid)
+				hash_search(guard_cache, &entry->tgoid, HASH_REMOVE, NULL);
+	}
+}
+
+static void
+ensure_caches(void)
+{
+	HASHCTL		ctl;
+
+	if (!callback_registered)
+	{
+		CacheRegisterRelcacheCallback(guard_relcache_callback, (Datum) 0);
+		callback_registered = true;
+	}
+	if (guard_cxt == NULL)
+		guard_cxt = AllocSetContextCreate(TopMemoryContext, "idempotency guards",
+										  ALLOCSET_SMALL_SIZES);
+	if (machine_cache == NULL)
+	{
+		memset(&ctl, 0, sizeof(ctl));
+		ctl.keysize = NAMEDATALEN * 2;
+		ctl.entrysize = sizeof(GuardMachine);
+		ctl.hcxt = guard_cxt;
+		machine_cache = hash_create("idempotency machines", 16, &ctl,
+									HASH_ELEM | HASH_STRINGS | HASH_CONTEXT);
+	}
+	if (guard_cache == NULL)
+	{
+		memset(&ctl, 0, sizeof(ctl));
+		ctl.keysize = sizeof(Oid);
+		ctl.entrysize = sizeof(GuardEntry);
+		ctl.hcxt = guard_cxt;
+		guard_cache = hash_create("idempotency guards", 16, &ctl,
+								  HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
+	}
+}
+
+/* Index of a state name, or -1. */
+static int
+state_index(const GuardMachine *m, const char *s, int len)
+{
+	for (int i = 0; i < m->nstates; i++)
+		if (m->state_lens[i] == len && memcmp(m->states[i], s, len) == 0)
+			return i;
+	return -1;
+}
+
+/*
+ * Load a machine from idempotency.machines and idempotency.transitions.
+ * Everything is read first; the cache entry is made last, with no catalog
+ * access in between, so that no invalidation can pull it away.
+ */
+static GuardMachine *
+load_machine(const char *name)
+{
+	GuardMachine *m;
+	GuardMachine local;
+	bool		found;
+	Datum		arg;
+	Oid			argtype = TEXTOID;
+	int			n = 0;
+	uint64		nedges;
+	char	  **from;
+	char	  **to;
+	MemoryContext old;
+
+	if (strlen(name) >= NAMEDATALEN * 2)
+		ereport(ERROR,
+				(errcode(ERRCODE_NAME_TOO_LONG),
+				 errmsg("machine name \"%s\" is too long", name),
+				 errhint("Use a name shorter than %d bytes.", NAMEDATALEN * 2)));
+
+	m = hash_search(machine_cache, name, HASH_FIND, NULL);
+	if (m != NULL)
+		return m;
+
+	if (!OidIsValid(machines_relid))
+	{
+		Oid			nsp = get_namespace_oid("idempotency", false);
+
+		machines_relid = get_relname_relid("machines", nsp);
+		transitions_relid = get_relname_relid("transitions", nsp);
+	}
+
+	/* Read the edges and initial states into this call's memory. */
+	arg = CStringGetTextDatum(name);
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	if (SPI_execute_with_args("SELECT from_state, to_state FROM idempotency.transitions"
+							  " WHERE machine OPERATOR(pg_catalog.=) $1",
+							  1, &argtype, &arg, NULL, true, 0) != SPI_OK_SELECT)
+		elog(ERROR, "could not read the transitions of machine \"%s\"", name);
+	nedges = SPI_processed;
+	if (nedges == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_OBJECT),
+				 errmsg("machine \"%s\" of a guard does not exist or has no transitions", name),
+				 errhint("Define it with idem_machine(), or remove the guard with idem_unguard().")));
+	from = SPI_palloc(sizeof(char *) * nedges);
+	to = SPI_palloc(sizeof(char *) * nedges);
+	memset(&local, 0, sizeof(local));
+	local.states = SPI_palloc(sizeof(char *) * nedges * 2);
+	local.state_lens = SPI_palloc(sizeof(int) * nedges * 2);
+	for (uint64 i = 0; i < nedges; i++)
+	{
+		from[i] = SPI_getvalue(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1);
+		to[i] = SPI_getvalue(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 2);
+		for (int c = 0; c < 2; c++)
+		{
+			char	   *st = c == 0 ? from[i] : to[i];
+
+			local.nstates = n;
+			if (state_index(&local, st, strlen(st)) < 0)
+			{
+				local.states[n] = st;
+				local.state_lens[n++] = strlen(st);
+			}
+		}
+	}
+	local.nstates = n;
+	local.initial = SPI_palloc(sizeof(bool) * n);
+	memset(local.initial, 0, sizeof(bool) * n);
+	if (SPI_execute_with_args("SELECT pg_catalog.unnest(initial_states) FROM idempotency.machines"
+							  " WHERE name OPERATOR(pg_catalog.=) $1",
+							  1, &argtype, &arg, NULL, true, 0) != SPI_OK_SELECT)
+		elog(ERROR, "could not read machine \"%s\"", name);
+	for (uint64 i = 0; i < SPI_processed; i++)
+	{
+		char	   *st = SPI_getvalue(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1);
+		int			si = st ? state_index(&local, st, strlen(st)) : -1;
+
+		if (si >= 0)
+			local.initial[si] = true;
+	}
+	if (SPI_processed == 0)
+		local.nstates = -1;		/* initial states still to be derived */
+	SPI_finish();
+
+	/* Build the entry: no catalog access from here on. */
+	ensure_caches();
+	old = MemoryContextSwitchTo(guard_cxt);
+	m = hash_search(machine_cache, name, HASH_ENTER, &found);
+	m->nstates = n;
+	m->states = palloc(sizeof(char *) * n);
+	m->state_lens = palloc(sizeof(int) * n);
+	for (int i = 0; i < n; i++)
+	{
+		m->states[i] = pstrdup(local.states[i]);
+		m->state_lens[i] = local.state_lens[i];
+	}
+	m->initial = palloc(sizeof(bool) * n);
+	m->terminal = palloc(sizeof(bool) * n);
+	m->edges = palloc0(sizeof(bool) * n * n);
+	for (int i = 0; i < n; i++)
+		m->terminal[i] = true;
+	for (uint64 i = 0; i < nedges; i++)
+	{
+		int			fi = state_index(m, from[i], strlen(from[i]));
+		int			ti = state_index(m, to[i], strlen(to[i]));
+
+		m->edges[fi * n + ti] = true;
+		m->terminal[fi] = false;
+	}
+	for (int t = 0; t < n; t++)
+	{
+		bool		reached = false;
+
+		for (int f = 0; f < n; f++)
+			reached |= m->edges[f * n + t];
+		/* As set in machines.initial_states, or: no transition leads in. */
+		m->initial[t] = local.nstates < 0 ? !reached : local.initial[t];
+	}
+	MemoryContextSwitchTo(old);
+	return m;
+}
+
+static AttrNumber
+column_number(Relation rel, const char *name, const char *what)
+{
+	AttrNumber	att = attnameAttNum(rel, name, false);
+
+	if (att == InvalidAttrNumber)
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_COLUMN),
+				 errmsg("%s column \"%s\" of guarded table \"%s\" does not exist",
+						what, name, RelationGetRelationName(rel)),
+				 errhint("Guard the table again with idem_guard(), naming its columns.")));
+	return att;
+}
+
+/*
+ * The guard behind this trigger call, from the cache or built now.
+ */
+static GuardEntry *
+get_guard(TriggerData *td)
+{
+	Trigger    *tg = td->tg_trigger;
+	Relation	rel = td->tg_relation;
+	GuardEntry *g;
+	bool		found;
+	GuardEntry	built;
+
+	ensure_caches();
+	g = hash_search(guard_cache, &tg->tgoid, HASH_FIND, NULL);
+	if (g != NULL)
+		return g;
+
+	if (tg->tgnargs != 4)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("trigger \"%s\" on \"%s\" must have 4 arguments", tg->tgname,
+						RelationGetRelationName(rel)),
+				 errhint("Install guards with idem_guard().")));
+
+	for (;;)
+	{
+		uint64		generation = cache_generation;
+
+		memset(&built, 0, sizeof(built));
+		built.relid = RelationGetRelid(rel);
+		built.machine = load_machine(tg->tgargs[0]);
+		built.state_att = column_number(rel, tg->tgargs[1], "state");
+		built.state_type = TupleDescAttr(RelationGetDescr(rel), built.state_att - 1)->atttypid;
+		built.state_is_enum = type_is_enum(built.state_type);
+		if (tg->tgargs[2][0] != '\0')
+		{
+			built.version_att = column_number(rel, tg->tgargs[2], "version");
+			built.version_type = TupleDescAttr(RelationGetDescr(rel), built.version_att - 1)->atttypid;
+			if (built.version_type != INT4OID && built.version_type != INT8OID)
+				ereport(ERROR,
+						(errcode(ERRCODE_DATATYPE_MISMATCH),
+						 errmsg("version column \"%s\" of \"%s\" must be int or bigint",
+								tg->tgargs[2], RelationGetRelationName(rel)),
+						 errhint("Guard the table again with idem_guard().")));
+		}
+		built.strict_version = strcmp(tg->tgargs[3], "strict") == 0;
+		if (built.state_is_enum)
+		{
+			GuardMachine *m = built.machine;
+			Oid		   *oids = palloc(sizeof(Oid) * m->nstates);
+
+			for (int i = 0; i < m->nstates; i++)
+				oids[i] = DatumGetObjectId(
+					DirectFunctionCall2(enum_in, CStringGetDatum(m->states[i]),
+										ObjectIdGetDatum(built.state_type)));
+			if (generation == cache_generation)
+			{
+				built.state_enum = MemoryContextAlloc(guard_cxt, sizeof(Oid) * m->nstates);
+				memcpy(built.state_enum, oids, sizeof(Oid) * m->nstates);
+			}
+		}
+		if (generation == cache_generation)
+			break;
+		/* Invalidated while building: what we hold may be gone. */
+	}
+
+	g = hash_search(guard_cache, &tg->tgoid, HASH_ENTER, &found);
+	built.tgoid = tg->tgoid;
+	*g = built;
+	return g;
+}
+
+/*
+ * The machine state of a row's state column, or -1 if it is not one (then
+ * *label names it).  Sets *isnull for a NULL state.
+ */
+static int
+row_state(GuardEntry *g, HeapTuple tuple, TupleDesc desc, bool *isnull, char **label)
+{
+	Datum		d = heap_getattr(tuple, g->state_att, desc, isnull);
+
+	*label = NULL;
+	if (*isnull)
+		return -1;
+	if (g->state_is_enum)
+	{
+		Oid			v = DatumGetObjectId(d);
+
+		for (int i = 0; i < g->machine->nstates; i++)
+			if (g->state_enum[i] == v)
+				return i;
+		*label = DatumGetCString(DirectFunctionCall1(enum_out, d));
+		return -1;
+	}
+	else
+	{
+		text	   *t = DatumGetTextPP(d);
+		int			i = state_index(g->machine, VARDATA_ANY(t), VARSIZE_ANY_EXHDR(t));
+
+		if (i < 0)
+			*label = text_to_cstring(t);
+		return i;
+	}
+}
+
+static const char *
+state_name(GuardEntry *g, int i, const char *unknown)
+{
+	return i >= 0 ? g->machine->states[i] : unknown;
+}
+
+/* The states a row in state `from` may move to, for messages. */
+static char *
+allowed_from(GuardMachine *m, int from)
+{
+	StringInfoData buf;
+
+	initStringInfo(&buf);
+	for (int t = 0; t < m->nstates; t++)
+		if (from >= 0 && m->edges[from * m->nstates + t])
+			appendStringInfo(&buf, "%s\"%s\"", buf.len ? ", " : "", m->states[t]);
+	return buf.data;
+}
+
+static char *
+initial_states(GuardMachine *m)
+{
+	StringInfoData buf;
+
+	initStringInfo(&buf);
+	for (int i = 0; i < m->nstates; i++)
+		if (m->initial[i])
+			appendStringInfo(&buf, "%s\"%s\"", buf.len ? ", " : "", m->states[i]);
+	return buf.data;
+}
+
+/*
+ * Are two values of a column the same?  Varlena values are compared by
+ * content, whatever their header or compression.
+ */
+static bool
+same_value(Datum a, Datum b, Form_pg_attribute att)
+{
+	if (att->attlen == -1)
+	{
+		struct varlena *va = (struct varlena *) DatumGetPointer(a);
+		struct varlena *vb = (struct varlena *) DatumGetPointer(b);
+
+		if (va == vb)
+			return true;
+		if (VARATT_IS_EXTENDED(va) || VARATT_IS_EXTENDED(vb))
+		{
+			if (VARATT_IS_EXTERNAL(va) && VARATT_IS_EXTERNAL(vb) &&
+				VARSIZE_EXTERNAL(va) == VARSIZE_EXTERNAL(vb) &&
+				memcmp(va, vb, VARSIZE_EXTERNAL(va)) == 0)
+				return true;	/* the same toasted value, untouched */
+			va = pg_detoast_datum_packed(va);
+			vb = pg_detoast_datum_packed(vb);
+		}
+		return VARSIZE_ANY_EXHDR(va) == VARSIZE_ANY_EXHDR(vb) &&
+			memcmp(VARDATA_ANY(va), VARDATA_ANY(vb), VARSIZE_ANY_EXHDR(va)) == 0;
+	}
+	return datumIsEqual(a, b, att->attbyval, att->attlen);
+}
+
+/*
+ * Does the new row differ from the old in anything but the version?
+ */
+static bool
+row_changed(GuardEntry *g, HeapTuple oldtup, HeapTuple newtup, TupleDesc desc)
+{
+	for (int i = 0; i < desc->natts; i++)
+	{
+		Form_pg_attribute att = TupleDescAttr(desc, i);
+		bool		oldnull;
+		bool		newnull;
+		Datum		o;
+		Datum		n;
+
+		if (att->attisdropped || i + 1 == g->version_att || i + 1 == g->state_att)
+			continue;
+		o = heap_getattr(oldtup, i + 1, desc, &oldnull);
+		n = heap_getattr(newtup, i + 1, desc, &newnull);
+		if (oldnull != newnull || (!oldnull && !same_value(o, n, att)))
+			return true;
+	}
+	return false;
+}
+
+static int64
+version_of(GuardEntry *g, HeapTuple tuple, TupleDesc desc)
+{
+	bool		isnull;
+	Datum		d = heap_getattr(tuple, g->version_att, desc, &isnull);
+
+	if (isnull)
+		return 0;
+	return g->version_type == INT8OID ? DatumGetInt64(d) : DatumGetInt32(d);
+}
+
+static HeapTuple
+set_version(GuardEntry *g, HeapTuple tuple, TupleDesc desc, int64 version)
+{
+	int			att = g->version_att;
+	Datum		value;
+	bool		isnull = false;
+
+	if (g->version_type == INT4OID)
+	{
+		if (version > PG_INT32_MAX)
+			ereport(ERROR,
+					(errcode(ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE),
+					 errmsg("version of a row of \"%s\" would pass the range of int", get_rel_name(g->relid)),
+					 errhint("Make the version column bigint.")));
+		value = Int32GetDatum((int32) version);
+	}
+	else
+		value = Int64GetDatum(version);
+	return heap_modify_tuple_by_cols(tuple, desc, 1, &att, &value, &isnull);
+}
+
+/*
+ * idem_guard_trigger(): BEFORE INSERT OR UPDATE FOR EACH ROW.
+ */
+Datum
+idem_guard_trigger(PG_FUNCTION_ARGS)
+{
+	TriggerData *td = (TriggerData *) fcinfo->context;
+	GuardEntry *g;
+	TupleDesc	desc;
+	const char *table;
+	bool		isnull;
+	char	   *unknown;
+	int			to;
+
+	if (!CALLED_AS_TRIGGER(fcinfo) || !TRIGGER_FIRED_BEFORE(td->tg_event) ||
+		!TRIGGER_FIRED_FOR_ROW(td->tg_event) || TRIGGER_FIRED_BY_DELETE(td->tg_event) ||
+		TRIGGER_FIRED_BY_TRUNCATE(td->tg_event))
+		ereport(ERROR,
+				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
+				 errmsg("idem_guard_trigger must fire BEFORE INSERT OR UPDATE FOR EACH ROW"),
+				 errhint("Install guards with idem_guard().")));
+
+	g = get_guard(td);
+	desc = RelationGetDescr(td->tg_relation);
+	table = RelationGetRelationName(td->tg_relation);
+
+	if (TRIGGER_FIRED_BY_INSERT(td->tg_event))
+	{
+		HeapTuple	newtup = td->tg_trigtuple;
+
+		to = row_state(g, newtup, desc, &isnull, &unknown);
+		if (isnull)
+			ereport(ERROR,
+					(errcode(ERRCODE_NOT_NULL_VIOLATION),
+					 errmsg("new row of \"%s\" has no state", table),
+					 errdetail("Column \"%s\" is null.", NameStr(TupleDescAttr(desc, g->state_att - 1)->attname)),
+					 errhint("Insert rows in an initial state of machine \"%s\": %s.",
+							 g->machine->name, initial_states(g->machine))));
+		if (to < 0 || !g->machine->initial[to])
+			ereport(ERROR,
+					(errcode(ERRCODE_CHECK_VIOLATION),
+					 errmsg("new row of \"%s\" must start in an initial state of machine \"%s\"",
+							table, g->machine->name),
+					 errdetail("The row starts in \"%s\".", state_name(g, to, unknown)),
+					 errhint("Initial states: %s.", initial_states(g->machine))));
+		if (g->version_att)
+			newtup = set_version(g, newtup, desc, 1);
+		return PointerGetDatum(newtup);
+	}
+	else
+	{
+		HeapTuple	oldtup = td->tg_trigtuple;
+		HeapTuple	newtup = td->tg_newtuple;
+		bool		oldnull;
+		char	   *old_unknown;
+		int			from = row_state(g, oldtup, desc, &oldnull, &old_unknown);
+
+		to = row_state(g, newtup, desc, &isnull, &unknown);
+		if (isnull)
+			ereport(ERROR,
+					(errcode(ERRCODE_NOT_NULL_VIOLATION),
+					 errmsg("row of \"%s\" cannot lose its state", table),
+					 errdetail("Column \"%s\" would become null.", NameStr(TupleDescAttr(desc, g->state_att - 1)->attname)),
+					 errhint("Set a state that machine \"%s\" allows.", g->machine->name)));
+
+		if (from == to && from >= 0)
+		{
+			/* A repeat of the current state changing nothing else: skip it. */
+			if (!row_changed(g, oldtup, newtup, desc))
+				return PointerGetDatum(NULL);
+		}
+		else if (from >= 0 && g->machine->terminal[from])
+			ereport(ERROR,
+					(errcode(ERRCODE_CHECK_VIOLATION),
+					 errmsg("row of \"%s\" is in terminal state \"%s\" of machine \"%s\"",
+							table, g->machine->states[from], g->machine->name),
+					 errdetail("It cannot move to \"%s\".", state_name(g, to, unknown)),
+					 errhint("A terminal state has no transitions out; add one to the machine if it should.")));
+		else if (from < 0 || to < 0 || !g->machine->edges[from * g->machine->nstates + to])
+			ereport(ERROR,
+					(errcode(ERRCODE_CHECK_VIOLATION),
+					 errmsg("transition of \"%s\" from \"%s\" to \"%s\" is not allowed by machine \"%s\"",
+							table, state_name(g, from, oldnull ? "(null)" : old_unknown),
+							state_name(g, to, unknown), g->machine->name),
+					 from >= 0 ? errdetail("From \"%s\" it allows: %s.", g->machine->states[from],
+										  allowed_from(g->machine, from)) :
+					 errdetail("\"%s\" is not a state of the machine.", oldnull ? "(null)" : old_unknown),
+					 errhint("Move the row through the states the machine allows, or change the machine with idem_machine().")));
+
+		if (g->version_att)
+		{
+			int64		old_version = version_of(g, oldtup, desc);
+
+			if (bms_is_member(g->version_att - FirstLowInvalidHeapAttributeNumber,
+							  td->tg_updatedcols))
+			{
+				int64		expected = version_of(g, newtup, desc);
+
+				if (expected != old_version)
+					ereport(ERROR,
+							(errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
+							 errmsg("row of \"%s\" has changed since it was read", table),
+							 errdetail("The update expected version %lld; the row is at version %lld.",
+									   (long long) expected, (long long) old_version),
+							 errhint("Read the row again and retry with its current version.")));
+			}
+			else if (g->strict_version)
+				ereport(ERROR,
+						(errcode(ERRCODE_INTEGRITY_CONSTRAINT_VIOLATION),
+						 errmsg("update of \"%s\" must set version column \"%s\"",
+								table, NameStr(TupleDescAttr(desc, g->version_att - 1)->attname)),
+						 errhint("Add SET %s = <the version you read> to the UPDATE.",
+								 NameStr(TupleDescAttr(desc, g->version_att - 1)->attname))));
+			newtup = set_version(g, newtup, desc, old_version + 1);
+		}
+		return PointerGetDatum(newtup);
+	}
+}
+
+/*
+ * idem_machines_changed(): AFTER ... FOR EACH STATEMENT on machines and
+ * transitions.  Queues a relcache invalidation of the table, which every
+ * session receives at commit and answers by dropping its machines.
+ */
+Datum
+idem_machines_changed(PG_FUNCTION_ARGS)
+{
+	TriggerData *td = (TriggerData *) fcinfo->context;
+
+	if (!CALLED_AS_TRIGGER(fcinfo))
+		ereport(ERROR,
+				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
+				 errmsg("idem_machines_changed must be called as a trigger"),
+				 errhint("It is installed on idempotency.machines and idempotency.transitions.")));
+	CacheInvalidateRelcacheByRelid(RelationGetRelid(td->tg_relation));
+	return PointerGetDatum(NULL);
+}
