@@ -22,7 +22,7 @@ DOCS = README.md
 
 REGRESS = snowflake_type snowflake claims guard
 REGRESS_OPTS = --load-extension=idempotency
-ISOLATION = snowflake_order claim_race claim_takeover
+ISOLATION = snowflake_order claim_race claim_takeover guard_race
 ISOLATION_OPTS = --load-extension=idempotency
 TAP_TESTS = 1
 
