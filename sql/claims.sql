@@ -23,8 +23,11 @@ FROM claims WHERE key = 'order-1';
 SELECT idem_complete('order-1', :order1, '{"order": 1, "total": 9.50}', 201) AS completed;
 SELECT outcome, token, response, status, attempts FROM idem_claim('order-1', '1 hour');
 SELECT outcome, response FROM idem_claim('order-1', '1 minute', wait => false);
--- Completing again with the same token changes nothing.
-SELECT idem_complete('order-1', :order1, '{"other": true}', 500) AS completed_again;
+-- The same completion again (a retry after a lost reply) changes nothing;
+-- another response would be lost, so it is refused.
+SELECT idem_complete('order-1', :order1, '{"total": 9.50, "order": 1}', 201) AS completed_again;
+SELECT pg_temp.fails($$SELECT idempotency.idem_complete('order-1', $$ || :order1 || $$, '{"other": true}', 500)$$) AS other_response;
+SELECT pg_temp.fails($$SELECT idempotency.idem_fail('order-1', $$ || :order1 || $$, false, '{"error": 1}', 500)$$) AS final_failure_after_completion;
 SELECT response, status FROM claims WHERE key = 'order-1';
 
 -- Scopes are separate key spaces.
@@ -44,7 +47,7 @@ SELECT outcome FROM idem_claim('pay-1', '1 hour',
 	idem_fingerprint('{"amount": 10, "currency": "EUR", "tags": [1, 2.0]}'));
 SELECT outcome FROM idem_claim('pay-1', '1 hour',
 	idem_fingerprint('{ "tags":[1,2],"currency":"EUR","amount":10.00 }'));
-SELECT outcome, token, response, attempts, expires_at IS NOT NULL AS has_expiry
+SELECT outcome, token, response, attempts, expires_at
 FROM idem_claim('pay-1', '1 hour', idem_fingerprint('{"amount": 11, "currency": "EUR"}'));
 -- Without a fingerprint there is nothing to compare.
 SELECT outcome FROM idem_claim('pay-1', '1 hour');
@@ -85,7 +88,9 @@ SELECT outcome, token > :job3 AS higher_token, recovery_point, attempts FROM ide
 SELECT token AS job4 FROM idem_claim('job-4', '1 hour') \gset
 SELECT idem_fail('job-4', :job4, false, '{"error": "card declined"}', 402) AS failed;
 SELECT outcome, response, status FROM idem_claim('job-4', '1 hour');
+SELECT idem_fail('job-4', :job4, false, '{"error": "card declined"}', 402) AS failed_again;
 SELECT pg_temp.fails($$SELECT idempotency.idem_fail('job-4', $$ || :job4 || $$, true)$$) AS retryable_after_final;
+SELECT pg_temp.fails($$SELECT idempotency.idem_complete('job-4', $$ || :job4 || $$, '{"ok": 1}', 200)$$) AS complete_after_final;
 
 -- idem_release: the key is free again, and its next token is higher.
 SELECT token AS job5 FROM idem_claim('job-5', '1 hour') \gset
@@ -172,6 +177,25 @@ SET ROLE regress_claims_plain;
 SELECT pg_temp.fails($$SELECT idempotency.idem_claim('order-1', '1 hour')$$) AS no_privilege;
 SELECT pg_temp.fails($$SELECT idempotency.idem_claim('order-1', '1 hour', wait => false)$$) AS no_privilege_nowait;
 RESET ROLE;
+-- Reading alone is not enough: every privilege a claim may need is checked
+-- up front.
+GRANT SELECT ON claims TO regress_claims_plain;
+SET ROLE regress_claims_plain;
+SELECT pg_temp.fails($$SELECT idempotency.idem_claim('order-1', '1 hour')$$) AS select_only;
+RESET ROLE;
+-- Row-level security would be bypassed by the primary-key read: refused.
+GRANT INSERT, UPDATE, DELETE ON claims TO regress_claims_plain;
+GRANT USAGE ON SEQUENCE claim_tokens TO regress_claims_plain;
+SET ROLE regress_claims_plain;
+SELECT outcome, response FROM idem_claim('order-1', '1 hour');
+RESET ROLE;
+ALTER TABLE claims ENABLE ROW LEVEL SECURITY;
+SET ROLE regress_claims_plain;
+SELECT pg_temp.fails($$SELECT idempotency.idem_claim('order-1', '1 hour')$$) AS row_level_security;
+RESET ROLE;
+ALTER TABLE claims DISABLE ROW LEVEL SECURITY;
+REVOKE ALL ON claims FROM regress_claims_plain;
+REVOKE ALL ON SEQUENCE claim_tokens FROM regress_claims_plain;
 DROP ROLE regress_claims_plain;
 
 DELETE FROM claims;

@@ -244,9 +244,10 @@ COMMENT ON AGGREGATE idempotency.max(idempotency.snowflake) IS 'the largest snow
 -- Idempotency-key claims
 --
 -- One row per (scope, key) in idempotency.claims.  The functions that read
--- and write it are in C (src/claim.c); every one takes a transaction-level
--- lock on the key first, in a lock space of its own, so that claims of one
--- key serialise while claims of different keys never wait for each other.
+-- and write it are in C (src/claim.c).  They take no lock of their own: the
+-- rows are the locks, so claims of one key wait for each other through
+-- PostgreSQL's row and unique-index waits, and claims of different keys
+-- never do.
 --------------------------------------------------------------------------
 
 CREATE TYPE idempotency.idem_outcome AS ENUM

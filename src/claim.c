@@ -36,6 +36,7 @@
 #include "access/genam.h"
 #include "access/htup_details.h"
 #include "access/skey.h"
+#include "access/xact.h"
 #include "access/table.h"
 #include "catalog/namespace.h"
 #include "catalog/pg_type.h"
@@ -49,6 +50,8 @@
 #include "utils/jsonb.h"
 #include "utils/lsyscache.h"
 #include "utils/rel.h"
+#include "utils/resowner.h"
+#include "utils/rls.h"
 #include "utils/snapmgr.h"
 #include "utils/timestamp.h"
 
@@ -184,7 +187,9 @@ typedef struct ClaimKey
 	text	   *scope;			/* its scope */
 } ClaimKey;
 
-/* A claim row as read under the key's lock; datums live until SPI_finish. */
+static void concurrent_change(const ClaimKey *k);
+
+/* A claim row as read; datums live until SPI_finish. */
 typedef struct ClaimRow
 {
 	bool		found;			/* a row exists (possibly expired) */
@@ -258,9 +263,53 @@ run_plan(ClaimPlan which, Datum *args, const char *nulls, bool read_only)
 }
 
 /*
- * A write that found no row to change: the row moved behind the key's
- * lock (a manual change), or a snapshot older than the lock (REPEATABLE
- * READ) did not see a row another transaction committed.
+ * Run a write that may lose a race, in a subtransaction that is rolled back
+ * if the write changed nothing.  While it waits for another transaction
+ * and re-checks the row, READ COMMITTED locks the row's newest version; a
+ * caller that then goes on to report someone else's claim must not keep
+ * that lock, or it would hold up the owner.
+ */
+static bool
+run_contested(ClaimPlan which, Datum *args, const char *nulls)
+{
+	MemoryContext cxt = CurrentMemoryContext;
+	ResourceOwner owner = CurrentResourceOwner;
+	bool		changed;
+
+	BeginInternalSubTransaction(NULL);
+	MemoryContextSwitchTo(cxt);
+	changed = run_plan(which, args, nulls, false) == 1;
+	if (changed)
+		ReleaseCurrentSubTransaction();
+	else
+		RollbackAndReleaseCurrentSubTransaction();
+	MemoryContextSwitchTo(cxt);
+	CurrentResourceOwner = owner;
+	return changed;
+}
+
+/*
+ * How often a call may find its write beaten by another transaction before
+ * it gives up.  In READ COMMITTED every lost race means another transaction
+ * committed a change to the key, so the call makes progress and the bound
+ * is only a backstop; in the snapshot levels a second try sees the same
+ * snapshot and cannot do better.
+ */
+#define MAX_TRIES_READ_COMMITTED	1000
+#define MAX_TRIES_SNAPSHOT			2
+
+static void
+check_tries(const ClaimKey *k, int tries)
+{
+	CHECK_FOR_INTERRUPTS();
+	if (tries >= (IsolationUsesXactSnapshot() ? MAX_TRIES_SNAPSHOT : MAX_TRIES_READ_COMMITTED))
+		concurrent_change(k);
+}
+
+/*
+ * A write kept finding the row changed: in REPEATABLE READ or SERIALIZABLE
+ * the transaction's snapshot does not show what another transaction
+ * committed.
  */
 static void
 concurrent_change(const ClaimKey *k)
@@ -385,29 +434,38 @@ connect_spi(void)
 
 /*
  * Open idempotency.claims; the lock is kept to the end of the transaction.
- * Looked up by name each time (two cache lookups), so that a recreated
+ * Looked up by name each time (a few cache lookups), so that a recreated
  * extension is simply found again.  Reading it directly bypasses the
- * executor's privilege check, so check here: without SELECT on the table a
- * caller must not see stored responses.
+ * executor's privilege checks, so check here, up front, everything a claim
+ * may need: without them a caller must not see stored responses.
  */
 static Relation
 open_claims(void)
 {
-	Oid			relid = get_relname_relid("claims", get_namespace_oid("idempotency", false));
-	AclResult	aclresult;
+	Oid			nsp = get_namespace_oid("idempotency", false);
+	Oid			relid = get_relname_relid("claims", nsp);
+	Oid			seqid = get_relname_relid("claim_tokens", nsp);
 
-	if (!OidIsValid(relid))
+	if (!OidIsValid(relid) || !OidIsValid(seqid))
 		ereport(ERROR,
 				(errcode(ERRCODE_UNDEFINED_TABLE),
 				 errmsg("table \"idempotency.claims\" does not exist"),
 				 errhint("Reinstall the extension: DROP EXTENSION idempotency; CREATE EXTENSION idempotency;")));
-	aclresult = pg_class_aclcheck(relid, GetUserId(), ACL_SELECT);
-	if (aclresult != ACLCHECK_OK)
+	if (pg_class_aclmask(relid, GetUserId(), ACL_SELECT | ACL_INSERT | ACL_UPDATE | ACL_DELETE,
+						 ACLMASK_ALL) != (ACL_SELECT | ACL_INSERT | ACL_UPDATE | ACL_DELETE) ||
+		pg_class_aclcheck(seqid, GetUserId(), ACL_USAGE) != ACLCHECK_OK)
 		ereport(ERROR,
 				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
 				 errmsg("permission denied for table idempotency.claims"),
 				 errdetail("Claims are read and written with the privileges of the calling role."),
 				 errhint("GRANT SELECT, INSERT, UPDATE, DELETE ON idempotency.claims and USAGE ON SEQUENCE idempotency.claim_tokens to the role.")));
+	/* The read below goes around row-level security; refuse rather than leak. */
+	if (check_enable_rls(relid, InvalidOid, true) == RLS_ENABLED)
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("row-level security on idempotency.claims is not supported"),
+				 errdetail("Claims are read through the primary key, which row-level security policies would not filter."),
+				 errhint("Separate tenants with the scope argument, and disable row-level security on the table.")));
 	return table_open(relid, AccessShareLock);
 }
 
@@ -653,7 +711,8 @@ idem_claim(PG_FUNCTION_ARGS)
 			/* First time, or the old claim has expired: the caller owns it. */
 			args[4] = IntervalPGetDatum(ttl);
 			args[5] = Int64GetDatum(row.token);
-			if (run_plan(row.found ? PLAN_RENEW : PLAN_INSERT, args, argnulls, false) == 1)
+			if (row.found ? run_contested(PLAN_RENEW, args, argnulls)
+				: run_plan(PLAN_INSERT, args, argnulls, false) == 1)
 			{
 				outcome = OUTCOME_CLAIMED;
 				values[RES_TOKEN] = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &nulls[RES_TOKEN]);
@@ -665,9 +724,7 @@ idem_claim(PG_FUNCTION_ARGS)
 		}
 		else if (fingerprint_differs(&row, fingerprint))
 		{
-			outcome = OUTCOME_MISMATCH;
-			values[RES_EXPIRES_AT] = row.values[COL_EXPIRES_AT];
-			nulls[RES_EXPIRES_AT] = false;
+			outcome = OUTCOME_MISMATCH;	/* and nothing else about the claim */
 			break;
 		}
 		else if (strcmp(row.state, "completed") == 0)
@@ -698,7 +755,7 @@ idem_claim(PG_FUNCTION_ARGS)
 		{
 			/* A retryable failure, or a lease that ran out: take over. */
 			args[4] = Int64GetDatum(row.token);
-			if (run_plan(PLAN_TAKEOVER, args, argnulls, false) == 1)
+			if (run_contested(PLAN_TAKEOVER, args, argnulls))
 			{
 				HeapTuple	tup = SPI_tuptable->vals[0];
 				TupleDesc	td = SPI_tuptable->tupdesc;
@@ -717,8 +774,7 @@ idem_claim(PG_FUNCTION_ARGS)
 		 * took over or finished the key and committed while we waited for
 		 * it.  Read again and report what it left.
 		 */
-		if (tries >= 3)
-			concurrent_change(&k);
+		check_tries(&k, tries);
 	}
 
 	values[RES_OUTCOME] = cache->outcomes[outcome];
@@ -726,6 +782,16 @@ idem_claim(PG_FUNCTION_ARGS)
 	result = SPI_returntuple(heap_form_tuple(tupdesc, values, nulls), tupdesc);
 	SPI_finish();
 	PG_RETURN_DATUM(PointerGetDatum(result));
+}
+
+static void
+not_in_progress(const ClaimKey *k, const char *state)
+{
+	ereport(ERROR,
+			(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+			 errmsg("claim of idempotency key \"%s\" is not in progress", text_to_cstring(k->key)),
+			 errdetail("It is %s.", state),
+			 errhint("Call idem_claim again: a failed claim is taken over, a completed one replayed.")));
 }
 
 /* How an owner's call ended. */
@@ -746,13 +812,16 @@ typedef enum OwnerResult
  */
 static OwnerResult
 owner_write(const ClaimKey *k, int64 token, ClaimPlan plan, Datum *args,
-			const char *argnulls, const char *done_state, bool missing_ok)
+			const char *argnulls, const char *done_state, bool missing_ok,
+			ClaimRow *rowp)
 {
 	ClaimRow	row;
 
 	for (int tries = 0;; tries++)
 	{
 		read_row(k, &row);
+		if (rowp)
+			*rowp = row;
 		if (!row.found || row.expired)
 		{
 			if (missing_ok)
@@ -782,16 +851,11 @@ owner_write(const ClaimKey *k, int64 token, ClaimPlan plan, Datum *args,
 		if (done_state && strcmp(row.state, done_state) == 0)
 			return OWNER_ALREADY_DONE;
 		if (strcmp(row.state, "in_progress") != 0)
-			ereport(ERROR,
-					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-					 errmsg("claim of idempotency key \"%s\" is not in progress", text_to_cstring(k->key)),
-					 errdetail("It is %s.", row.state),
-					 errhint("Call idem_claim again: a failed claim is taken over, a completed one replayed.")));
+			not_in_progress(k, row.state);
 
 		if (run_plan(plan, args, argnulls, false) == 1)
 			return OWNER_CHANGED;
-		if (tries >= 3)
-			concurrent_change(k);
+		check_tries(k, tries);
 	}
 }
 
@@ -827,6 +891,7 @@ finish(FunctionCallInfo fcinfo, int scope_arg, bool failed, int response_arg, in
 	Datum		args[6];
 	char		argnulls[6];
 	OwnerResult result;
+	ClaimRow	row;
 
 	token = owner_args(fcinfo, scope_arg, &k, args);
 	memset(argnulls, ' ', sizeof(argnulls));
@@ -836,7 +901,26 @@ finish(FunctionCallInfo fcinfo, int scope_arg, bool failed, int response_arg, in
 	argnulls[4] = PG_ARGISNULL(status_arg) ? 'n' : ' ';
 	args[5] = BoolGetDatum(failed);
 	result = owner_write(&k, token, PLAN_FINISH, args, argnulls,
-						 failed ? "failed" : "completed", false);
+						 failed ? "failed" : "completed", false, &row);
+
+	/*
+	 * The claim had already ended so.  The same call repeated (a retry after
+	 * a lost reply) changes nothing; an ending with another response would
+	 * silently lose it, so it is refused.
+	 */
+	if (result == OWNER_ALREADY_DONE && !failed &&
+		!(row.nulls[COL_RESPONSE] == (argnulls[3] == 'n') &&
+		  (row.nulls[COL_RESPONSE] ||
+		   DatumGetBool(DirectFunctionCall2(jsonb_eq, row.values[COL_RESPONSE], args[3]))) &&
+		  row.nulls[COL_STATUS] == (argnulls[4] == 'n') &&
+		  (row.nulls[COL_STATUS] ||
+		   DatumGetInt32(row.values[COL_STATUS]) == DatumGetInt32(args[4]))))
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("claim of idempotency key \"%s\" has already ended with another response",
+						text_to_cstring(k.key)),
+				 errdetail("Its stored response and status are kept."),
+				 errhint("Call idem_claim to read the stored response.")));
 	SPI_finish();
 	return result == OWNER_CHANGED;
 }
@@ -877,7 +961,7 @@ idem_checkpoint(PG_FUNCTION_ARGS)
 	require_arg(fcinfo, 2, "recovery_point");
 	token = owner_args(fcinfo, 3, &k, args);
 	args[3] = PG_GETARG_DATUM(2);
-	owner_write(&k, token, PLAN_CHECKPOINT, args, NULL, NULL, false);
+	owner_write(&k, token, PLAN_CHECKPOINT, args, NULL, NULL, false, NULL);
 	SPI_finish();
 	PG_RETURN_BOOL(true);
 }
@@ -899,7 +983,7 @@ idem_extend(PG_FUNCTION_ARGS)
 
 	args[3] = IntervalPGetDatum(duration_arg(fcinfo, 2, "lease", max_ttl(), "the maximum ttl"));
 	token = owner_args(fcinfo, 3, &k, args);
-	owner_write(&k, token, PLAN_EXTEND, args, NULL, NULL, false);
+	owner_write(&k, token, PLAN_EXTEND, args, NULL, NULL, false, NULL);
 	until = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
 	SPI_finish();
 	PG_RETURN_DATUM(until);
@@ -920,7 +1004,7 @@ idem_release(PG_FUNCTION_ARGS)
 	OwnerResult result;
 
 	token = owner_args(fcinfo, 2, &k, args);
-	result = owner_write(&k, token, PLAN_RELEASE, args, NULL, NULL, true);
+	result = owner_write(&k, token, PLAN_RELEASE, args, NULL, NULL, true, NULL);
 	SPI_finish();
 	PG_RETURN_BOOL(result == OWNER_CHANGED);
 }

@@ -108,5 +108,28 @@ is($node->safe_psql('postgres', q{
 	SELECT count(*) FROM (SELECT token FROM idempotency.claims GROUP BY token HAVING count(*) > 1) s}),
 	'0', 'no token was handed out twice');
 
+# 4. Sixteen clients churn one key: claim, then fail it (retryable), release
+# it or complete it at once.  Every claim races the others for the same
+# row, and READ COMMITTED callers must always get an outcome, never an
+# error.
+my $churn = q{
+\set r random(1, 3)
+SELECT coalesce((c).token, 0) AS tok
+  FROM (SELECT idempotency.idem_claim('hot', '1 hour') AS c) s \gset
+\if :tok > 0
+\if :r = 1
+SELECT idempotency.idem_fail('hot', :tok, true);
+\elif :r = 2
+SELECT idempotency.idem_release('hot', :tok);
+\else
+SELECT idempotency.idem_complete('hot', :tok, '{}', 200);
+DELETE FROM idempotency.claims WHERE key = 'hot';
+\endif
+\endif
+};
+$node->pgbench('--no-vacuum --client=16 --jobs=2 --transactions=300',
+	0, [qr{processed: 4800/4800}], [qr{^$}],
+	'16 clients churning one key never get an error', { 'churn' => $churn });
+
 $node->stop;
 done_testing();
