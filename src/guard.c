@@ -378,9 +378,9 @@ get_guard(TriggerData *td)
  * *label names it).  Sets *isnull for a NULL state.
  */
 static int
-row_state(GuardEntry *g, HeapTuple tuple, TupleDesc desc, bool *isnull, char **label)
+row_state(GuardEntry *g, TupleTableSlot *slot, bool *isnull, char **label)
 {
-	Datum		d = heap_getattr(tuple, g->state_att, desc, isnull);
+	Datum		d = slot_getattr(slot, g->state_att, isnull);
 
 	*label = NULL;
 	if (*isnull)
@@ -470,7 +470,7 @@ same_value(Datum a, Datum b, Form_pg_attribute att)
  * Does the new row differ from the old in anything but the version?
  */
 static bool
-row_changed(GuardEntry *g, HeapTuple oldtup, HeapTuple newtup, TupleDesc desc)
+row_changed(GuardEntry *g, TupleTableSlot *oldslot, TupleTableSlot *newslot, TupleDesc desc)
 {
 	for (int i = 0; i < desc->natts; i++)
 	{
@@ -482,8 +482,8 @@ row_changed(GuardEntry *g, HeapTuple oldtup, HeapTuple newtup, TupleDesc desc)
 
 		if (att->attisdropped || i + 1 == g->version_att || i + 1 == g->state_att)
 			continue;
-		o = heap_getattr(oldtup, i + 1, desc, &oldnull);
-		n = heap_getattr(newtup, i + 1, desc, &newnull);
+		o = slot_getattr(oldslot, i + 1, &oldnull);
+		n = slot_getattr(newslot, i + 1, &newnull);
 		if (oldnull != newnull || (!oldnull && !same_value(o, n, att)))
 			return true;
 	}
@@ -491,35 +491,40 @@ row_changed(GuardEntry *g, HeapTuple oldtup, HeapTuple newtup, TupleDesc desc)
 }
 
 static int64
-version_of(GuardEntry *g, HeapTuple tuple, TupleDesc desc)
+version_of(GuardEntry *g, TupleTableSlot *slot)
 {
 	bool		isnull;
-	Datum		d = heap_getattr(tuple, g->version_att, desc, &isnull);
+	Datum		d = slot_getattr(slot, g->version_att, &isnull);
 
 	if (isnull)
 		return 0;
 	return g->version_type == INT8OID ? DatumGetInt64(d) : DatumGetInt32(d);
 }
 
+/*
+ * The row in slot with its version set: formed from the slot's values, which
+ * the executor has already taken apart, rather than by taking the tuple
+ * apart again.  Allocated in the per-tuple context the trigger runs in.
+ */
 static HeapTuple
-set_version(GuardEntry *g, HeapTuple tuple, TupleDesc desc, int64 version)
+with_version(GuardEntry *g, TupleTableSlot *slot, TupleDesc desc, int64 version)
 {
-	int			att = g->version_att;
-	Datum		value;
-	bool		isnull = false;
+	int			natts = desc->natts;
+	Datum	   *values = palloc(sizeof(Datum) * natts);
+	bool	   *nulls = palloc(sizeof(bool) * natts);
 
-	if (g->version_type == INT4OID)
-	{
-		if (version > PG_INT32_MAX)
-			ereport(ERROR,
-					(errcode(ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE),
-					 errmsg("version of a row of \"%s\" would pass the range of int", get_rel_name(g->relid)),
-					 errhint("Make the version column bigint.")));
-		value = Int32GetDatum((int32) version);
-	}
-	else
-		value = Int64GetDatum(version);
-	return heap_modify_tuple_by_cols(tuple, desc, 1, &att, &value, &isnull);
+	if (g->version_type == INT4OID && version > PG_INT32_MAX)
+		ereport(ERROR,
+				(errcode(ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE),
+				 errmsg("version of a row of \"%s\" would pass the range of int", get_rel_name(g->relid)),
+				 errhint("Make the version column bigint.")));
+	slot_getallattrs(slot);
+	memcpy(values, slot->tts_values, sizeof(Datum) * natts);
+	memcpy(nulls, slot->tts_isnull, sizeof(bool) * natts);
+	values[g->version_att - 1] = g->version_type == INT4OID ?
+		Int32GetDatum((int32) version) : Int64GetDatum(version);
+	nulls[g->version_att - 1] = false;
+	return heap_form_tuple(desc, values, nulls);
 }
 
 /*
@@ -552,7 +557,7 @@ idem_guard_trigger(PG_FUNCTION_ARGS)
 	{
 		HeapTuple	newtup = td->tg_trigtuple;
 
-		to = row_state(g, newtup, desc, &isnull, &unknown);
+		to = row_state(g, td->tg_trigslot, &isnull, &unknown);
 		if (isnull)
 			ereport(ERROR,
 					(errcode(ERRCODE_NOT_NULL_VIOLATION),
@@ -568,18 +573,19 @@ idem_guard_trigger(PG_FUNCTION_ARGS)
 					 errdetail("The row starts in \"%s\".", state_name(g, to, unknown)),
 					 errhint("Initial states: %s.", initial_states(g->machine))));
 		if (g->version_att)
-			newtup = set_version(g, newtup, desc, 1);
+			newtup = with_version(g, td->tg_trigslot, desc, 1);
 		return PointerGetDatum(newtup);
 	}
 	else
 	{
-		HeapTuple	oldtup = td->tg_trigtuple;
+		TupleTableSlot *oldslot = td->tg_trigslot;
+		TupleTableSlot *newslot = td->tg_newslot;
 		HeapTuple	newtup = td->tg_newtuple;
 		bool		oldnull;
 		char	   *old_unknown;
-		int			from = row_state(g, oldtup, desc, &oldnull, &old_unknown);
+		int			from = row_state(g, oldslot, &oldnull, &old_unknown);
 
-		to = row_state(g, newtup, desc, &isnull, &unknown);
+		to = row_state(g, newslot, &isnull, &unknown);
 		if (isnull)
 			ereport(ERROR,
 					(errcode(ERRCODE_NOT_NULL_VIOLATION),
@@ -590,7 +596,7 @@ idem_guard_trigger(PG_FUNCTION_ARGS)
 		if (from == to && from >= 0)
 		{
 			/* A repeat of the current state changing nothing else: skip it. */
-			if (!row_changed(g, oldtup, newtup, desc))
+			if (!row_changed(g, oldslot, newslot, desc))
 				return PointerGetDatum(NULL);
 		}
 		else if (from >= 0 && g->machine->terminal[from])
@@ -613,12 +619,12 @@ idem_guard_trigger(PG_FUNCTION_ARGS)
 
 		if (g->version_att)
 		{
-			int64		old_version = version_of(g, oldtup, desc);
+			int64		old_version = version_of(g, oldslot);
 
 			if (bms_is_member(g->version_att - FirstLowInvalidHeapAttributeNumber,
 							  td->tg_updatedcols))
 			{
-				int64		expected = version_of(g, newtup, desc);
+				int64		expected = version_of(g, newslot);
 
 				if (expected != old_version)
 					ereport(ERROR,
@@ -635,7 +641,7 @@ idem_guard_trigger(PG_FUNCTION_ARGS)
 								table, NameStr(TupleDescAttr(desc, g->version_att - 1)->attname)),
 						 errhint("Add SET %s = <the version you read> to the UPDATE.",
 								 NameStr(TupleDescAttr(desc, g->version_att - 1)->attname))));
-			newtup = set_version(g, newtup, desc, old_version + 1);
+			newtup = with_version(g, newslot, desc, old_version + 1);
 		}
 		return PointerGetDatum(newtup);
 	}
