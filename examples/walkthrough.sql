@@ -115,5 +115,43 @@ SELECT idem_complete('key-456', :slow_token, '{"late": true}', 200);
 
 DROP TABLE demo_payments;
 DELETE FROM claims WHERE key IN ('key-123', 'key-456');
+
+\echo
+\echo '== 14. State machines.  An order may only move along these transitions,'
+\echo '       whoever writes: the application, psql, a bulk UPDATE or COPY.'
+SELECT idem_machine('demo_order', 'pending->paid', 'paid->shipped', 'pending->cancelled', 'paid->refunded');
+CREATE TABLE public.demo_orders (id int PRIMARY KEY, state text NOT NULL, version int NOT NULL DEFAULT 0);
+SELECT idem_guard('public.demo_orders', machine => 'demo_order', version_column => 'version');
+INSERT INTO public.demo_orders (id, state) VALUES (1, 'pending');
+UPDATE public.demo_orders SET state = 'paid' WHERE id = 1;
+SELECT id, state, version FROM public.demo_orders;
+
+\echo
+\echo '== 15. A refused jump: paid orders cannot go back to pending (SQLSTATE 23514).'
+\set ON_ERROR_STOP 0
+UPDATE public.demo_orders SET state = 'pending' WHERE id = 1;
+\echo SQLSTATE :LAST_ERROR_SQLSTATE
+\set ON_ERROR_STOP 1
+
+\echo
+\echo '== 16. The payment provider calls back twice.  The repeat changes nothing'
+\echo '       and is skipped (UPDATE 0): the version stays.'
+\set QUIET off
+UPDATE public.demo_orders SET state = 'paid' WHERE id = 1;
+\set QUIET on
+SELECT id, state, version FROM public.demo_orders;
+
+\echo
+\echo '== 17. Optimistic locking: two clients read version 2; the first ships,'
+\echo '       the second, still at version 2, is refused as stale (SQLSTATE 40001).'
+UPDATE public.demo_orders SET state = 'shipped', version = 2 WHERE id = 1;
+\set ON_ERROR_STOP 0
+UPDATE public.demo_orders SET state = 'refunded', version = 2 WHERE id = 1;
+\echo SQLSTATE :LAST_ERROR_SQLSTATE
+\set ON_ERROR_STOP 1
+SELECT id, state, version FROM public.demo_orders;
+
+DROP TABLE public.demo_orders;
+DELETE FROM machines WHERE name = 'demo_order';
 \echo
 \echo 'Done.  See README.md for the full reference.'
