@@ -60,6 +60,9 @@ SELECT id, state, version FROM orders ORDER BY id;
 UPDATE orders SET state = 'shipped', version = 3 WHERE id = 1;
 SELECT id, state, version FROM orders WHERE id = 1;
 SELECT pg_temp.fails($$UPDATE orders SET state = 'delivered', version = 3 WHERE id = 1$$) AS stale_version;
+-- Stale and illegal at once: staleness is reported, since the writer must
+-- read the row again before anything else.
+SELECT pg_temp.fails($$UPDATE orders SET state = 'pending', version = 3 WHERE id = 1$$) AS stale_before_illegal;
 SELECT id, state, version FROM orders WHERE id = 1;
 -- A repeat with an old version is still a harmless repeat.
 UPDATE orders SET state = 'shipped', version = 1 WHERE id = 1;

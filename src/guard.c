@@ -581,6 +581,7 @@ idem_guard_trigger(PG_FUNCTION_ARGS)
 		TupleTableSlot *oldslot = td->tg_trigslot;
 		TupleTableSlot *newslot = td->tg_newslot;
 		HeapTuple	newtup = td->tg_newtuple;
+		int64		old_version = 0;
 		bool		oldnull;
 		char	   *old_unknown;
 		int			from = row_state(g, oldslot, &oldnull, &old_unknown);
@@ -599,28 +600,14 @@ idem_guard_trigger(PG_FUNCTION_ARGS)
 			if (!row_changed(g, oldslot, newslot, desc))
 				return PointerGetDatum(NULL);
 		}
-		else if (from >= 0 && g->machine->terminal[from])
-			ereport(ERROR,
-					(errcode(ERRCODE_CHECK_VIOLATION),
-					 errmsg("row of \"%s\" is in terminal state \"%s\" of machine \"%s\"",
-							table, g->machine->states[from], g->machine->name),
-					 errdetail("It cannot move to \"%s\".", state_name(g, to, unknown)),
-					 errhint("A terminal state has no transitions out; add one to the machine if it should.")));
-		else if (from < 0 || to < 0 || !g->machine->edges[from * g->machine->nstates + to])
-			ereport(ERROR,
-					(errcode(ERRCODE_CHECK_VIOLATION),
-					 errmsg("transition of \"%s\" from \"%s\" to \"%s\" is not allowed by machine \"%s\"",
-							table, state_name(g, from, oldnull ? "(null)" : old_unknown),
-							state_name(g, to, unknown), g->machine->name),
-					 from >= 0 ? errdetail("From \"%s\" it allows: %s.", g->machine->states[from],
-										  allowed_from(g->machine, from)) :
-					 errdetail("\"%s\" is not a state of the machine.", oldnull ? "(null)" : old_unknown),
-					 errhint("Move the row through the states the machine allows, or change the machine with idem_machine().")));
 
+		/*
+		 * A stale version is reported before the transition: the writer
+		 * acted on a row it no longer has, and must read it again.
+		 */
 		if (g->version_att)
 		{
-			int64		old_version = version_of(g, oldslot);
-
+			old_version = version_of(g, oldslot);
 			if (bms_is_member(g->version_att - FirstLowInvalidHeapAttributeNumber,
 							  td->tg_updatedcols))
 			{
@@ -641,8 +628,30 @@ idem_guard_trigger(PG_FUNCTION_ARGS)
 								table, NameStr(TupleDescAttr(desc, g->version_att - 1)->attname)),
 						 errhint("Add SET %s = <the version you read> to the UPDATE.",
 								 NameStr(TupleDescAttr(desc, g->version_att - 1)->attname))));
-			newtup = with_version(g, newslot, desc, old_version + 1);
 		}
+
+		if (from == to && from >= 0)
+			;					/* same state, other changes: no transition */
+		else if (from >= 0 && g->machine->terminal[from])
+			ereport(ERROR,
+					(errcode(ERRCODE_CHECK_VIOLATION),
+					 errmsg("row of \"%s\" is in terminal state \"%s\" of machine \"%s\"",
+							table, g->machine->states[from], g->machine->name),
+					 errdetail("It cannot move to \"%s\".", state_name(g, to, unknown)),
+					 errhint("A terminal state has no transitions out; add one to the machine if it should.")));
+		else if (from < 0 || to < 0 || !g->machine->edges[from * g->machine->nstates + to])
+			ereport(ERROR,
+					(errcode(ERRCODE_CHECK_VIOLATION),
+					 errmsg("transition of \"%s\" from \"%s\" to \"%s\" is not allowed by machine \"%s\"",
+							table, state_name(g, from, oldnull ? "(null)" : old_unknown),
+							state_name(g, to, unknown), g->machine->name),
+					 from >= 0 ? errdetail("From \"%s\" it allows: %s.", g->machine->states[from],
+										  allowed_from(g->machine, from)) :
+					 errdetail("\"%s\" is not a state of the machine.", oldnull ? "(null)" : old_unknown),
+					 errhint("Move the row through the states the machine allows, or change the machine with idem_machine().")));
+
+		if (g->version_att)
+			newtup = with_version(g, newslot, desc, old_version + 1);
 		return PointerGetDatum(newtup);
 	}
 }
