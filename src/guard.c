@@ -528,6 +528,71 @@ with_version(GuardEntry *g, TupleTableSlot *slot, TupleDesc desc, int64 version)
 }
 
 /*
+ * Where a fixed-width attribute's bytes lie in a heap tuple, or NULL if it
+ * is null or not stored (a column added since the row was written).  Walks
+ * the attributes before it the way heap_deform_tuple does.
+ */
+static char *
+attribute_bytes(HeapTuple tuple, TupleDesc desc, int attnum)
+{
+	HeapTupleHeader tup = tuple->t_data;
+	bool		hasnulls = HeapTupleHasNulls(tuple);
+	char	   *tp = (char *) tup + tup->t_hoff;
+	uint32		off = 0;
+
+	if (attnum > HeapTupleHeaderGetNatts(tup))
+		return NULL;
+	for (int i = 0; i < attnum; i++)
+	{
+		Form_pg_attribute att = TupleDescAttr(desc, i);
+
+		if (hasnulls && att_isnull(i, tup->t_bits))
+		{
+			if (i == attnum - 1)
+				return NULL;
+			continue;
+		}
+		off = att_align_pointer(off, att->attalign, att->attlen, tp + off);
+		if (i == attnum - 1)
+			return tp + off;
+		off = att_addlength_pointer(off, att->attlen, tp + off);
+	}
+	return NULL;
+}
+
+/*
+ * Set the version of the row an UPDATE is about to write.  For a heap
+ * table, the new row handed to the trigger is the new slot's own
+ * materialized tuple: overwriting the fixed-width version where it lies,
+ * and making the slot take the tuple apart afresh, spares a second copy of
+ * the row per update (PostgreSQL keeps a returned tuple that is the one it
+ * passed in).  Anything else (another table access method, a NULL or
+ * missing version) gets a new tuple.
+ */
+static HeapTuple
+bump_version(GuardEntry *g, TriggerData *td, TupleDesc desc, int64 version)
+{
+	TupleTableSlot *slot = td->tg_newslot;
+	HeapTuple	tuple = td->tg_newtuple;
+	char	   *bytes;
+
+	if ((TTS_IS_BUFFERTUPLE(slot) || TTS_IS_HEAPTUPLE(slot)) &&
+		((HeapTupleTableSlot *) slot)->tuple == tuple &&
+		(g->version_type == INT8OID || version <= PG_INT32_MAX) &&
+		(bytes = attribute_bytes(tuple, desc, g->version_att)) != NULL)
+	{
+		if (g->version_type == INT8OID)
+			*(int64 *) bytes = version;
+		else
+			*(int32 *) bytes = (int32) version;
+		slot->tts_nvalid = 0;	/* its taken-apart values are stale now */
+		((HeapTupleTableSlot *) slot)->off = 0;
+		return tuple;
+	}
+	return with_version(g, slot, desc, version);
+}
+
+/*
  * idem_guard_trigger(): BEFORE INSERT OR UPDATE FOR EACH ROW.
  */
 Datum
@@ -651,7 +716,7 @@ idem_guard_trigger(PG_FUNCTION_ARGS)
 					 errhint("Move the row through the states the machine allows, or change the machine with idem_machine().")));
 
 		if (g->version_att)
-			newtup = with_version(g, newslot, desc, old_version + 1);
+			newtup = bump_version(g, td, desc, old_version + 1);
 		return PointerGetDatum(newtup);
 	}
 }
