@@ -25,9 +25,16 @@
  * Time is the database's clock, clock_timestamp(): leases and expiry are
  * judged when the call runs, not when its transaction began.
  *
- * SQL runs through SPI plans prepared once per backend and kept.  Every name
- * in them is schema-qualified, operators included, so that the caller's
- * search_path cannot redirect them; no SQL text is built per call.
+ * A write that may lose such a race (a takeover, a renewal) runs in a
+ * subtransaction rolled back when it changes nothing, so that a caller who
+ * only reports someone else's claim keeps no lock on its row.
+ *
+ * Reading the key's row, every call's first step, goes straight through
+ * the primary key (with the privilege and row-level-security checks the
+ * executor would have made); writes run through SPI plans prepared once per
+ * backend and kept.  Every name in them is schema-qualified, operators
+ * included, so that the caller's search_path cannot redirect them; no SQL
+ * text is built per call.
  *
  *-------------------------------------------------------------------------
  */
