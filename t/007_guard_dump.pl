@@ -1,0 +1,51 @@
+# pg_dump and restore keep state machines and guards: the machine tables
+# are extension configuration (pg_extension_config_dump), and a guard is a
+# trigger on the user's table, dumped with it.  The restored guard must
+# enforce the same machine.
+use strict;
+use warnings;
+use PostgreSQL::Test::Cluster;
+use PostgreSQL::Test::Utils;
+use Test::More;
+use FindBin;
+use lib $FindBin::RealBin;
+use IdempotencyTest;
+
+my $node = preloaded_node('guard_dump');
+$node->safe_psql('postgres', q{
+	SET search_path = public, idempotency;
+	SELECT idem_machine('order', 'pending->paid', 'paid->shipped', 'pending->cancelled');
+	UPDATE machines SET initial_states = '{pending,paid}' WHERE name = 'order';
+	CREATE TABLE orders (id int PRIMARY KEY, state text NOT NULL, version int NOT NULL DEFAULT 0);
+	SELECT idem_guard('orders', machine => 'order', version_column => 'version', strict_version => true);
+	INSERT INTO orders (id, state) VALUES (1, 'pending'), (2, 'paid');
+	UPDATE orders SET state = 'paid', version = 1 WHERE id = 1;
+});
+
+my $dump = $node->basedir . '/dump.sql';
+command_ok([ 'pg_dump', '-d', $node->connstr('postgres'), '-f', $dump ], 'pg_dump');
+$node->safe_psql('postgres', 'CREATE DATABASE restored');
+command_ok([ 'psql', '-X', '-q', '-v', 'ON_ERROR_STOP=1', '-d', $node->connstr('restored'), '-f', $dump ],
+	'the dump restores without error');
+
+is($node->safe_psql('restored', q{
+	SELECT string_agg(from_state || '->' || to_state, ' ' ORDER BY from_state COLLATE "C", to_state COLLATE "C")
+	FROM idempotency.transitions WHERE machine = 'order'}),
+	'paid->shipped pending->cancelled pending->paid', 'transitions are restored');
+is($node->safe_psql('restored', q{SELECT initial_states FROM idempotency.machines WHERE name = 'order'}),
+	'{pending,paid}', 'a machine\'s initial states are restored');
+is($node->safe_psql('restored', q{SELECT id || ':' || state || ':' || version FROM orders ORDER BY id}),
+	"1:paid:2\n2:paid:1", 'rows keep their states and versions');
+
+my ($ret, $out, $err) = $node->psql('restored', q{UPDATE orders SET state = 'pending', version = 2 WHERE id = 1});
+like($err, qr/transition of "orders" from "paid" to "pending" is not allowed by machine "order"/,
+	'the restored guard refuses an illegal transition');
+($ret, $out, $err) = $node->psql('restored', q{UPDATE orders SET state = 'shipped' WHERE id = 1});
+like($err, qr/must set version column "version"/, 'and keeps strict_version');
+is($node->safe_psql('restored', q{
+	UPDATE orders SET state = 'shipped', version = 2 WHERE id = 1;
+	SELECT state || ':' || version FROM orders WHERE id = 1}),
+	'shipped:3', 'and lets a legal transition through, bumping the version');
+
+$node->stop;
+done_testing();
