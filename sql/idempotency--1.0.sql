@@ -503,6 +503,7 @@ AS $$
 DECLARE
 	machine_name text := coalesce(machine, (SELECT c.relname::text FROM pg_class c WHERE c.oid = tbl));
 	state_type oid;
+	state_is_enum boolean;
 	version_type oid;
 	missing text;
 BEGIN
@@ -524,13 +525,13 @@ BEGIN
 			USING ERRCODE = 'undefined_column',
 				  HINT = 'Pass state_column => the column that holds the state.';
 	END IF;
-	IF NOT (state_type IN ('text'::regtype, 'varchar'::regtype)
-			OR (SELECT t.typtype = 'e' FROM pg_type t WHERE t.oid = state_type)) THEN
+	state_is_enum := (SELECT t.typtype = 'e' FROM pg_type t WHERE t.oid = state_type);
+	IF NOT (state_type IN ('text'::regtype, 'varchar'::regtype) OR state_is_enum) THEN
 		RAISE EXCEPTION 'state column "%" of relation % has type %', state_column, tbl, state_type::regtype
 			USING ERRCODE = 'datatype_mismatch',
 				  HINT = 'A state column must be text, varchar or an enum.';
 	END IF;
-	IF (SELECT t.typtype = 'e' FROM pg_type t WHERE t.oid = state_type) THEN
+	IF state_is_enum THEN
 		SELECT string_agg(DISTINCT s, ', ' ORDER BY s) INTO missing
 		FROM (SELECT from_state AS s FROM idempotency.transitions WHERE transitions.machine = machine_name
 			  UNION SELECT to_state FROM idempotency.transitions WHERE transitions.machine = machine_name) st
