@@ -87,6 +87,14 @@ static bool callback_registered = false;
 static uint64 cache_generation = 0;
 
 /*
+ * Set when machines changed.  The memory is only released at the start of
+ * the next get_guard(), so that a trigger call holding pointers into the
+ * cache (an error message reading the machine, say) never sees it freed
+ * under its feet by an invalidation taken in midway.
+ */
+static bool cache_stale = false;
+
+/*
  * Relcache invalidation: machines or transitions changed (or everything
  * was invalidated): drop all; a guarded table changed: drop its guards.
  */
@@ -98,12 +106,10 @@ guard_relcache_callback(Datum arg, Oid relid)
 	cache_generation++;
 	if (relid == InvalidOid || relid == machines_relid || relid == transitions_relid)
 	{
-		MemoryContextReset(guard_cxt);
-		machine_cache = NULL;
-		guard_cache = NULL;
+		cache_stale = true;
 		return;
 	}
-	if (guard_cache != NULL)
+	if (guard_cache != NULL && !cache_stale)
 	{
 		HASH_SEQ_STATUS status;
 		GuardEntry *entry;
@@ -120,6 +126,13 @@ ensure_caches(void)
 {
 	HASHCTL		ctl;
 
+	if (cache_stale)
+	{
+		MemoryContextReset(guard_cxt);
+		machine_cache = NULL;
+		guard_cache = NULL;
+		cache_stale = false;
+	}
 	if (!callback_registered)
 	{
 		CacheRegisterRelcacheCallback(guard_relcache_callback, (Datum) 0);
@@ -329,9 +342,24 @@ get_guard(TriggerData *td)
 	{
 		uint64		generation = cache_generation;
 
+		int			n;
+		char	  **names;
+
+		ensure_caches();		/* a reset in a previous pass dropped them */
 		memset(&built, 0, sizeof(built));
 		built.relid = RelationGetRelid(rel);
 		built.machine = load_machine(tg->tgargs[0]);
+
+		/*
+		 * Catalog reads below may take in an invalidation that frees the
+		 * machine; work from copies of its state names, and start again
+		 * if the generation moved.
+		 */
+		n = built.machine->nstates;
+		names = palloc(sizeof(char *) * n);
+		for (int i = 0; i < n; i++)
+			names[i] = pstrdup(built.machine->states[i]);
+
 		built.state_att = column_number(rel, tg->tgargs[1], "state");
 		built.state_type = TupleDescAttr(RelationGetDescr(rel), built.state_att - 1)->atttypid;
 		built.state_is_enum = type_is_enum(built.state_type);
@@ -349,17 +377,16 @@ get_guard(TriggerData *td)
 		built.strict_version = strcmp(tg->tgargs[3], "strict") == 0;
 		if (built.state_is_enum)
 		{
-			GuardMachine *m = built.machine;
-			Oid		   *oids = palloc(sizeof(Oid) * m->nstates);
+			Oid		   *oids = palloc(sizeof(Oid) * n);
 
-			for (int i = 0; i < m->nstates; i++)
+			for (int i = 0; i < n; i++)
 				oids[i] = DatumGetObjectId(
-					DirectFunctionCall2(enum_in, CStringGetDatum(m->states[i]),
+					DirectFunctionCall2(enum_in, CStringGetDatum(names[i]),
 										ObjectIdGetDatum(built.state_type)));
 			if (generation == cache_generation)
 			{
-				built.state_enum = MemoryContextAlloc(guard_cxt, sizeof(Oid) * m->nstates);
-				memcpy(built.state_enum, oids, sizeof(Oid) * m->nstates);
+				built.state_enum = MemoryContextAlloc(guard_cxt, sizeof(Oid) * n);
+				memcpy(built.state_enum, oids, sizeof(Oid) * n);
 			}
 		}
 		if (generation == cache_generation)
