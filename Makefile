@@ -14,13 +14,14 @@ OBJS = \
 	src/claim.o \
 	src/fingerprint.o \
 	src/guard.o \
+	src/guard_update.o \
 	src/snowflake.o \
 	src/snowflake_type.o
 
 DATA = $(wildcard sql/idempotency--*.sql)
 DOCS = README.md
 
-REGRESS = snowflake_type snowflake claims guard
+REGRESS = snowflake_type snowflake claims guard guard_update
 REGRESS_OPTS = --load-extension=idempotency
 ISOLATION = snowflake_order claim_race claim_takeover guard_race
 ISOLATION_OPTS = --load-extension=idempotency

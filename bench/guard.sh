@@ -7,7 +7,10 @@
 #   bare     no trigger; the statement bumps the version itself
 #            (SET state = 'paid', version = version + 1)
 #   guard    the C guard (idem_guard with a version column); the statement
-#            only sets the state
+#            only sets the state, and is planned to check itself
+#            (idempotency.guard_rewrite, the default)
+#   trigger  the same guard with idempotency.guard_rewrite = off: the row
+#            trigger checks every row
 #   plpgsql  an equivalent PL/pgSQL trigger: looks the transition up in
 #            idempotency.transitions and bumps the version
 #   c_floor  PostgreSQL's own suppress_redundant_updates_trigger(), a C
@@ -59,7 +62,7 @@ CREATE TABLE t_$1 (id int PRIMARY KEY, state text NOT NULL, version int NOT NULL
 INSERT INTO t_$1 SELECT g, 'pending', 1, g FROM generate_series(1, $ROWS) g;
 SQL
 	case $1 in
-	guard) psqlq -c "SELECT idempotency.idem_guard('t_guard', machine => 'bench', version_column => 'version')" >/dev/null ;;
+	guard|trigger) psqlq -c "SELECT idempotency.idem_guard('t_$1', machine => 'bench', version_column => 'version')" >/dev/null ;;
 	plpgsql) psqlq -c "CREATE TRIGGER g BEFORE UPDATE ON t_plpgsql FOR EACH ROW EXECUTE FUNCTION plpgsql_guard()" ;;
 	c_floor) psqlq -c "CREATE TRIGGER g BEFORE UPDATE ON t_c_floor FOR EACH ROW EXECUTE FUNCTION suppress_redundant_updates_trigger()" ;;
 	esac
@@ -68,9 +71,11 @@ SQL
 
 # Time the bulk update of a contender, in milliseconds.
 run() {
-	local sql="UPDATE t_$2 SET state = 'paid'"
+	local sql="UPDATE t_$2 SET state = 'paid'" rewrite=on
 	[ "$2" = bare ] || [ "$2" = c_floor ] && sql="UPDATE t_$2 SET state = 'paid', version = version + 1"
+	[ "$2" = trigger ] && rewrite=off
 	psqlq <<SQL
+SET idempotency.guard_rewrite = $rewrite;
 DO \$\$
 DECLARE t0 timestamptz := clock_timestamp();
 BEGIN
@@ -82,7 +87,7 @@ SQL
 
 say "bulk UPDATE of $ROWS rows, $ROUNDS interleaved rounds"
 for r in $(seq 1 "$ROUNDS"); do
-	for c in bare c_floor guard plpgsql; do
+	for c in bare c_floor guard trigger plpgsql; do
 		load "$c"
 		run "$r" "$c"
 		printf '.'

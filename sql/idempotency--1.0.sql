@@ -416,6 +416,39 @@ CREATE FUNCTION idempotency.idem_guard_trigger() RETURNS trigger
 COMMENT ON FUNCTION idempotency.idem_guard_trigger() IS
 	'trigger installed by idem_guard: enforces a state machine and a version column';
 
+-- The same rules, placed by the planner into UPDATEs of guarded tables so
+-- that they check themselves without the row trigger (src/guard_update.c).
+-- Not meant to be called directly; they run with the updater's rights.
+CREATE FUNCTION idempotency.idem_guard_check(tbl oid, guard oid, row_id tid,
+	old_state anyelement, new_state anyelement, version_set boolean,
+	old_version "any", new_version "any")
+RETURNS anyelement
+	AS 'MODULE_PATHNAME', 'idem_guard_check'
+	LANGUAGE C VOLATILE;
+COMMENT ON FUNCTION idempotency.idem_guard_check(oid, oid, tid, anyelement, anyelement, boolean, "any", "any") IS
+	'internal: the new state of a row in a guarded UPDATE, if its machine allows it';
+CREATE FUNCTION idempotency.idem_guard_bump(tbl oid, guard oid, old_version integer,
+	version_set boolean, new_version integer)
+RETURNS integer
+	AS 'MODULE_PATHNAME', 'idem_guard_bump'
+	LANGUAGE C VOLATILE;
+COMMENT ON FUNCTION idempotency.idem_guard_bump(oid, oid, integer, boolean, integer) IS
+	'internal: the next version of a row in a guarded UPDATE';
+CREATE FUNCTION idempotency.idem_guard_bump(tbl oid, guard oid, old_version bigint,
+	version_set boolean, new_version bigint)
+RETURNS bigint
+	AS 'MODULE_PATHNAME', 'idem_guard_bump'
+	LANGUAGE C VOLATILE;
+COMMENT ON FUNCTION idempotency.idem_guard_bump(oid, oid, bigint, boolean, bigint) IS
+	'internal: the next version of a row in a guarded UPDATE';
+CREATE FUNCTION idempotency.idem_guard_differs(tbl oid, guard oid, row_id tid,
+	old_state anyelement, new_state anyelement, VARIADIC "any")
+RETURNS boolean
+	AS 'MODULE_PATHNAME', 'idem_guard_differs'
+	LANGUAGE C VOLATILE;
+COMMENT ON FUNCTION idempotency.idem_guard_differs(oid, oid, tid, anyelement, anyelement, "any") IS
+	'internal: false when a guarded UPDATE repeats the state of the current row and changes nothing else';
+
 CREATE FUNCTION idempotency.idem_machine(name text, VARIADIC transitions text[])
 RETURNS text
 LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE

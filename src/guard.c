@@ -21,11 +21,16 @@
  * guards too.  So a DBA's edit takes effect in every session without a
  * reconnect, and the per-row cost is a hash lookup and two short scans.
  *
+ * Most UPDATEs do not reach the trigger: guard_update.c plans them to
+ * apply the same rules (guard_judge) themselves.  The trigger remains for
+ * INSERT and COPY and for every UPDATE that cannot check itself.
+ *
  *-------------------------------------------------------------------------
  */
 #include "postgres.h"
 
 #include "access/htup_details.h"
+#include "access/table.h"
 #include "catalog/namespace.h"
 #include "catalog/pg_type.h"
 #include "commands/trigger.h"
@@ -40,37 +45,11 @@
 #include "utils/memutils.h"
 #include "utils/rel.h"
 
+#include "guard.h"
 #include "idempotency.h"
 
 PG_FUNCTION_INFO_V1(idem_guard_trigger);
 PG_FUNCTION_INFO_V1(idem_machines_changed);
-
-/* A machine, as the row checks need it. */
-typedef struct GuardMachine
-{
-	char		name[NAMEDATALEN * 2];	/* hash key (truncated names are refused) */
-	int			nstates;		/* number of states */
-	char	  **states;			/* their names */
-	int		   *state_lens;		/* and lengths */
-	bool	   *initial;		/* may start in this state */
-	bool	   *terminal;		/* no transition leads out */
-	bool	   *edges;			/* nstates x nstates: edges[from * n + to] */
-} GuardMachine;
-
-/* A guard (one trigger), keyed by trigger OID. */
-typedef struct GuardEntry
-{
-	Oid			tgoid;			/* hash key */
-	Oid			relid;			/* the guarded table */
-	GuardMachine *machine;		/* its machine */
-	AttrNumber	state_att;		/* state column */
-	Oid			state_type;		/* its type */
-	bool		state_is_enum;	/* enum (compare OIDs) or text */
-	Oid		   *state_enum;		/* per machine state, its enum value */
-	AttrNumber	version_att;	/* version column, or 0 */
-	Oid			version_type;	/* INT4OID or INT8OID */
-	bool		strict_version; /* the UPDATE must set the version */
-} GuardEntry;
 
 static MemoryContext guard_cxt = NULL;
 static HTAB *machine_cache = NULL;
@@ -88,7 +67,7 @@ static uint64 cache_generation = 0;
 
 /*
  * Set when machines changed.  The memory is only released at the start of
- * the next get_guard(), so that a trigger call holding pointers into the
+ * the next guard_get(), so that a trigger call holding pointers into the
  * cache (an error message reading the machine, say) never sees it freed
  * under its feet by an invalidation taken in midway.
  */
@@ -315,13 +294,11 @@ column_number(Relation rel, const char *name, const char *what)
 }
 
 /*
- * The guard behind this trigger call, from the cache or built now.
+ * The guard behind a trigger of a table, from the cache or built now.
  */
-static GuardEntry *
-get_guard(TriggerData *td)
+GuardEntry *
+guard_get(Trigger *tg, Relation rel)
 {
-	Trigger    *tg = td->tg_trigger;
-	Relation	rel = td->tg_relation;
 	GuardEntry *g;
 	bool		found;
 	GuardEntry	built;
@@ -348,6 +325,7 @@ get_guard(TriggerData *td)
 		ensure_caches();		/* a reset in a previous pass dropped them */
 		memset(&built, 0, sizeof(built));
 		built.relid = RelationGetRelid(rel);
+		built.tgenabled = tg->tgenabled;
 		built.machine = load_machine(tg->tgargs[0]);
 
 		/*
@@ -401,16 +379,67 @@ get_guard(TriggerData *td)
 }
 
 /*
- * The machine state of a row's state column, or -1 if it is not one (then
- * *label names it).  Sets *isnull for a NULL state.
+ * The guard of trigger tgoid on table relid (which the caller's UPDATE has
+ * locked already, so the lock taken here costs nothing).
  */
-static int
-row_state(GuardEntry *g, TupleTableSlot *slot, bool *isnull, char **label)
+GuardEntry *
+guard_get_by_oid(Oid relid, Oid tgoid)
 {
-	Datum		d = slot_getattr(slot, g->state_att, isnull);
+	GuardEntry *g;
+	Relation	rel;
+	TriggerDesc *td;
 
+	ensure_caches();
+	g = hash_search(guard_cache, &tgoid, HASH_FIND, NULL);
+	if (g != NULL)
+		return g;
+	rel = table_open(relid, AccessShareLock);
+	td = rel->trigdesc;
+	for (int i = 0; td != NULL && i < td->numtriggers; i++)
+		if (td->triggers[i].tgoid == tgoid)
+		{
+			g = guard_get(&td->triggers[i], rel);
+			break;
+		}
+	table_close(rel, NoLock);
+	if (g == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_OBJECT),
+				 errmsg("guard of \"%s\" no longer exists", get_rel_name(relid)),
+				 errhint("Run the statement again.")));
+	return g;
+}
+
+/*
+ * Moves whenever a cached guard may have been dropped: a GuardEntry
+ * pointer kept by a caller stays good while this does not change.
+ */
+uint64
+guard_generation(void)
+{
+	return cache_generation;
+}
+
+/* Would the guard's trigger fire now (ALTER TABLE ... ENABLE/DISABLE)? */
+bool
+guard_fires(const GuardEntry *g)
+{
+	if (SessionReplicationRole == SESSION_REPLICATION_ROLE_REPLICA)
+		return g->tgenabled == TRIGGER_FIRES_ON_REPLICA ||
+			g->tgenabled == TRIGGER_FIRES_ALWAYS;
+	return g->tgenabled == TRIGGER_FIRES_ON_ORIGIN ||
+		g->tgenabled == TRIGGER_FIRES_ALWAYS;
+}
+
+/*
+ * The machine state of a state column value, or -1 if it is none (then
+ * *label names it, unless the value is NULL).
+ */
+int
+guard_state(GuardEntry *g, Datum d, bool isnull, char **label)
+{
 	*label = NULL;
-	if (*isnull)
+	if (isnull)
 		return -1;
 	if (g->state_is_enum)
 	{
@@ -431,6 +460,15 @@ row_state(GuardEntry *g, TupleTableSlot *slot, bool *isnull, char **label)
 			*label = text_to_cstring(t);
 		return i;
 	}
+}
+
+/* The machine state of a row in a slot. */
+static int
+row_state(GuardEntry *g, TupleTableSlot *slot, bool *isnull, char **label)
+{
+	Datum		d = slot_getattr(slot, g->state_att, isnull);
+
+	return guard_state(g, d, *isnull, label);
 }
 
 static const char *
@@ -465,13 +503,13 @@ initial_states(GuardMachine *m)
 }
 
 /*
- * Are two values of a column the same?  Varlena values are compared by
+ * Are two values of a type the same?  Varlena values are compared by
  * content, whatever their header or compression.
  */
-static bool
-same_value(Datum a, Datum b, Form_pg_attribute att)
+bool
+guard_same_value(Datum a, Datum b, int16 typlen, bool typbyval)
 {
-	if (att->attlen == -1)
+	if (typlen == -1)
 	{
 		struct varlena *va = (struct varlena *) DatumGetPointer(a);
 		struct varlena *vb = (struct varlena *) DatumGetPointer(b);
@@ -490,7 +528,7 @@ same_value(Datum a, Datum b, Form_pg_attribute att)
 		return VARSIZE_ANY_EXHDR(va) == VARSIZE_ANY_EXHDR(vb) &&
 			memcmp(VARDATA_ANY(va), VARDATA_ANY(vb), VARSIZE_ANY_EXHDR(va)) == 0;
 	}
-	return datumIsEqual(a, b, att->attbyval, att->attlen);
+	return datumIsEqual(a, b, typbyval, typlen);
 }
 
 /*
@@ -511,7 +549,7 @@ row_changed(GuardEntry *g, TupleTableSlot *oldslot, TupleTableSlot *newslot, Tup
 			continue;
 		o = slot_getattr(oldslot, i + 1, &oldnull);
 		n = slot_getattr(newslot, i + 1, &newnull);
-		if (oldnull != newnull || (!oldnull && !same_value(o, n, att)))
+		if (oldnull != newnull || (!oldnull && !guard_same_value(o, n, att->attlen, att->attbyval)))
 			return true;
 	}
 	return false;
@@ -528,6 +566,111 @@ version_of(GuardEntry *g, TupleTableSlot *slot)
 	return g->version_type == INT8OID ? DatumGetInt64(d) : DatumGetInt32(d);
 }
 
+/* A version that an int column cannot hold is refused. */
+void
+guard_check_version_range(const GuardEntry *g, int64 version)
+{
+	if (g->version_type == INT4OID && version > PG_INT32_MAX)
+		ereport(ERROR,
+				(errcode(ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE),
+				 errmsg("version of a row of \"%s\" would pass the range of int", get_rel_name(g->relid)),
+				 errhint("Make the version column bigint.")));
+}
+
+/*
+ * Does the update set the state the row is already in?  (Then, if it
+ * changes nothing else either, it is a repeat and is skipped.)
+ */
+bool
+guard_is_repeat(const GuardRow *r)
+{
+	return !r->to_null && r->from >= 0 && r->from == r->to;
+}
+
+/*
+ * The rules for an update, in order: the row keeps a state; a stale
+ * version is reported before the transition (the writer acted on a row it
+ * no longer has, and must read it again); then the transition itself.
+ */
+GuardVerdict
+guard_judge(const GuardEntry *g, const GuardRow *r)
+{
+	if (r->to_null)
+		return GUARD_NO_STATE;
+	if (g->version_att)
+	{
+		if (r->version_set && r->expected != r->old_version)
+			return GUARD_STALE;
+		if (!r->version_set && g->strict_version)
+			return GUARD_VERSION_UNSET;
+	}
+	if (guard_is_repeat(r))
+		return GUARD_PASS;		/* same state, other changes: no transition */
+	if (r->from >= 0 && g->machine->terminal[r->from])
+		return GUARD_TERMINAL;
+	if (r->from < 0 || r->to < 0 ||
+		!g->machine->edges[r->from * g->machine->nstates + r->to])
+		return GUARD_ILLEGAL;
+	return GUARD_PASS;
+}
+
+/* Raise the error for a verdict other than GUARD_PASS. */
+void
+guard_refuse(GuardEntry *g, const GuardRow *r, GuardVerdict v)
+{
+	const char *table = get_rel_name(g->relid);
+	const char *state_col = get_attname(g->relid, g->state_att, false);
+	const char *version_col = g->version_att ? get_attname(g->relid, g->version_att, false) : NULL;
+	const char *from_name = state_name(g, r->from, r->from_null ? "(null)" : r->from_label);
+	const char *to_name = state_name(g, r->to, r->to_label);
+
+	switch (v)
+	{
+		case GUARD_NO_STATE:
+			ereport(ERROR,
+					(errcode(ERRCODE_NOT_NULL_VIOLATION),
+					 errmsg("row of \"%s\" cannot lose its state", table),
+					 errdetail("Column \"%s\" would become null.", state_col),
+					 errhint("Set a state that machine \"%s\" allows.", g->machine->name)));
+			break;
+		case GUARD_STALE:
+			ereport(ERROR,
+					(errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
+					 errmsg("row of \"%s\" has changed since it was read", table),
+					 errdetail("The update expected version %lld; the row is at version %lld.",
+							   (long long) r->expected, (long long) r->old_version),
+					 errhint("Read the row again and retry with its current version.")));
+			break;
+		case GUARD_VERSION_UNSET:
+			ereport(ERROR,
+					(errcode(ERRCODE_INTEGRITY_CONSTRAINT_VIOLATION),
+					 errmsg("update of \"%s\" must set version column \"%s\"", table, version_col),
+					 errhint("Add SET %s = <the version you read> to the UPDATE.", version_col)));
+			break;
+		case GUARD_TERMINAL:
+			ereport(ERROR,
+					(errcode(ERRCODE_CHECK_VIOLATION),
+					 errmsg("row of \"%s\" is in terminal state \"%s\" of machine \"%s\"",
+							table, from_name, g->machine->name),
+					 errdetail("It cannot move to \"%s\".", to_name),
+					 errhint("A terminal state has no transitions out; add one to the machine if it should.")));
+			break;
+		case GUARD_ILLEGAL:
+			ereport(ERROR,
+					(errcode(ERRCODE_CHECK_VIOLATION),
+					 errmsg("transition of \"%s\" from \"%s\" to \"%s\" is not allowed by machine \"%s\"",
+							table, from_name, to_name, g->machine->name),
+					 r->from >= 0 ? errdetail("From \"%s\" it allows: %s.", from_name,
+											 allowed_from(g->machine, r->from)) :
+					 errdetail("\"%s\" is not a state of the machine.", from_name),
+					 errhint("Move the row through the states the machine allows, or change the machine with idem_machine().")));
+			break;
+		case GUARD_PASS:
+			break;
+	}
+	elog(ERROR, "guard_refuse called for an allowed update");
+}
+
 /*
  * The row in slot with its version set: formed from the slot's values, which
  * the executor has already taken apart, rather than by taking the tuple
@@ -540,11 +683,7 @@ with_version(GuardEntry *g, TupleTableSlot *slot, TupleDesc desc, int64 version)
 	Datum	   *values = palloc(sizeof(Datum) * natts);
 	bool	   *nulls = palloc(sizeof(bool) * natts);
 
-	if (g->version_type == INT4OID && version > PG_INT32_MAX)
-		ereport(ERROR,
-				(errcode(ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE),
-				 errmsg("version of a row of \"%s\" would pass the range of int", get_rel_name(g->relid)),
-				 errhint("Make the version column bigint.")));
+	guard_check_version_range(g, version);
 	slot_getallattrs(slot);
 	memcpy(values, slot->tts_values, sizeof(Datum) * natts);
 	memcpy(nulls, slot->tts_isnull, sizeof(bool) * natts);
@@ -641,7 +780,7 @@ idem_guard_trigger(PG_FUNCTION_ARGS)
 				 errmsg("idem_guard_trigger must fire BEFORE INSERT OR UPDATE FOR EACH ROW"),
 				 errhint("Install guards with idem_guard().")));
 
-	g = get_guard(td);
+	g = guard_get(td->tg_trigger, td->tg_relation);
 	desc = RelationGetDescr(td->tg_relation);
 	table = RelationGetRelationName(td->tg_relation);
 
@@ -672,79 +811,31 @@ idem_guard_trigger(PG_FUNCTION_ARGS)
 	{
 		TupleTableSlot *oldslot = td->tg_trigslot;
 		TupleTableSlot *newslot = td->tg_newslot;
-		HeapTuple	newtup = td->tg_newtuple;
-		int64		old_version = 0;
-		bool		oldnull;
-		char	   *old_unknown;
-		int			from = row_state(g, oldslot, &oldnull, &old_unknown);
+		GuardRow	r;
+		GuardVerdict v;
 
-		to = row_state(g, newslot, &isnull, &unknown);
-		if (isnull)
-			ereport(ERROR,
-					(errcode(ERRCODE_NOT_NULL_VIOLATION),
-					 errmsg("row of \"%s\" cannot lose its state", table),
-					 errdetail("Column \"%s\" would become null.", NameStr(TupleDescAttr(desc, g->state_att - 1)->attname)),
-					 errhint("Set a state that machine \"%s\" allows.", g->machine->name)));
+		memset(&r, 0, sizeof(r));
+		r.from = row_state(g, oldslot, &r.from_null, &r.from_label);
+		r.to = row_state(g, newslot, &r.to_null, &r.to_label);
 
-		if (from == to && from >= 0)
-		{
-			/* A repeat of the current state changing nothing else: skip it. */
-			if (!row_changed(g, oldslot, newslot, desc))
-				return PointerGetDatum(NULL);
-		}
-
-		/*
-		 * A stale version is reported before the transition: the writer
-		 * acted on a row it no longer has, and must read it again.
-		 */
-		if (g->version_att)
-		{
-			old_version = version_of(g, oldslot);
-			if (bms_is_member(g->version_att - FirstLowInvalidHeapAttributeNumber,
-							  td->tg_updatedcols))
-			{
-				int64		expected = version_of(g, newslot);
-
-				if (expected != old_version)
-					ereport(ERROR,
-							(errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
-							 errmsg("row of \"%s\" has changed since it was read", table),
-							 errdetail("The update expected version %lld; the row is at version %lld.",
-									   (long long) expected, (long long) old_version),
-							 errhint("Read the row again and retry with its current version.")));
-			}
-			else if (g->strict_version)
-				ereport(ERROR,
-						(errcode(ERRCODE_INTEGRITY_CONSTRAINT_VIOLATION),
-						 errmsg("update of \"%s\" must set version column \"%s\"",
-								table, NameStr(TupleDescAttr(desc, g->version_att - 1)->attname)),
-						 errhint("Add SET %s = <the version you read> to the UPDATE.",
-								 NameStr(TupleDescAttr(desc, g->version_att - 1)->attname))));
-		}
-
-		if (from == to && from >= 0)
-			;					/* same state, other changes: no transition */
-		else if (from >= 0 && g->machine->terminal[from])
-			ereport(ERROR,
-					(errcode(ERRCODE_CHECK_VIOLATION),
-					 errmsg("row of \"%s\" is in terminal state \"%s\" of machine \"%s\"",
-							table, g->machine->states[from], g->machine->name),
-					 errdetail("It cannot move to \"%s\".", state_name(g, to, unknown)),
-					 errhint("A terminal state has no transitions out; add one to the machine if it should.")));
-		else if (from < 0 || to < 0 || !g->machine->edges[from * g->machine->nstates + to])
-			ereport(ERROR,
-					(errcode(ERRCODE_CHECK_VIOLATION),
-					 errmsg("transition of \"%s\" from \"%s\" to \"%s\" is not allowed by machine \"%s\"",
-							table, state_name(g, from, oldnull ? "(null)" : old_unknown),
-							state_name(g, to, unknown), g->machine->name),
-					 from >= 0 ? errdetail("From \"%s\" it allows: %s.", g->machine->states[from],
-										  allowed_from(g->machine, from)) :
-					 errdetail("\"%s\" is not a state of the machine.", oldnull ? "(null)" : old_unknown),
-					 errhint("Move the row through the states the machine allows, or change the machine with idem_machine().")));
+		/* A repeat of the current state changing nothing else: skip it. */
+		if (guard_is_repeat(&r) && !row_changed(g, oldslot, newslot, desc))
+			return PointerGetDatum(NULL);
 
 		if (g->version_att)
-			newtup = bump_version(g, td, desc, old_version + 1);
-		return PointerGetDatum(newtup);
+		{
+			r.old_version = version_of(g, oldslot);
+			r.version_set = bms_is_member(g->version_att - FirstLowInvalidHeapAttributeNumber,
+										  td->tg_updatedcols);
+			if (r.version_set)
+				r.expected = version_of(g, newslot);
+		}
+		v = guard_judge(g, &r);
+		if (v != GUARD_PASS)
+			guard_refuse(g, &r, v);
+		if (g->version_att)
+			return PointerGetDatum(bump_version(g, td, desc, r.old_version + 1));
+		return PointerGetDatum(td->tg_newtuple);
 	}
 }
 

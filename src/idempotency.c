@@ -25,6 +25,7 @@
 #include "storage/shmem.h"
 #include "utils/guc.h"
 
+#include "guard.h"
 #include "idempotency.h"
 
 PG_MODULE_MAGIC;
@@ -111,7 +112,19 @@ _PG_init(void)
 							GUC_UNIT_MS | GUC_NOT_IN_SAMPLE,
 							NULL, NULL, NULL);
 
+	DefineCustomBoolVariable("idempotency.guard_rewrite",
+							 "Lets UPDATEs of guarded tables check themselves instead "
+							 "of through the row trigger.",
+							 "Such an UPDATE does not lock each row before updating it. "
+							 "Off makes every guarded UPDATE use the trigger.",
+							 &idem_guard_rewrite,
+							 true,
+							 PGC_USERSET,
+							 0,
+							 NULL, NULL, NULL);
+
 	MarkGUCPrefixReserved("idempotency");
+	GuardUpdateHooksInit();
 
 	if (!process_shared_preload_libraries_in_progress)
 		return;

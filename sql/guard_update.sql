@@ -1,0 +1,116 @@
+--
+-- Guarded UPDATEs that check themselves (idempotency.guard_rewrite): which
+-- statements do, that they do without the row trigger, and that every
+-- other statement still goes through the trigger with the same outcome.
+-- The rules themselves are in guard.sql; races in specs/guard_race.spec.
+--
+SET search_path = public, idempotency;
+\i sql/helpers.psql
+
+SELECT idem_machine('ticket', 'open->working', 'working->done', 'open->dropped') \g /dev/null
+CREATE TABLE tickets (id int PRIMARY KEY, state text NOT NULL, version int NOT NULL, note text);
+SELECT idem_guard('tickets', machine => 'ticket', version_column => 'version') \g /dev/null
+INSERT INTO tickets SELECT g, 'open', 0, '' FROM generate_series(1, 6) g;
+
+-- Did the guard's trigger run for an UPDATE?  EXPLAIN ANALYZE counts the
+-- calls of each trigger that fired.
+CREATE FUNCTION pg_temp.trigger_calls(sql text) RETURNS text LANGUAGE plpgsql AS $$
+DECLARE
+	line text;
+	calls text := 'no trigger';
+BEGIN
+	FOR line IN EXECUTE 'EXPLAIN (ANALYZE, COSTS OFF, TIMING OFF, SUMMARY OFF) ' || sql LOOP
+		IF line LIKE 'Trigger idem_guard%' THEN
+			calls := line;
+		END IF;
+	END LOOP;
+	RETURN calls;
+END $$;
+
+-- A plain UPDATE checks itself: the plan carries the checks, no trigger
+-- runs, and the version is bumped all the same.
+CREATE FUNCTION pg_temp.plan(sql text) RETURNS SETOF text LANGUAGE plpgsql AS $$
+DECLARE
+	line text;
+BEGIN
+	FOR line IN EXECUTE 'EXPLAIN (VERBOSE, COSTS OFF) ' || sql LOOP
+		RETURN NEXT regexp_replace(line, '''[0-9]+''::oid', '<oid>', 'g');
+	END LOOP;
+END $$;
+SELECT pg_temp.plan($$UPDATE tickets SET state = 'working' WHERE id = 1$$);
+SELECT pg_temp.trigger_calls($$UPDATE tickets SET state = 'working' WHERE id = 1$$) AS plain;
+SELECT pg_temp.trigger_calls($$UPDATE tickets SET state = 'done', version = 2 WHERE id = 1 RETURNING *$$) AS with_version;
+SELECT pg_temp.trigger_calls($$UPDATE tickets SET note = 'x' WHERE id <= 2$$) AS other_column;
+SELECT id, state, version, note FROM tickets WHERE id <= 2 ORDER BY id;
+
+-- Its refusals are the trigger's, and change nothing.
+SELECT pg_temp.fails($$UPDATE tickets SET state = 'open' WHERE id = 1$$) AS terminal;
+SELECT pg_temp.fails($$UPDATE tickets SET state = 'done' WHERE id = 2$$) AS illegal;
+SELECT pg_temp.fails($$UPDATE tickets SET state = 'working', version = 1 WHERE id = 2$$) AS stale;
+SELECT pg_temp.fails($$UPDATE tickets SET state = NULL WHERE id = 2$$) AS no_state;
+-- A repeat is skipped: UPDATE 0, version unchanged.
+UPDATE tickets SET state = 'open', note = 'x' WHERE id = 2;
+SELECT id, state, version, note FROM tickets WHERE id <= 2 ORDER BY id;
+
+-- Statements that cannot check themselves go through the trigger, with
+-- the same outcomes: a join, a volatile SET expression, a subquery in SET,
+-- a subquery turned into a join, INSERT ... ON CONFLICT DO UPDATE.
+SELECT pg_temp.trigger_calls($$UPDATE tickets t SET state = 'working' FROM (VALUES (3)) v(id) WHERE t.id = v.id$$) AS join_update;
+SELECT pg_temp.fails($$UPDATE tickets t SET state = 'done' FROM (VALUES (4)) v(id) WHERE t.id = v.id$$) AS join_illegal;
+SELECT pg_temp.trigger_calls($$UPDATE tickets SET note = random()::text WHERE id = 4$$) AS volatile_set;
+SELECT pg_temp.trigger_calls($$UPDATE tickets SET note = (SELECT 'y') WHERE id = 4$$) AS subquery_set;
+SELECT pg_temp.trigger_calls($$UPDATE tickets SET state = 'working' WHERE id IN (SELECT g FROM generate_series(4, 4) g)$$) AS semi_join;
+SELECT pg_temp.fails($$INSERT INTO tickets VALUES (3, 'open', 0, '') ON CONFLICT (id) DO UPDATE SET state = 'open'$$) AS upsert_illegal;
+SELECT id, state, version FROM tickets WHERE id IN (3, 4) ORDER BY id;
+
+-- With idempotency.guard_rewrite off every UPDATE uses the trigger.
+SET idempotency.guard_rewrite = off;
+SELECT pg_temp.trigger_calls($$UPDATE tickets SET state = 'working' WHERE id = 5$$) AS rewrite_off;
+SELECT pg_temp.fails($$UPDATE tickets SET state = 'open' WHERE id = 5$$) AS rewrite_off_illegal;
+RESET idempotency.guard_rewrite;
+
+-- Another BEFORE UPDATE row trigger could change the row after a check in
+-- the statement: then the guard's trigger runs, after it (by name order).
+CREATE FUNCTION pg_temp.shout() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+	NEW.note := upper(NEW.note);
+	RETURN NEW;
+END $$;
+CREATE TRIGGER aaa_shout BEFORE UPDATE ON tickets FOR EACH ROW EXECUTE FUNCTION pg_temp.shout();
+SELECT pg_temp.trigger_calls($$UPDATE tickets SET note = 'quiet' WHERE id = 6$$) AS other_trigger;
+DROP TRIGGER aaa_shout ON tickets;
+SELECT pg_temp.trigger_calls($$UPDATE tickets SET note = 'quiet' WHERE id = 6$$) AS other_trigger_dropped;
+
+-- A plan kept from before the guard was disabled, or from before
+-- session_replication_role = replica, behaves as the trigger would: no
+-- checks, the statement's own version.
+PREPARE reopen(int) AS UPDATE tickets SET state = 'open', version = 7 WHERE id = $1;
+SELECT pg_temp.fails($$EXECUTE reopen(5)$$) AS enabled;
+SET session_replication_role = replica;
+EXECUTE reopen(5);
+RESET session_replication_role;
+ALTER TABLE tickets DISABLE TRIGGER idem_guard;
+EXECUTE reopen(1);
+ALTER TABLE tickets ENABLE TRIGGER idem_guard;
+SELECT id, state, version FROM tickets WHERE id IN (1, 5) ORDER BY id;
+DEALLOCATE reopen;
+
+-- A user who may update only the state column still gets a new version
+-- (the guard writes it, not the user), either way.
+CREATE ROLE regress_guard_clerk;
+GRANT USAGE ON SCHEMA public TO regress_guard_clerk;
+GRANT SELECT, UPDATE (state) ON tickets TO regress_guard_clerk;
+SET ROLE regress_guard_clerk;
+UPDATE tickets SET state = 'dropped' WHERE id = 6 RETURNING id, state, version;
+SELECT pg_temp.fails($$UPDATE tickets SET version = 1 WHERE id = 6$$) AS no_version_privilege;
+RESET ROLE;
+
+-- The check functions are for the planner; called by hand they refuse to
+-- lock rows of a table the caller is not updating.
+SELECT pg_temp.fails(format($$SELECT idempotency.idem_guard_check(%s, %s, '(0,1)', 'done'::text, 'open'::text, false, 0, 0)$$,
+	'tickets'::regclass::oid, (SELECT oid FROM pg_trigger WHERE tgname = 'idem_guard' AND tgrelid = 'tickets'::regclass))) AS direct_call;
+
+DROP TABLE tickets;
+REVOKE USAGE ON SCHEMA public FROM regress_guard_clerk;
+DROP ROLE regress_guard_clerk;
+DELETE FROM machines WHERE name = 'ticket';

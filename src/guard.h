@@ -1,0 +1,84 @@
+/*-------------------------------------------------------------------------
+ *
+ * guard.h
+ *	  What the guard trigger (guard.c) and the guarded-UPDATE planning
+ *	  (guard_update.c) share: the cached machines and guards, and the one
+ *	  set of rules both apply to a row.
+ *
+ *-------------------------------------------------------------------------
+ */
+#ifndef IDEM_GUARD_H
+#define IDEM_GUARD_H
+
+#include "commands/trigger.h"
+#include "utils/rel.h"
+
+/* A machine, as the row checks need it. */
+typedef struct GuardMachine
+{
+	char		name[NAMEDATALEN * 2];	/* hash key (truncated names are refused) */
+	int			nstates;		/* number of states */
+	char	  **states;			/* their names */
+	int		   *state_lens;		/* and lengths */
+	bool	   *initial;		/* may start in this state */
+	bool	   *terminal;		/* no transition leads out */
+	bool	   *edges;			/* nstates x nstates: edges[from * n + to] */
+} GuardMachine;
+
+/* A guard (one trigger), keyed by trigger OID. */
+typedef struct GuardEntry
+{
+	Oid			tgoid;			/* hash key */
+	Oid			relid;			/* the guarded table */
+	char		tgenabled;		/* the trigger's pg_trigger.tgenabled */
+	GuardMachine *machine;		/* its machine */
+	AttrNumber	state_att;		/* state column */
+	Oid			state_type;		/* its type */
+	bool		state_is_enum;	/* enum (compare OIDs) or text */
+	Oid		   *state_enum;		/* per machine state, its enum value */
+	AttrNumber	version_att;	/* version column, or 0 */
+	Oid			version_type;	/* INT4OID or INT8OID */
+	bool		strict_version; /* the UPDATE must set the version */
+} GuardEntry;
+
+/* One row update, as the rules see it. */
+typedef struct GuardRow
+{
+	int			from;			/* machine state of the old row, or -1 */
+	bool		from_null;		/* old state is NULL */
+	char	   *from_label;		/* old state when not a machine state */
+	int			to;				/* the same for the new row */
+	bool		to_null;
+	char	   *to_label;
+	bool		version_set;	/* the statement sets the version column */
+	int64		old_version;	/* the row's version (NULL counts as 0) */
+	int64		expected;		/* the version the statement set */
+} GuardRow;
+
+/* What the rules say about an update, in the order they are checked. */
+typedef enum GuardVerdict
+{
+	GUARD_PASS,					/* allowed */
+	GUARD_NO_STATE,				/* the new state is NULL */
+	GUARD_STALE,				/* the statement's version is not the row's */
+	GUARD_VERSION_UNSET,		/* strict_version and the version is not set */
+	GUARD_TERMINAL,				/* the row is in a terminal state */
+	GUARD_ILLEGAL				/* not an edge of the machine */
+} GuardVerdict;
+
+extern GuardEntry *guard_get(Trigger *tg, Relation rel);
+extern GuardEntry *guard_get_by_oid(Oid relid, Oid tgoid);
+extern uint64 guard_generation(void);
+extern bool guard_fires(const GuardEntry *g);
+extern int	guard_state(GuardEntry *g, Datum d, bool isnull, char **label);
+extern bool guard_same_value(Datum a, Datum b, int16 typlen, bool typbyval);
+extern bool guard_is_repeat(const GuardRow *r);
+extern GuardVerdict guard_judge(const GuardEntry *g, const GuardRow *r);
+extern void guard_refuse(GuardEntry *g, const GuardRow *r, GuardVerdict v) pg_attribute_noreturn();
+extern void guard_check_version_range(const GuardEntry *g, int64 version);
+
+/* guard_update.c */
+extern bool idem_guard_rewrite;
+extern void GuardUpdateHooksInit(void);
+
+#endif							/* IDEM_GUARD_H */
