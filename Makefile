@@ -15,6 +15,7 @@ OBJS = \
 	src/fingerprint.o \
 	src/guard.o \
 	src/guard_update.o \
+	src/util.o \
 	src/snowflake.o \
 	src/snowflake_type.o
 

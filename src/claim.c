@@ -103,14 +103,7 @@ typedef enum ClaimPlan
 	NUM_PLANS
 } ClaimPlan;
 
-typedef struct PlanDef
-{
-	const char *sql;			/* the statement */
-	int			nargs;			/* how many $n */
-	Oid			argtypes[6];	/* their types */
-} PlanDef;
-
-static const PlanDef plan_defs[NUM_PLANS] = {
+static const IdemPlanDef plan_defs[NUM_PLANS] = {
 	[PLAN_INSERT] = {
 		"INSERT INTO idempotency.claims (scope, key, fingerprint, state, token,"
 		" attempts, lease_until, created_at, expires_at)"
@@ -233,40 +226,10 @@ enum
 	RES_ATTEMPTS, RES_EXPIRES_AT, NUM_RES_COLS
 };
 
-/*
- * Prepare (once per backend) and return one of the plans.
- */
-static SPIPlanPtr
-get_plan(ClaimPlan which)
-{
-	if (plans[which] == NULL)
-	{
-		const PlanDef *def = &plan_defs[which];
-		SPIPlanPtr	plan = SPI_prepare(def->sql, def->nargs, (Oid *) def->argtypes);
-
-		if (plan == NULL)
-			elog(ERROR, "could not prepare claim statement %d: %s",
-				 (int) which, SPI_result_code_string(SPI_result));
-		SPI_keepplan(plan);
-		plans[which] = plan;
-	}
-	return plans[which];
-}
-
-/*
- * Run a plan; returns the number of rows processed.  nulls is in SPI's
- * form ('n' for NULL, ' ' otherwise), or NULL when no argument is NULL.
- */
 static uint64
 run_plan(ClaimPlan which, Datum *args, const char *nulls, bool read_only)
 {
-	int			rc;
-
-	rc = SPI_execute_plan(get_plan(which), args, nulls, read_only, 0);
-	if (rc < 0)
-		elog(ERROR, "claim statement %d failed: %s", (int) which,
-			 SPI_result_code_string(rc));
-	return SPI_processed;
+	return IdemRunPlan(&plan_defs[which], &plans[which], args, nulls, read_only);
 }
 
 /*
@@ -330,97 +293,15 @@ concurrent_change(const ClaimKey *k)
 }
 
 /*
- * A required argument must not be NULL.
- */
-static void
-require_arg(FunctionCallInfo fcinfo, int n, const char *name)
-{
-	if (PG_ARGISNULL(n))
-		ereport(ERROR,
-				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
-				 errmsg("%s must not be null", name),
-				 errhint("Pass a value for \"%s\".", name)));
-}
-
-/*
- * Validate a key or scope: not empty, not longer than max bytes.
- */
-static text *
-name_arg(FunctionCallInfo fcinfo, int n, const char *what, int max_bytes,
-		 const char *empty_hint)
-{
-	text	   *t;
-	int			len;
-
-	require_arg(fcinfo, n, what);
-	t = PG_GETARG_TEXT_PP(n);
-	len = VARSIZE_ANY_EXHDR(t);
-	if (len == 0)
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("%s must not be empty", what),
-				 errhint("%s", empty_hint)));
-	if (len > max_bytes)
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("%s is too long", what),
-				 errdetail("It is %d bytes; the limit is %d.", len, max_bytes),
-				 errhint("Use a shorter %s, or a digest of it.", what)));
-	return t;
-}
-
-/*
  * Read the key (argument key_arg) and scope (scope_arg) of a call.
  */
 static void
 claim_key_args(FunctionCallInfo fcinfo, int key_arg, int scope_arg, ClaimKey *k)
 {
-	k->key = name_arg(fcinfo, key_arg, "key", CLAIM_MAX_KEY_BYTES,
+	k->key = IdemNameArg(fcinfo, key_arg, "key", CLAIM_MAX_KEY_BYTES,
 					  "Use a unique request identifier, such as the client's Idempotency-Key header.");
-	k->scope = name_arg(fcinfo, scope_arg, "scope", CLAIM_MAX_SCOPE_BYTES,
+	k->scope = IdemNameArg(fcinfo, scope_arg, "scope", CLAIM_MAX_SCOPE_BYTES,
 						"Name the kind of request, such as 'payments', or leave scope out for 'default'.");
-}
-
-static char *
-interval_text(Interval *iv)
-{
-	return DatumGetCString(DirectFunctionCall1(interval_out, IntervalPGetDatum(iv)));
-}
-
-static double
-interval_days(const Interval *iv)
-{
-	return ((double) iv->time / USECS_PER_DAY) + iv->day + (double) iv->month * DAYS_PER_MONTH;
-}
-
-/*
- * Validate a duration: positive, and not longer than max (months count as
- * 30 days, as in EXTRACT(epoch FROM interval)); max_name says what max is.
- */
-static Interval *
-duration_arg(FunctionCallInfo fcinfo, int n, const char *what, Interval *max,
-			 const char *max_name)
-{
-	Interval   *iv;
-
-	require_arg(fcinfo, n, what);
-	iv = PG_GETARG_INTERVAL_P(n);
-	/* Mixed signs ('1 month -29 days') would depend on the calendar. */
-	if (interval_days(iv) <= 0 || iv->month < 0 || iv->day < 0 || iv->time < 0)
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("%s must be positive", what),
-				 errdetail("It is %s; its months, days and time must each be zero or more, and not all zero.",
-						   interval_text(iv)),
-				 errhint("Pass a positive interval, such as '24 hours'.")));
-	if (interval_days(iv) > interval_days(max))
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("%s must not be longer than %s", what, max_name),
-				 errdetail("It is %s; %s is %s.", interval_text(iv), max_name,
-						   interval_text(max)),
-				 errhint("Pass a shorter interval.")));
-	return iv;
 }
 
 /* The longest ttl (and lease) allowed. */
@@ -432,12 +313,6 @@ max_ttl(void)
 	return &iv;
 }
 
-static void
-connect_spi(void)
-{
-	if (SPI_connect() != SPI_OK_CONNECT)
-		elog(ERROR, "SPI_connect failed");
-}
 
 /*
  * Open idempotency.claims; the lock is kept to the end of the transaction.
@@ -666,7 +541,7 @@ idem_claim(PG_FUNCTION_ARGS)
 	HeapTupleHeader result;
 
 	claim_key_args(fcinfo, 0, 3, &k);
-	ttl = duration_arg(fcinfo, 1, "ttl", max_ttl(), "the maximum ttl");
+	ttl = IdemDurationArg(fcinfo, 1, "ttl", max_ttl(), "the maximum ttl");
 	if (!PG_ARGISNULL(2))
 	{
 		fingerprint = PG_GETARG_BYTEA_PP(2);
@@ -682,11 +557,11 @@ idem_claim(PG_FUNCTION_ARGS)
 		/* The default lease, but never longer than the claim lives. */
 		memset(&default_lease, 0, sizeof(default_lease));
 		default_lease.time = (int64) CLAIM_DEFAULT_LEASE_SECS * USECS_PER_SEC;
-		lease = interval_days(ttl) < interval_days(&default_lease) ? ttl : &default_lease;
+		lease = IdemIntervalDays(ttl) < IdemIntervalDays(&default_lease) ? ttl : &default_lease;
 	}
 	else
-		lease = duration_arg(fcinfo, 4, "lease", ttl, "the ttl");
-	require_arg(fcinfo, 5, "wait");
+		lease = IdemDurationArg(fcinfo, 4, "lease", ttl, "the ttl");
+	IdemRequireArg(fcinfo, 5, "wait");
 	wait = PG_GETARG_BOOL(5);
 
 	cache = result_cache(fcinfo);
@@ -701,7 +576,7 @@ idem_claim(PG_FUNCTION_ARGS)
 		PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(tupdesc, values, nulls)));
 	}
 
-	connect_spi();
+	IdemConnectSPI();
 	memset(argnulls, ' ', sizeof(argnulls));
 	args[0] = PointerGetDatum(k.scope);
 	args[1] = PointerGetDatum(k.key);
@@ -876,9 +751,9 @@ owner_args(FunctionCallInfo fcinfo, int scope_arg, ClaimKey *k, Datum *args)
 	int64		token;
 
 	claim_key_args(fcinfo, 0, scope_arg, k);
-	require_arg(fcinfo, 1, "token");
+	IdemRequireArg(fcinfo, 1, "token");
 	token = PG_GETARG_INT64(1);
-	connect_spi();
+	IdemConnectSPI();
 	args[0] = PointerGetDatum(k->scope);
 	args[1] = PointerGetDatum(k->key);
 	args[2] = Int64GetDatum(token);
@@ -951,7 +826,7 @@ idem_complete(PG_FUNCTION_ARGS)
 Datum
 idem_fail(PG_FUNCTION_ARGS)
 {
-	require_arg(fcinfo, 2, "retryable");
+	IdemRequireArg(fcinfo, 2, "retryable");
 	PG_RETURN_BOOL(finish(fcinfo, 5, PG_GETARG_BOOL(2), 3, 4));
 }
 
@@ -965,7 +840,7 @@ idem_checkpoint(PG_FUNCTION_ARGS)
 	int64		token;
 	Datum		args[4];
 
-	require_arg(fcinfo, 2, "recovery_point");
+	IdemRequireArg(fcinfo, 2, "recovery_point");
 	token = owner_args(fcinfo, 3, &k, args);
 	args[3] = PG_GETARG_DATUM(2);
 	owner_write(&k, token, PLAN_CHECKPOINT, args, NULL, NULL, false, NULL);
@@ -988,7 +863,7 @@ idem_extend(PG_FUNCTION_ARGS)
 	Datum		until;
 	bool		isnull;
 
-	args[3] = IntervalPGetDatum(duration_arg(fcinfo, 2, "lease", max_ttl(), "the maximum ttl"));
+	args[3] = IntervalPGetDatum(IdemDurationArg(fcinfo, 2, "lease", max_ttl(), "the maximum ttl"));
 	token = owner_args(fcinfo, 3, &k, args);
 	owner_write(&k, token, PLAN_EXTEND, args, NULL, NULL, false, NULL);
 	until = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
@@ -1029,7 +904,7 @@ idem_lookup(PG_FUNCTION_ARGS)
 	bool		isnull = true;
 
 	claim_key_args(fcinfo, 0, 1, &k);
-	connect_spi();
+	IdemConnectSPI();
 	args[0] = PointerGetDatum(k.scope);
 	args[1] = PointerGetDatum(k.key);
 	if (run_plan(PLAN_LOOKUP, args, NULL, true) == 1)

@@ -13,10 +13,13 @@
 #ifndef IDEMPOTENCY_H
 #define IDEMPOTENCY_H
 
+#include "executor/spi.h"
+#include "fmgr.h"
 #include "port/atomics.h"
 #include "storage/lwlock.h"
 
 #include "compat.h"
+#include "datatype/timestamp.h"
 
 /*
  * Snowflake layout: 1 sign bit (always 0) | 41 bits of milliseconds since
@@ -67,6 +70,25 @@ extern int	idem_max_lead_ms;
 extern int	idem_test_clock_shift_ms;
 
 extern IdemShared *IdemRequireShared(const char *what);
+
+/* util.c */
+typedef struct IdemPlanDef
+{
+	const char *sql;			/* the statement */
+	int			nargs;			/* how many $n */
+	Oid			argtypes[8];	/* their types */
+} IdemPlanDef;
+
+extern void IdemRequireArg(FunctionCallInfo fcinfo, int n, const char *name);
+extern text *IdemNameArg(FunctionCallInfo fcinfo, int n, const char *what,
+						 int max_bytes, const char *empty_hint);
+extern char *IdemIntervalText(Interval *iv);
+extern double IdemIntervalDays(const Interval *iv);
+extern Interval *IdemDurationArg(FunctionCallInfo fcinfo, int n, const char *what,
+								 Interval *max, const char *max_name);
+extern void IdemConnectSPI(void);
+extern uint64 IdemRunPlan(const IdemPlanDef *def, SPIPlanPtr *plan, Datum *args,
+						  const char *nulls, bool read_only);
 
 /* snowflake.c */
 extern void SnowflakeShmemInit(SnowflakeShared *sf, bool found);

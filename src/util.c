@@ -1,0 +1,136 @@
+/*-------------------------------------------------------------------------
+ *
+ * util.c
+ *	  Helpers shared by the SQL-callable functions: argument checks that
+ *	  raise the same errors everywhere, and SPI plans prepared once per
+ *	  backend and kept.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "datatype/timestamp.h"
+#include "executor/spi.h"
+#include "fmgr.h"
+#include "utils/builtins.h"
+#include "utils/timestamp.h"
+
+#include "idempotency.h"
+
+/*
+ * A required argument must not be NULL.
+ */
+void
+IdemRequireArg(FunctionCallInfo fcinfo, int n, const char *name)
+{
+	if (PG_ARGISNULL(n))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("%s must not be null", name),
+				 errhint("Pass a value for \"%s\".", name)));
+}
+
+/*
+ * Validate a name-like argument (a key, a scope, a lease name): not NULL,
+ * not empty, not longer than max_bytes.
+ */
+text *
+IdemNameArg(FunctionCallInfo fcinfo, int n, const char *what, int max_bytes,
+			const char *empty_hint)
+{
+	text	   *t;
+	int			len;
+
+	IdemRequireArg(fcinfo, n, what);
+	t = PG_GETARG_TEXT_PP(n);
+	len = VARSIZE_ANY_EXHDR(t);
+	if (len == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("%s must not be empty", what),
+				 errhint("%s", empty_hint)));
+	if (len > max_bytes)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("%s is too long", what),
+				 errdetail("It is %d bytes; the limit is %d.", len, max_bytes),
+				 errhint("Use a shorter %s, or a digest of it.", what)));
+	return t;
+}
+
+char *
+IdemIntervalText(Interval *iv)
+{
+	return DatumGetCString(DirectFunctionCall1(interval_out, IntervalPGetDatum(iv)));
+}
+
+/* An interval in days, months counting as 30 (as EXTRACT(epoch ...) does). */
+double
+IdemIntervalDays(const Interval *iv)
+{
+	return ((double) iv->time / USECS_PER_DAY) + iv->day + (double) iv->month * DAYS_PER_MONTH;
+}
+
+/*
+ * Validate a duration: positive, and not longer than max; max_name says
+ * what max is.
+ */
+Interval *
+IdemDurationArg(FunctionCallInfo fcinfo, int n, const char *what, Interval *max,
+				const char *max_name)
+{
+	Interval   *iv;
+
+	IdemRequireArg(fcinfo, n, what);
+	iv = PG_GETARG_INTERVAL_P(n);
+	/* Mixed signs ('1 month -29 days') would depend on the calendar. */
+	if (IdemIntervalDays(iv) <= 0 || iv->month < 0 || iv->day < 0 || iv->time < 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("%s must be positive", what),
+				 errdetail("It is %s; its months, days and time must each be zero or more, and not all zero.",
+						   IdemIntervalText(iv)),
+				 errhint("Pass a positive interval, such as '24 hours'.")));
+	if (IdemIntervalDays(iv) > IdemIntervalDays(max))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("%s must not be longer than %s", what, max_name),
+				 errdetail("It is %s; %s is %s.", IdemIntervalText(iv), max_name,
+						   IdemIntervalText(max)),
+				 errhint("Pass a shorter interval.")));
+	return iv;
+}
+
+void
+IdemConnectSPI(void)
+{
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+}
+
+/*
+ * Run one of a file's statements, preparing and keeping its plan the first
+ * time; returns the number of rows processed.  nulls is in SPI's form ('n'
+ * for NULL, ' ' otherwise), or NULL when no argument is NULL.
+ */
+uint64
+IdemRunPlan(const IdemPlanDef *def, SPIPlanPtr *plan, Datum *args, const char *nulls,
+			bool read_only)
+{
+	int			rc;
+
+	if (*plan == NULL)
+	{
+		SPIPlanPtr	p = SPI_prepare(def->sql, def->nargs, (Oid *) def->argtypes);
+
+		if (p == NULL)
+			elog(ERROR, "could not prepare \"%s\": %s", def->sql,
+				 SPI_result_code_string(SPI_result));
+		SPI_keepplan(p);
+		*plan = p;
+	}
+	rc = SPI_execute_plan(*plan, args, nulls, read_only, 0);
+	if (rc < 0)
+		elog(ERROR, "\"%s\" failed: %s", def->sql, SPI_result_code_string(rc));
+	return SPI_processed;
+}
