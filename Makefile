@@ -16,13 +16,17 @@ OBJS = \
 	src/guard.o \
 	src/guard_update.o \
 	src/util.o \
+	src/transition.o \
+	src/lock.o \
+	src/lease.o \
+	src/token.o \
 	src/snowflake.o \
 	src/snowflake_type.o
 
 DATA = $(wildcard sql/idempotency--*.sql)
 DOCS = README.md
 
-REGRESS = snowflake_type snowflake claims guard guard_update
+REGRESS = snowflake_type snowflake claims guard guard_update pessimistic
 REGRESS_OPTS = --load-extension=idempotency
 ISOLATION = snowflake_order claim_race claim_takeover guard_race
 ISOLATION_OPTS = --load-extension=idempotency

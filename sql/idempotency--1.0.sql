@@ -628,3 +628,113 @@ END
 $$;
 COMMENT ON FUNCTION idempotency.idem_unguard(regclass) IS
 	'remove the guard of a table; false if it had none';
+
+--
+-- Pessimistic flows: the transition executor, keyed locks, leases with
+-- fencing tokens, one-time tokens (src/transition.c, lock.c, lease.c,
+-- token.c).  Like the claim functions, they run with the caller's rights.
+--
+
+CREATE TYPE idempotency.idem_transition_outcome AS ENUM
+	('applied', 'unchanged', 'illegal', 'stale', 'locked', 'not_found');
+COMMENT ON TYPE idempotency.idem_transition_outcome IS 'outcome of idem_transition';
+
+CREATE TYPE idempotency.idem_transition_result AS (
+	outcome idempotency.idem_transition_outcome,
+	state text,
+	version bigint
+);
+COMMENT ON TYPE idempotency.idem_transition_result IS
+	'result of idem_transition: the outcome, and the row''s state and version afterwards';
+
+CREATE FUNCTION idempotency.idem_transition(tbl regclass, id anyelement, to_state text,
+	expected_version bigint DEFAULT NULL, lock text DEFAULT 'wait')
+RETURNS idempotency.idem_transition_result
+	AS 'MODULE_PATHNAME', 'idem_transition'
+	LANGUAGE C VOLATILE;
+COMMENT ON FUNCTION idempotency.idem_transition(regclass, anyelement, text, bigint, text) IS
+	'lock a guarded row by primary key (wait, nowait or skip), check its machine and version, and move it to a new state';
+
+CREATE FUNCTION idempotency.idem_lock(key text, scope text DEFAULT 'default')
+RETURNS void
+	AS 'MODULE_PATHNAME', 'idem_lock'
+	LANGUAGE C VOLATILE;
+COMMENT ON FUNCTION idempotency.idem_lock(text, text) IS
+	'take a keyed lock until the end of the transaction, waiting for it';
+CREATE FUNCTION idempotency.idem_try_lock(key text, scope text DEFAULT 'default')
+RETURNS boolean
+	AS 'MODULE_PATHNAME', 'idem_try_lock'
+	LANGUAGE C VOLATILE;
+COMMENT ON FUNCTION idempotency.idem_try_lock(text, text) IS
+	'take a keyed lock until the end of the transaction if it is free; false if another transaction holds it';
+CREATE FUNCTION idempotency.idem_lock_id(key text, scope text DEFAULT 'default')
+RETURNS bigint
+	AS 'MODULE_PATHNAME', 'idem_lock_id'
+	LANGUAGE C IMMUTABLE;
+COMMENT ON FUNCTION idempotency.idem_lock_id(text, text) IS
+	'the 64-bit lock id of a key: classid << 32 | objid of its advisory lock in pg_locks, where objsubid is 73';
+
+CREATE SEQUENCE idempotency.lease_tokens AS bigint NO CYCLE;
+COMMENT ON SEQUENCE idempotency.lease_tokens IS
+	'source of lease fencing tokens: one sequence for all names, so tokens of a name only grow, even after its lease was purged';
+SELECT pg_catalog.pg_extension_config_dump('idempotency.lease_tokens', '');
+
+CREATE TABLE idempotency.leases (
+	name text PRIMARY KEY,
+	holder text NOT NULL,
+	token bigint NOT NULL,
+	acquired_at timestamptz NOT NULL,
+	expires_at timestamptz NOT NULL
+);
+CREATE INDEX leases_expires_at ON idempotency.leases (expires_at);
+COMMENT ON TABLE idempotency.leases IS
+	'leases: who holds each name, with which fencing token, until when';
+
+CREATE FUNCTION idempotency.idem_lease_acquire(name text, holder text, ttl interval)
+RETURNS bigint
+	AS 'MODULE_PATHNAME', 'idem_lease_acquire'
+	LANGUAGE C VOLATILE;
+COMMENT ON FUNCTION idempotency.idem_lease_acquire(text, text, interval) IS
+	'acquire a lease for ttl: a new fencing token, or NULL while another holder''s lease is live';
+CREATE FUNCTION idempotency.idem_lease_renew(name text, token bigint, ttl interval)
+RETURNS boolean
+	AS 'MODULE_PATHNAME', 'idem_lease_renew'
+	LANGUAGE C VOLATILE;
+COMMENT ON FUNCTION idempotency.idem_lease_renew(text, bigint, interval) IS
+	'extend a live lease to ttl from now; false if the token is no longer current or the lease ran out';
+CREATE FUNCTION idempotency.idem_lease_release(name text, token bigint)
+RETURNS boolean
+	AS 'MODULE_PATHNAME', 'idem_lease_release'
+	LANGUAGE C VOLATILE;
+COMMENT ON FUNCTION idempotency.idem_lease_release(text, bigint) IS
+	'end a lease; false if the token is no longer current or the lease had run out';
+CREATE FUNCTION idempotency.idem_lease_check(name text, token bigint)
+RETURNS boolean
+	AS 'MODULE_PATHNAME', 'idem_lease_check'
+	LANGUAGE C VOLATILE;
+COMMENT ON FUNCTION idempotency.idem_lease_check(text, bigint) IS
+	'true if the token holds the live lease (and keeps it from being taken over until commit); raises otherwise';
+
+CREATE TABLE idempotency.tokens (
+	scope text NOT NULL,
+	digest bytea NOT NULL CHECK (octet_length(digest) = 32),
+	created_at timestamptz NOT NULL,
+	expires_at timestamptz NOT NULL,
+	PRIMARY KEY (scope, digest)
+);
+CREATE INDEX tokens_expires_at ON idempotency.tokens (expires_at);
+COMMENT ON TABLE idempotency.tokens IS
+	'one-time tokens not yet consumed, by SHA-256 digest: the tokens themselves are never stored';
+
+CREATE FUNCTION idempotency.idem_token_issue(scope text DEFAULT 'default', ttl interval DEFAULT '1 hour')
+RETURNS text
+	AS 'MODULE_PATHNAME', 'idem_token_issue'
+	LANGUAGE C VOLATILE;
+COMMENT ON FUNCTION idempotency.idem_token_issue(text, interval) IS
+	'issue a one-time token: 192 random bits, URL-safe base64, valid for ttl';
+CREATE FUNCTION idempotency.idem_token_consume(token text, scope text DEFAULT 'default')
+RETURNS boolean
+	AS 'MODULE_PATHNAME', 'idem_token_consume'
+	LANGUAGE C VOLATILE;
+COMMENT ON FUNCTION idempotency.idem_token_consume(text, text) IS
+	'consume a one-time token: true exactly once, false if unknown, consumed or expired';

@@ -232,30 +232,10 @@ run_plan(ClaimPlan which, Datum *args, const char *nulls, bool read_only)
 	return IdemRunPlan(&plan_defs[which], &plans[which], args, nulls, read_only);
 }
 
-/*
- * Run a write that may lose a race, in a subtransaction that is rolled back
- * if the write changed nothing.  While it waits for another transaction
- * and re-checks the row, READ COMMITTED locks the row's newest version; a
- * caller that then goes on to report someone else's claim must not keep
- * that lock, or it would hold up the owner.
- */
 static bool
 run_contested(ClaimPlan which, Datum *args, const char *nulls)
 {
-	MemoryContext cxt = CurrentMemoryContext;
-	ResourceOwner owner = CurrentResourceOwner;
-	bool		changed;
-
-	BeginInternalSubTransaction(NULL);
-	MemoryContextSwitchTo(cxt);
-	changed = run_plan(which, args, nulls, false) == 1;
-	if (changed)
-		ReleaseCurrentSubTransaction();
-	else
-		RollbackAndReleaseCurrentSubTransaction();
-	MemoryContextSwitchTo(cxt);
-	CurrentResourceOwner = owner;
-	return changed;
+	return IdemRunContested(&plan_defs[which], &plans[which], args, nulls);
 }
 
 /*

@@ -177,6 +177,21 @@ compare_paths(const void *a, const void *b)
 }
 
 /*
+ * SHA-256 of len bytes at data into digest (PG_SHA256_DIGEST_LENGTH bytes).
+ */
+void
+IdemSha256(const void *data, size_t len, uint8 *digest)
+{
+	pg_cryptohash_ctx *ctx = pg_cryptohash_create(PG_SHA256);
+
+	if (pg_cryptohash_init(ctx) < 0 ||
+		pg_cryptohash_update(ctx, (const uint8 *) data, len) < 0 ||
+		pg_cryptohash_final(ctx, digest, PG_SHA256_DIGEST_LENGTH) < 0)
+		elog(ERROR, "could not compute SHA-256: %s", pg_cryptohash_error(ctx));
+	pg_cryptohash_free(ctx);
+}
+
+/*
  * idem_fingerprint(payload jsonb, paths text[] DEFAULT NULL) → bytea
  */
 Datum
@@ -185,7 +200,6 @@ idem_fingerprint(PG_FUNCTION_ARGS)
 	Jsonb	   *payload;
 	StringInfoData buf;
 	uint8		digest[PG_SHA256_DIGEST_LENGTH];
-	pg_cryptohash_ctx *ctx;
 	bytea	   *result;
 
 	if (PG_ARGISNULL(0))
@@ -241,13 +255,7 @@ idem_fingerprint(PG_FUNCTION_ARGS)
 		}
 	}
 
-	ctx = pg_cryptohash_create(PG_SHA256);
-	if (pg_cryptohash_init(ctx) < 0 ||
-		pg_cryptohash_update(ctx, (uint8 *) buf.data, buf.len) < 0 ||
-		pg_cryptohash_final(ctx, digest, sizeof(digest)) < 0)
-		elog(ERROR, "could not compute SHA-256: %s", pg_cryptohash_error(ctx));
-	pg_cryptohash_free(ctx);
-
+	IdemSha256(buf.data, buf.len, digest);
 	result = palloc(VARHDRSZ + sizeof(digest));
 	SET_VARSIZE(result, VARHDRSZ + sizeof(digest));
 	memcpy(VARDATA(result), digest, sizeof(digest));

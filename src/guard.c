@@ -22,7 +22,7 @@
  * reconnect, and the per-row cost is a hash lookup and two short scans.
  *
  * Most UPDATEs do not reach the trigger: guard_update.c plans them to
- * apply the same rules (guard_judge) themselves.  The trigger remains for
+ * apply the same rules (GuardJudge) themselves.  The trigger remains for
  * INSERT and COPY and for every UPDATE that cannot check itself.
  *
  *-------------------------------------------------------------------------
@@ -67,7 +67,7 @@ static uint64 cache_generation = 0;
 
 /*
  * Set when machines changed.  The memory is only released at the start of
- * the next guard_get(), so that a trigger call holding pointers into the
+ * the next GuardGet(), so that a trigger call holding pointers into the
  * cache (an error message reading the machine, say) never sees it freed
  * under its feet by an invalidation taken in midway.
  */
@@ -297,7 +297,7 @@ column_number(Relation rel, const char *name, const char *what)
  * The guard behind a trigger of a table, from the cache or built now.
  */
 GuardEntry *
-guard_get(Trigger *tg, Relation rel)
+GuardGet(Trigger *tg, Relation rel)
 {
 	GuardEntry *g;
 	bool		found;
@@ -383,7 +383,7 @@ guard_get(Trigger *tg, Relation rel)
  * locked already, so the lock taken here costs nothing).
  */
 GuardEntry *
-guard_get_by_oid(Oid relid, Oid tgoid)
+GuardGetByOid(Oid relid, Oid tgoid)
 {
 	GuardEntry *g;
 	Relation	rel;
@@ -398,7 +398,7 @@ guard_get_by_oid(Oid relid, Oid tgoid)
 	for (int i = 0; td != NULL && i < td->numtriggers; i++)
 		if (td->triggers[i].tgoid == tgoid)
 		{
-			g = guard_get(&td->triggers[i], rel);
+			g = GuardGet(&td->triggers[i], rel);
 			break;
 		}
 	table_close(rel, NoLock);
@@ -411,18 +411,49 @@ guard_get_by_oid(Oid relid, Oid tgoid)
 }
 
 /*
+ * The guard trigger of a table (idem_guard, calling our trigger function),
+ * or NULL.
+ */
+Trigger *
+GuardFindTrigger(Relation rel)
+{
+	TriggerDesc *td = rel->trigdesc;
+
+	for (int i = 0; td != NULL && i < td->numtriggers; i++)
+	{
+		Trigger    *tg = &td->triggers[i];
+		char	   *fname;
+
+		if (strcmp(tg->tgname, "idem_guard") != 0 || tg->tgnargs != 4)
+			continue;
+		fname = get_func_name(tg->tgfoid);
+		if (fname != NULL && strcmp(fname, "idem_guard_trigger") == 0 &&
+			get_func_namespace(tg->tgfoid) == get_namespace_oid("idempotency", true))
+			return tg;
+	}
+	return NULL;
+}
+
+/* The machine state named s, or -1. */
+int
+GuardStateByName(GuardEntry *g, const char *s)
+{
+	return state_index(g->machine, s, strlen(s));
+}
+
+/*
  * Moves whenever a cached guard may have been dropped: a GuardEntry
  * pointer kept by a caller stays good while this does not change.
  */
 uint64
-guard_generation(void)
+GuardGeneration(void)
 {
 	return cache_generation;
 }
 
 /* Would the guard's trigger fire now (ALTER TABLE ... ENABLE/DISABLE)? */
 bool
-guard_fires(const GuardEntry *g)
+GuardFires(const GuardEntry *g)
 {
 	if (SessionReplicationRole == SESSION_REPLICATION_ROLE_REPLICA)
 		return g->tgenabled == TRIGGER_FIRES_ON_REPLICA ||
@@ -436,7 +467,7 @@ guard_fires(const GuardEntry *g)
  * *label names it, unless the value is NULL).
  */
 int
-guard_state(GuardEntry *g, Datum d, bool isnull, char **label)
+GuardState(GuardEntry *g, Datum d, bool isnull, char **label)
 {
 	*label = NULL;
 	if (isnull)
@@ -468,7 +499,7 @@ row_state(GuardEntry *g, TupleTableSlot *slot, bool *isnull, char **label)
 {
 	Datum		d = slot_getattr(slot, g->state_att, isnull);
 
-	return guard_state(g, d, *isnull, label);
+	return GuardState(g, d, *isnull, label);
 }
 
 static const char *
@@ -507,7 +538,7 @@ initial_states(GuardMachine *m)
  * content, whatever their header or compression.
  */
 bool
-guard_same_value(Datum a, Datum b, int16 typlen, bool typbyval)
+GuardSameValue(Datum a, Datum b, int16 typlen, bool typbyval)
 {
 	if (typlen == -1)
 	{
@@ -549,7 +580,7 @@ row_changed(GuardEntry *g, TupleTableSlot *oldslot, TupleTableSlot *newslot, Tup
 			continue;
 		o = slot_getattr(oldslot, i + 1, &oldnull);
 		n = slot_getattr(newslot, i + 1, &newnull);
-		if (oldnull != newnull || (!oldnull && !guard_same_value(o, n, att->attlen, att->attbyval)))
+		if (oldnull != newnull || (!oldnull && !GuardSameValue(o, n, att->attlen, att->attbyval)))
 			return true;
 	}
 	return false;
@@ -568,7 +599,7 @@ version_of(GuardEntry *g, TupleTableSlot *slot)
 
 /* A version that an int column cannot hold is refused. */
 void
-guard_check_version_range(const GuardEntry *g, int64 version)
+GuardCheckVersionRange(const GuardEntry *g, int64 version)
 {
 	if (g->version_type == INT4OID && version > PG_INT32_MAX)
 		ereport(ERROR,
@@ -582,7 +613,7 @@ guard_check_version_range(const GuardEntry *g, int64 version)
  * changes nothing else either, it is a repeat and is skipped.)
  */
 bool
-guard_is_repeat(const GuardRow *r)
+GuardIsRepeat(const GuardRow *r)
 {
 	return !r->to_null && r->from >= 0 && r->from == r->to;
 }
@@ -593,7 +624,7 @@ guard_is_repeat(const GuardRow *r)
  * no longer has, and must read it again); then the transition itself.
  */
 GuardVerdict
-guard_judge(const GuardEntry *g, const GuardRow *r)
+GuardJudge(const GuardEntry *g, const GuardRow *r)
 {
 	if (r->to_null)
 		return GUARD_NO_STATE;
@@ -604,7 +635,7 @@ guard_judge(const GuardEntry *g, const GuardRow *r)
 		if (!r->version_set && g->strict_version)
 			return GUARD_VERSION_UNSET;
 	}
-	if (guard_is_repeat(r))
+	if (GuardIsRepeat(r))
 		return GUARD_PASS;		/* same state, other changes: no transition */
 	if (r->from >= 0 && g->machine->terminal[r->from])
 		return GUARD_TERMINAL;
@@ -616,7 +647,7 @@ guard_judge(const GuardEntry *g, const GuardRow *r)
 
 /* Raise the error for a verdict other than GUARD_PASS. */
 void
-guard_refuse(GuardEntry *g, const GuardRow *r, GuardVerdict v)
+GuardRefuse(GuardEntry *g, const GuardRow *r, GuardVerdict v)
 {
 	const char *table = get_rel_name(g->relid);
 	const char *state_col = get_attname(g->relid, g->state_att, false);
@@ -668,7 +699,7 @@ guard_refuse(GuardEntry *g, const GuardRow *r, GuardVerdict v)
 		case GUARD_PASS:
 			break;
 	}
-	elog(ERROR, "guard_refuse called for an allowed update");
+	elog(ERROR, "GuardRefuse called for an allowed update");
 }
 
 /*
@@ -683,7 +714,7 @@ with_version(GuardEntry *g, TupleTableSlot *slot, TupleDesc desc, int64 version)
 	Datum	   *values = palloc(sizeof(Datum) * natts);
 	bool	   *nulls = palloc(sizeof(bool) * natts);
 
-	guard_check_version_range(g, version);
+	GuardCheckVersionRange(g, version);
 	slot_getallattrs(slot);
 	memcpy(values, slot->tts_values, sizeof(Datum) * natts);
 	memcpy(nulls, slot->tts_isnull, sizeof(bool) * natts);
@@ -780,7 +811,7 @@ idem_guard_trigger(PG_FUNCTION_ARGS)
 				 errmsg("idem_guard_trigger must fire BEFORE INSERT OR UPDATE FOR EACH ROW"),
 				 errhint("Install guards with idem_guard().")));
 
-	g = guard_get(td->tg_trigger, td->tg_relation);
+	g = GuardGet(td->tg_trigger, td->tg_relation);
 	desc = RelationGetDescr(td->tg_relation);
 	table = RelationGetRelationName(td->tg_relation);
 
@@ -819,7 +850,7 @@ idem_guard_trigger(PG_FUNCTION_ARGS)
 		r.to = row_state(g, newslot, &r.to_null, &r.to_label);
 
 		/* A repeat of the current state changing nothing else: skip it. */
-		if (guard_is_repeat(&r) && !row_changed(g, oldslot, newslot, desc))
+		if (GuardIsRepeat(&r) && !row_changed(g, oldslot, newslot, desc))
 			return PointerGetDatum(NULL);
 
 		if (g->version_att)
@@ -830,9 +861,9 @@ idem_guard_trigger(PG_FUNCTION_ARGS)
 			if (r.version_set)
 				r.expected = version_of(g, newslot);
 		}
-		v = guard_judge(g, &r);
+		v = GuardJudge(g, &r);
 		if (v != GUARD_PASS)
-			guard_refuse(g, &r, v);
+			GuardRefuse(g, &r, v);
 		if (g->version_att)
 			return PointerGetDatum(bump_version(g, td, desc, r.old_version + 1));
 		return PointerGetDatum(td->tg_newtuple);

@@ -66,16 +66,18 @@ typedef enum GuardVerdict
 	GUARD_ILLEGAL				/* not an edge of the machine */
 } GuardVerdict;
 
-extern GuardEntry *guard_get(Trigger *tg, Relation rel);
-extern GuardEntry *guard_get_by_oid(Oid relid, Oid tgoid);
-extern uint64 guard_generation(void);
-extern bool guard_fires(const GuardEntry *g);
-extern int	guard_state(GuardEntry *g, Datum d, bool isnull, char **label);
-extern bool guard_same_value(Datum a, Datum b, int16 typlen, bool typbyval);
-extern bool guard_is_repeat(const GuardRow *r);
-extern GuardVerdict guard_judge(const GuardEntry *g, const GuardRow *r);
-extern void guard_refuse(GuardEntry *g, const GuardRow *r, GuardVerdict v) pg_attribute_noreturn();
-extern void guard_check_version_range(const GuardEntry *g, int64 version);
+extern GuardEntry *GuardGet(Trigger *tg, Relation rel);
+extern GuardEntry *GuardGetByOid(Oid relid, Oid tgoid);
+extern Trigger *GuardFindTrigger(Relation rel);
+extern int	GuardStateByName(GuardEntry *g, const char *s);
+extern uint64 GuardGeneration(void);
+extern bool GuardFires(const GuardEntry *g);
+extern int	GuardState(GuardEntry *g, Datum d, bool isnull, char **label);
+extern bool GuardSameValue(Datum a, Datum b, int16 typlen, bool typbyval);
+extern bool GuardIsRepeat(const GuardRow *r);
+extern GuardVerdict GuardJudge(const GuardEntry *g, const GuardRow *r);
+extern void GuardRefuse(GuardEntry *g, const GuardRow *r, GuardVerdict v) pg_attribute_noreturn();
+extern void GuardCheckVersionRange(const GuardEntry *g, int64 version);
 
 /* guard_update.c */
 extern bool idem_guard_rewrite;

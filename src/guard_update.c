@@ -23,7 +23,7 @@
  * idem_guard_differs() is false for a repeat (same state, nothing else
  * changed), which is then skipped; it is moved to the end of the scan's
  * quals so that only rows the statement targets reach it.
- * idem_guard_check() applies the same rules as the trigger (guard_judge)
+ * idem_guard_check() applies the same rules as the trigger (GuardJudge)
  * and returns the new state; idem_guard_bump() returns the next version.
  * When the plan has that shape (the checks read the target table's own
  * columns in its scan), the executor-start hook takes the guard's UPDATE
@@ -699,11 +699,11 @@ call_guard(FunctionCallInfo fcinfo, GuardCall **callp)
 		}
 		fcinfo->flinfo->fn_extra = c;
 	}
-	if (c->guard == NULL || c->generation != guard_generation() ||
+	if (c->guard == NULL || c->generation != GuardGeneration() ||
 		c->guard->tgoid != PG_GETARG_OID(ARG_TGOID))
 	{
-		c->guard = guard_get_by_oid(PG_GETARG_OID(ARG_RELID), PG_GETARG_OID(ARG_TGOID));
-		c->generation = guard_generation();
+		c->guard = GuardGetByOid(PG_GETARG_OID(ARG_RELID), PG_GETARG_OID(ARG_TGOID));
+		c->generation = GuardGeneration();
 	}
 	if (callp)
 		*callp = c;
@@ -729,22 +729,22 @@ idem_guard_check(PG_FUNCTION_ARGS)
 	GuardRow	r;
 	GuardVerdict v;
 
-	if (guard_fires(g))
+	if (GuardFires(g))
 	{
 		memset(&r, 0, sizeof(r));
 		r.from_null = PG_ARGISNULL(ARG_OLD_STATE);
-		r.from = guard_state(g, PG_GETARG_DATUM(ARG_OLD_STATE), r.from_null, &r.from_label);
+		r.from = GuardState(g, PG_GETARG_DATUM(ARG_OLD_STATE), r.from_null, &r.from_label);
 		r.to_null = PG_ARGISNULL(ARG_NEW_STATE);
-		r.to = guard_state(g, PG_GETARG_DATUM(ARG_NEW_STATE), r.to_null, &r.to_label);
+		r.to = GuardState(g, PG_GETARG_DATUM(ARG_NEW_STATE), r.to_null, &r.to_label);
 		if (g->version_att)
 		{
 			r.old_version = version_arg(g, fcinfo, ARG_OLD_VERSION);
 			r.version_set = PG_GETARG_BOOL(ARG_VERSION_SET);
 			r.expected = version_arg(g, fcinfo, ARG_NEW_VERSION);
 		}
-		v = guard_judge(g, &r);
+		v = GuardJudge(g, &r);
 		if (v != GUARD_PASS && row_is_current(g->relid, (ItemPointer) PG_GETARG_POINTER(ARG_CTID)))
-			guard_refuse(g, &r, v);
+			GuardRefuse(g, &r, v);
 	}
 	if (PG_ARGISNULL(ARG_NEW_STATE))
 		PG_RETURN_NULL();
@@ -761,7 +761,7 @@ idem_guard_bump(PG_FUNCTION_ARGS)
 	GuardEntry *g = call_guard(fcinfo, NULL);
 	int64		next;
 
-	if (!guard_fires(g))
+	if (!GuardFires(g))
 	{
 		/* As if there were no guard: the statement's value, or the row's. */
 		int			n = PG_GETARG_BOOL(ARG_BUMP_SET) ? ARG_BUMP_NEW : ARG_BUMP_OLD;
@@ -771,7 +771,7 @@ idem_guard_bump(PG_FUNCTION_ARGS)
 		PG_RETURN_DATUM(PG_GETARG_DATUM(n));
 	}
 	next = version_arg(g, fcinfo, ARG_BUMP_OLD) + 1;
-	guard_check_version_range(g, next);
+	GuardCheckVersionRange(g, next);
 	if (g->version_type == INT8OID)
 		PG_RETURN_INT64(next);
 	PG_RETURN_INT32((int32) next);
@@ -790,17 +790,17 @@ idem_guard_differs(PG_FUNCTION_ARGS)
 	char	   *label;
 	int			from;
 
-	if (!guard_fires(g) || PG_ARGISNULL(ARG_OLD_STATE) || PG_ARGISNULL(ARG_NEW_STATE))
+	if (!GuardFires(g) || PG_ARGISNULL(ARG_OLD_STATE) || PG_ARGISNULL(ARG_NEW_STATE))
 		PG_RETURN_BOOL(true);
-	from = guard_state(g, PG_GETARG_DATUM(ARG_OLD_STATE), false, &label);
-	if (from < 0 || from != guard_state(g, PG_GETARG_DATUM(ARG_NEW_STATE), false, &label))
+	from = GuardState(g, PG_GETARG_DATUM(ARG_OLD_STATE), false, &label);
+	if (from < 0 || from != GuardState(g, PG_GETARG_DATUM(ARG_NEW_STATE), false, &label))
 		PG_RETURN_BOOL(true);
 	for (int i = ARG_FIRST_PAIR; i + 1 < PG_NARGS(); i += 2)
 	{
 		if (PG_ARGISNULL(i) != PG_ARGISNULL(i + 1))
 			PG_RETURN_BOOL(true);
 		if (!PG_ARGISNULL(i) &&
-			!guard_same_value(PG_GETARG_DATUM(i), PG_GETARG_DATUM(i + 1),
+			!GuardSameValue(PG_GETARG_DATUM(i), PG_GETARG_DATUM(i + 1),
 							  c->typlen[i], c->typbyval[i]))
 			PG_RETURN_BOOL(true);
 	}

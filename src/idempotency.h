@@ -89,6 +89,11 @@ extern Interval *IdemDurationArg(FunctionCallInfo fcinfo, int n, const char *wha
 extern void IdemConnectSPI(void);
 extern uint64 IdemRunPlan(const IdemPlanDef *def, SPIPlanPtr *plan, Datum *args,
 						  const char *nulls, bool read_only);
+extern bool IdemRunContested(const IdemPlanDef *def, SPIPlanPtr *plan, Datum *args,
+							 const char *nulls);
+
+/* fingerprint.c */
+extern void IdemSha256(const void *data, size_t len, uint8 *digest);
 
 /* snowflake.c */
 extern void SnowflakeShmemInit(SnowflakeShared *sf, bool found);

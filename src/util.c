@@ -9,10 +9,12 @@
  */
 #include "postgres.h"
 
+#include "access/xact.h"
 #include "datatype/timestamp.h"
 #include "executor/spi.h"
 #include "fmgr.h"
 #include "utils/builtins.h"
+#include "utils/resowner.h"
 #include "utils/timestamp.h"
 
 #include "idempotency.h"
@@ -133,4 +135,31 @@ IdemRunPlan(const IdemPlanDef *def, SPIPlanPtr *plan, Datum *args, const char *n
 	if (rc < 0)
 		elog(ERROR, "\"%s\" failed: %s", def->sql, SPI_result_code_string(rc));
 	return SPI_processed;
+}
+
+/*
+ * Run a write that may lose a race, in a subtransaction that is rolled back
+ * if the write changed nothing; true if it changed a row.  While it waits
+ * for another transaction and re-checks the row, READ COMMITTED locks the
+ * row's newest version; a caller that then goes on to report someone
+ * else's claim or lease must not keep that lock, or it would hold up the
+ * owner.  Rows the write returns are in SPI_tuptable.
+ */
+bool
+IdemRunContested(const IdemPlanDef *def, SPIPlanPtr *plan, Datum *args, const char *nulls)
+{
+	MemoryContext cxt = CurrentMemoryContext;
+	ResourceOwner owner = CurrentResourceOwner;
+	bool		changed;
+
+	BeginInternalSubTransaction(NULL);
+	MemoryContextSwitchTo(cxt);
+	changed = IdemRunPlan(def, plan, args, nulls, false) > 0;
+	if (changed)
+		ReleaseCurrentSubTransaction();
+	else
+		RollbackAndReleaseCurrentSubTransaction();
+	MemoryContextSwitchTo(cxt);
+	CurrentResourceOwner = owner;
+	return changed;
 }

@@ -1,0 +1,208 @@
+/*-------------------------------------------------------------------------
+ *
+ * lease.c
+ *	  Leases with fencing tokens: idem_lease_acquire, idem_lease_renew,
+ *	  idem_lease_release, idem_lease_check.
+ *
+ * A lease is a row of idempotency.leases: a name, its holder, a fencing
+ * token and an expiry.  Acquiring takes a new token from one sequence, so
+ * the tokens of a name only grow, also across releases and purges; time
+ * is the database's clock, clock_timestamp(), when the call runs.
+ *
+ * Concurrency.  Acquire is one INSERT ... ON CONFLICT DO UPDATE whose
+ * WHERE admits only an expired lease or the same holder: two acquirers of
+ * a free name serialize on the unique index, and the second, once the
+ * first commits, finds a live lease and gets NULL.  Renew and release
+ * restate the token and the expiry in their WHERE.  Writes that can lose
+ * such a race run in a subtransaction rolled back when they change
+ * nothing, so a loser keeps no lock on the winner's row.
+ *
+ * Fencing.  idem_lease_check locks the lease row FOR SHARE: until the
+ * checking transaction ends, nobody can take the lease over, so writes it
+ * makes after the check cannot interleave with a new holder's.  A holder
+ * whose lease ran out or was taken over gets an error instead.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "catalog/pg_type.h"
+#include "executor/spi.h"
+#include "fmgr.h"
+#include "utils/builtins.h"
+#include "utils/timestamp.h"
+
+#include "idempotency.h"
+
+PG_FUNCTION_INFO_V1(idem_lease_acquire);
+PG_FUNCTION_INFO_V1(idem_lease_renew);
+PG_FUNCTION_INFO_V1(idem_lease_release);
+PG_FUNCTION_INFO_V1(idem_lease_check);
+
+#define LEASE_MAX_NAME_BYTES	255
+#define LEASE_MAX_TTL_DAYS		366
+
+#define CLOCK	"pg_catalog.clock_timestamp()"
+#define EQ		" OPERATOR(pg_catalog.=) "
+#define LIVE	" AND expires_at OPERATOR(pg_catalog.>) " CLOCK
+
+typedef enum LeasePlan
+{
+	PLAN_ACQUIRE, PLAN_RENEW, PLAN_RELEASE, PLAN_CHECK, NUM_PLANS
+} LeasePlan;
+
+static const IdemPlanDef plan_defs[NUM_PLANS] = {
+	[PLAN_ACQUIRE] = {
+		"INSERT INTO idempotency.leases AS l (name, holder, token, acquired_at, expires_at)"
+		" VALUES ($1, $2, pg_catalog.nextval('idempotency.lease_tokens'::pg_catalog.regclass), "
+		CLOCK ", " CLOCK " OPERATOR(pg_catalog.+) $3)"
+		" ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, token = excluded.token,"
+		" acquired_at = excluded.acquired_at, expires_at = excluded.expires_at"
+		" WHERE l.expires_at OPERATOR(pg_catalog.<=) " CLOCK
+		" OR l.holder" EQ "excluded.holder"
+		" RETURNING token",
+		3, {TEXTOID, TEXTOID, INTERVALOID}
+	},
+	[PLAN_RENEW] = {
+		"UPDATE idempotency.leases SET expires_at = " CLOCK " OPERATOR(pg_catalog.+) $3"
+		" WHERE name" EQ "$1 AND token" EQ "$2" LIVE,
+		3, {TEXTOID, INT8OID, INTERVALOID}
+	},
+	[PLAN_RELEASE] = {
+		"DELETE FROM idempotency.leases WHERE name" EQ "$1 AND token" EQ "$2" LIVE,
+		2, {TEXTOID, INT8OID}
+	},
+	[PLAN_CHECK] = {
+		"SELECT token, holder, expires_at, expires_at OPERATOR(pg_catalog.>) " CLOCK
+		" FROM idempotency.leases WHERE name" EQ "$1 FOR SHARE",
+		1, {TEXTOID}
+	},
+};
+
+static SPIPlanPtr plans[NUM_PLANS];
+
+static text *
+lease_name(FunctionCallInfo fcinfo)
+{
+	return IdemNameArg(fcinfo, 0, "name", LEASE_MAX_NAME_BYTES,
+					   "Name what the lease is for, such as 'nightly-report'.");
+}
+
+static Interval *
+lease_ttl(FunctionCallInfo fcinfo, int n)
+{
+	static Interval max_ttl = {.time = 0,.day = LEASE_MAX_TTL_DAYS,.month = 0};
+
+	return IdemDurationArg(fcinfo, n, "ttl", &max_ttl, "366 days");
+}
+
+static int64
+lease_token(FunctionCallInfo fcinfo)
+{
+	IdemRequireArg(fcinfo, 1, "token");
+	return PG_GETARG_INT64(1);
+}
+
+/*
+ * idem_lease_acquire(name, holder, ttl) → bigint: a new token, or NULL
+ * while another holder's lease is live.
+ */
+Datum
+idem_lease_acquire(PG_FUNCTION_ARGS)
+{
+	Datum		args[3];
+	bool		isnull = true;
+	Datum		token = (Datum) 0;
+
+	args[0] = PointerGetDatum(lease_name(fcinfo));
+	args[1] = PointerGetDatum(IdemNameArg(fcinfo, 1, "holder", LEASE_MAX_NAME_BYTES,
+										  "Name the process asking, such as its host name and process id."));
+	args[2] = IntervalPGetDatum(lease_ttl(fcinfo, 2));
+	IdemConnectSPI();
+	if (IdemRunContested(&plan_defs[PLAN_ACQUIRE], &plans[PLAN_ACQUIRE], args, NULL))
+		token = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+	SPI_finish();
+	if (isnull)
+		PG_RETURN_NULL();
+	PG_RETURN_DATUM(token);
+}
+
+/*
+ * idem_lease_renew(name, token, ttl) → boolean
+ */
+Datum
+idem_lease_renew(PG_FUNCTION_ARGS)
+{
+	Datum		args[3];
+	bool		renewed;
+
+	args[0] = PointerGetDatum(lease_name(fcinfo));
+	args[1] = Int64GetDatum(lease_token(fcinfo));
+	args[2] = IntervalPGetDatum(lease_ttl(fcinfo, 2));
+	IdemConnectSPI();
+	renewed = IdemRunContested(&plan_defs[PLAN_RENEW], &plans[PLAN_RENEW], args, NULL);
+	SPI_finish();
+	PG_RETURN_BOOL(renewed);
+}
+
+/*
+ * idem_lease_release(name, token) → boolean
+ */
+Datum
+idem_lease_release(PG_FUNCTION_ARGS)
+{
+	Datum		args[2];
+	bool		released;
+
+	args[0] = PointerGetDatum(lease_name(fcinfo));
+	args[1] = Int64GetDatum(lease_token(fcinfo));
+	IdemConnectSPI();
+	released = IdemRunContested(&plan_defs[PLAN_RELEASE], &plans[PLAN_RELEASE], args, NULL);
+	SPI_finish();
+	PG_RETURN_BOOL(released);
+}
+
+/*
+ * idem_lease_check(name, token) → true, or an error if the token does not
+ * hold the live lease.
+ */
+Datum
+idem_lease_check(PG_FUNCTION_ARGS)
+{
+	text	   *name = lease_name(fcinfo);
+	int64		token = lease_token(fcinfo);
+	Datum		arg = PointerGetDatum(name);
+	bool		isnull;
+	int64		current;
+	bool		live;
+	char	   *holder;
+	char	   *expiry;
+
+	IdemConnectSPI();
+	if (IdemRunPlan(&plan_defs[PLAN_CHECK], &plans[PLAN_CHECK], &arg, NULL, false) == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("lease \"%s\" is not held", text_to_cstring(name)),
+				 errdetail("Token %lld is not current: the lease was released, purged or never acquired.",
+						   (long long) token),
+				 errhint("Stop acting on the lease; acquire it again for a new token.")));
+	current = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+	holder = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2);
+	expiry = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 3);
+	live = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 4, &isnull));
+	if (current != token)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("lease \"%s\" is held by a newer token", text_to_cstring(name)),
+				 errdetail("Token %lld was superseded by token %lld of holder \"%s\".",
+						   (long long) token, (long long) current, holder),
+				 errhint("Stop acting on the lease; acquire it again for a new token.")));
+	if (!live)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("lease \"%s\" has run out", text_to_cstring(name)),
+				 errdetail("Token %lld expired at %s.", (long long) token, expiry),
+				 errhint("Stop acting on the lease; acquire it again for a new token.")));
+	SPI_finish();
+	PG_RETURN_BOOL(true);
+}
