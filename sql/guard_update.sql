@@ -105,10 +105,48 @@ UPDATE tickets SET state = 'dropped' WHERE id = 6 RETURNING id, state, version;
 SELECT pg_temp.fails($$UPDATE tickets SET version = 1 WHERE id = 6$$) AS no_version_privilege;
 RESET ROLE;
 
--- The check functions are for the planner; called by hand they refuse to
--- lock rows of a table the caller is not updating.
-SELECT pg_temp.fails(format($$SELECT idempotency.idem_guard_check(%s, %s, '(0,1)', 'done'::text, 'open'::text, false, 0, 0)$$,
-	'tickets'::regclass::oid, (SELECT oid FROM pg_trigger WHERE tgname = 'idem_guard' AND tgrelid = 'tickets'::regclass))) AS direct_call;
+-- Through an updatable view, by a user allowed to update only the view:
+-- repeats are skipped and refusals are the guard's, as with the trigger.
+CREATE VIEW ticket_desk AS SELECT id, state, version FROM tickets;
+GRANT SELECT, UPDATE ON ticket_desk TO regress_guard_clerk;
+REVOKE ALL ON tickets FROM regress_guard_clerk;
+SET ROLE regress_guard_clerk;
+UPDATE ticket_desk SET state = 'dropped' WHERE id = 6;
+SELECT pg_temp.fails($$UPDATE ticket_desk SET state = 'working' WHERE id = 6$$) AS through_view_illegal;
+RESET ROLE;
+DROP VIEW ticket_desk;
+
+-- A statement that sets too many columns to compare in one call goes
+-- through the trigger.
+SELECT format('CREATE TABLE wide (id int PRIMARY KEY, state text NOT NULL, %s)',
+              string_agg(format('c%s int DEFAULT 0', g), ', ')) FROM generate_series(1, 60) g \gexec
+SELECT idem_guard('wide', machine => 'ticket') \g /dev/null
+INSERT INTO wide (id, state) VALUES (1, 'open');
+SELECT format('UPDATE wide SET state = %L, %s WHERE id = 1', 'working',
+              string_agg(format('c%s = 1', g), ', ')) AS wide_update FROM generate_series(1, 60) g \gset
+SELECT pg_temp.trigger_calls(:'wide_update') AS sixty_columns;
+SELECT state, c60 FROM wide;
+DROP TABLE wide;
+
+-- Turning the setting off reaches plans kept before (prepared statements,
+-- PL/pgSQL).
+PREPARE note(int) AS UPDATE tickets SET note = 'kept' WHERE id = $1;
+SELECT pg_temp.trigger_calls($$EXECUTE note(6)$$) AS kept_plan;
+SET idempotency.guard_rewrite = off;
+SELECT pg_temp.trigger_calls($$EXECUTE note(6)$$) AS kept_plan_after_off;
+RESET idempotency.guard_rewrite;
+DEALLOCATE note;
+
+-- The check functions are for the planner.  Called any other way they
+-- refuse, whatever the arguments, before looking at any row.
+SELECT 'tickets'::regclass::oid AS rel, oid AS guard FROM pg_trigger
+WHERE tgname = 'idem_guard' AND tgrelid = 'tickets'::regclass \gset
+SELECT pg_temp.fails(format($$SELECT idempotency.idem_guard_check(%s, %s, '(0,1)', 'done'::text, 'open'::text, false, 0, 0)$$, :rel, :guard)) AS direct_check;
+SELECT pg_temp.fails(format($$SELECT idempotency.idem_guard_check(%s, %s, '(0,1)', 1, 2, false, 0, 0)$$, :rel, :guard)) AS wrong_types;
+SELECT pg_temp.fails(format($$SELECT idempotency.idem_guard_differs(%s, %s, NULL, 'open'::text, 'open'::text, 1, 1)$$, :rel, :guard)) AS direct_differs;
+SELECT pg_temp.fails(format($$SELECT idempotency.idem_guard_bump(%s, %s, 1, false, 1)$$, :rel, :guard)) AS direct_bump;
+-- Not even inside an UPDATE of the table, with a made-up row address.
+SELECT pg_temp.fails(format($$UPDATE tickets SET note = 'x' WHERE id = 6 AND idempotency.idem_guard_differs(%s, %s, '(0,1)', 'open'::text, 'open'::text, 1, 1)$$, :rel, :guard)) AS made_up_ctid;
 
 DROP TABLE tickets;
 REVOKE USAGE ON SCHEMA public FROM regress_guard_clerk;

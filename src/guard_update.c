@@ -88,6 +88,28 @@ bool		idem_guard_rewrite = true;
 
 static planner_hook_type prev_planner = NULL;
 static ExecutorStart_hook_type prev_executor_start = NULL;
+static ExecutorEnd_hook_type prev_executor_end = NULL;
+
+/*
+ * The self-checking UPDATEs running now, innermost first.  The check
+ * functions run only inside the innermost one, for its table and guard,
+ * and lock rows with its command id and lock mode; called any other way
+ * (by hand, say) they refuse.  An entry goes at ExecutorEnd, or when its
+ * (sub)transaction aborts.
+ */
+typedef struct GuardedStatement
+{
+	QueryDesc  *query;			/* the running UPDATE */
+	Oid			relid;			/* its guarded table */
+	Oid			tgoid;			/* the guard */
+	CommandId	cid;			/* the UPDATE's command id */
+	LockTupleMode lockmode;		/* the row lock its updates take */
+	SubTransactionId subid;		/* where it runs */
+	struct GuardedStatement *next;	/* the statement it runs within */
+} GuardedStatement;
+
+static GuardedStatement *running = NULL;
+static bool xact_callbacks = false;
 
 /* Argument positions shared by the three functions. */
 #define ARG_RELID		0
@@ -168,7 +190,8 @@ guard_funcs(void)
 
 /*
  * The guard trigger of a table whose UPDATEs the statement can check: the
- * only BEFORE UPDATE row trigger, enabled, with no WHEN clause.  NULL if
+ * only BEFORE UPDATE row trigger, enabled, with no WHEN clause and no
+ * column list.  NULL if
  * there is none or anything else is in the way.
  */
 static Trigger *
@@ -186,7 +209,7 @@ guard_trigger(TriggerDesc *td, GuardFuncs *f, Oid tgoid)
 								  TRIGGER_TYPE_UPDATE))
 			continue;
 		if (found != NULL || tg->tgfoid != f->trigger || tg->tgnargs != 4 ||
-			tg->tgqual != NULL || tg->tgenabled == TRIGGER_DISABLED ||
+			tg->tgqual != NULL || tg->tgnattr != 0 || tg->tgenabled == TRIGGER_DISABLED ||
 			(OidIsValid(tgoid) && tg->tgoid != tgoid))
 			return NULL;
 		found = tg;
@@ -350,6 +373,12 @@ rewrite_update(Query *parse)
 			differs = lappend(differs, column_var(rel, rti, tle->resno));
 			differs = lappend(differs, copyObject(tle->expr));
 		}
+		if (list_length(differs) > FUNC_MAX_ARGS)
+		{
+			/* Too many columns to compare in one call: use the trigger. */
+			table_close(rel, NoLock);
+			return NULL;
+		}
 		if (list_length(differs) == ARG_FIRST_PAIR)	/* VARIADIC wants one */
 		{
 			differs = lappend(differs, makeNullConst(BOOLOID, -1, InvalidOid));
@@ -440,8 +469,8 @@ output_source(Plan **plan, int position)
  * the guard's trigger OID, or InvalidOid.  The state column's new value
  * must be idem_guard_check() over the target's own columns, computed in the
  * scan of the target; the version column's, idem_guard_bump() of its own
- * version.  At planning (arrange), idem_guard_differs() must be one of that
- * scan's quals, and is moved last.
+ * version; idem_guard_differs() must be one of that scan's quals, which
+ * planning (arrange) moves last and execution expects last.
  */
 static Oid
 guarded_plan(PlannedStmt *stmt, Relation rel, TriggerDesc *td, GuardFuncs *f, bool arrange)
@@ -525,7 +554,7 @@ guarded_plan(PlannedStmt *stmt, Relation rel, TriggerDesc *td, GuardFuncs *f, bo
 		(version_att && !is_column(list_nth(bump->args, ARG_BUMP_OLD), rti, version_att)))
 		return InvalidOid;
 
-	if (arrange)
+	/* Repeats must be skipped: idem_guard_differs is the scan's last qual. */
 	{
 		ListCell   *lc;
 		Node	   *differs = NULL;
@@ -535,7 +564,10 @@ guarded_plan(PlannedStmt *stmt, Relation rel, TriggerDesc *td, GuardFuncs *f, bo
 				differs = lfirst(lc);
 		if (differs == NULL)
 			return InvalidOid;
-		scan->qual = lappend(list_delete_ptr(scan->qual, differs), differs);
+		if (arrange)
+			scan->qual = lappend(list_delete_ptr(scan->qual, differs), differs);
+		else if (llast(scan->qual) != differs)
+			return InvalidOid;
 	}
 	return tgoid;
 }
@@ -587,6 +619,7 @@ guard_executor_start(QueryDesc *queryDesc, int eflags)
 	TriggerDesc *td;
 	GuardFuncs *f;
 	Oid			tgoid;
+	GuardedStatement *entry;
 
 	if (prev_executor_start)
 		prev_executor_start(queryDesc, eflags);
@@ -611,6 +644,43 @@ guard_executor_start(QueryDesc *queryDesc, int eflags)
 			td->triggers[i].tgtype &= ~TRIGGER_TYPE_UPDATE;
 	/* guarded_plan() made sure it was the only BEFORE UPDATE row trigger */
 	td->trig_update_before_row = false;
+
+	entry = MemoryContextAlloc(TopTransactionContext, sizeof(GuardedStatement));
+	entry->query = queryDesc;
+	entry->relid = RelationGetRelid(rri->ri_RelationDesc);
+	entry->tgoid = tgoid;
+	entry->cid = queryDesc->estate->es_output_cid;
+	entry->lockmode = ExecUpdateLockMode(queryDesc->estate, rri);
+	entry->subid = GetCurrentSubTransactionId();
+	entry->next = running;
+	running = entry;
+}
+
+static void
+guard_executor_end(QueryDesc *queryDesc)
+{
+	if (running != NULL && running->query == queryDesc)
+		running = running->next;
+	if (prev_executor_end)
+		prev_executor_end(queryDesc);
+	else
+		standard_ExecutorEnd(queryDesc);
+}
+
+/* Statements of an aborted (sub)transaction end without ExecutorEnd. */
+static void
+guard_xact_callback(XactEvent event, void *arg)
+{
+	running = NULL;
+}
+
+static void
+guard_subxact_callback(SubXactEvent event, SubTransactionId mySubid,
+					   SubTransactionId parentSubid, void *arg)
+{
+	if (event == SUBXACT_EVENT_ABORT_SUB)
+		while (running != NULL && running->subid == mySubid)
+			running = running->next;
 }
 
 void
@@ -620,33 +690,33 @@ GuardUpdateHooksInit(void)
 	planner_hook = guard_planner;
 	prev_executor_start = ExecutorStart_hook;
 	ExecutorStart_hook = guard_executor_start;
+	prev_executor_end = ExecutorEnd_hook;
+	ExecutorEnd_hook = guard_executor_end;
+	if (!xact_callbacks)
+	{
+		RegisterXactCallback(guard_xact_callback, NULL);
+		RegisterSubXactCallback(guard_subxact_callback, NULL);
+		xact_callbacks = true;
+	}
 }
 
 /*
- * Is the row at tid the latest version of its row?  Locks it, waiting for
- * a transaction updating it, as the trigger's row lock would.  False if
- * another transaction updated or deleted it since the statement's snapshot
- * (or this one did, in a later command): the UPDATE then finds the newer
- * version itself.
+ * Is the row at tid the latest version of its row?  Locks it as the UPDATE
+ * would, waiting for a transaction updating it, as the trigger's row lock
+ * would.  False if another transaction updated or deleted it since the
+ * statement's snapshot (or this one did, in a later command): the UPDATE
+ * then finds the newer version itself.
  */
 static bool
-row_is_current(Oid relid, ItemPointer tid)
+row_is_current(GuardedStatement *stmt, ItemPointer tid)
 {
-	Relation	rel = table_open(relid, AccessShareLock);
-	TupleTableSlot *slot;
+	Relation	rel = table_open(stmt->relid, NoLock);	/* the UPDATE's */
+	TupleTableSlot *slot = table_slot_create(rel, NULL);
 	TM_FailureData tmfd;
 	TM_Result	res;
 
-	if (!CheckRelationLockedByMe(rel, RowExclusiveLock, true) ||
-		(pg_class_aclcheck(relid, GetUserId(), ACL_UPDATE) != ACLCHECK_OK &&
-		 pg_attribute_aclcheck_all(relid, GetUserId(), ACL_UPDATE, ACLMASK_ANY) != ACLCHECK_OK))
-		ereport(ERROR,
-				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
-				 errmsg("idempotency guard checks may only run in an UPDATE of the guarded table"),
-				 errhint("Do not call idem_guard_check() or idem_guard_differs() directly.")));
-	slot = table_slot_create(rel, NULL);
-	res = table_tuple_lock(rel, tid, GetActiveSnapshot(), slot, GetCurrentCommandId(false),
-						   LockTupleNoKeyExclusive, LockWaitBlock, 0, &tmfd);
+	res = table_tuple_lock(rel, tid, GetActiveSnapshot(), slot, stmt->cid,
+						   stmt->lockmode, LockWaitBlock, 0, &tmfd);
 	ExecDropSingleTupleTableSlot(slot);
 	table_close(rel, NoLock);
 	switch (res)
@@ -670,43 +740,90 @@ typedef struct GuardCall
 	GuardEntry *guard;
 	int16	   *typlen;
 	bool	   *typbyval;
+	Oid		   *types;
 } GuardCall;
 
+static void
+not_in_update(void)
+{
+	ereport(ERROR,
+			(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+			 errmsg("idempotency guard checks run only inside UPDATEs of guarded tables"),
+			 errhint("Do not call idem_guard_check(), idem_guard_bump() or idem_guard_differs() yourself; UPDATE the table.")));
+}
+
+/*
+ * The guard of a call, and the running UPDATE it belongs to.  The call
+ * must come from the innermost self-checking UPDATE, for its table and
+ * guard, with the row's own ctid (a Var, not a value from anywhere else)
+ * and arguments of the guard's column types.
+ */
 static GuardEntry *
-call_guard(FunctionCallInfo fcinfo, GuardCall **callp)
+call_guard(FunctionCallInfo fcinfo, GuardCall **callp, GuardedStatement **stmtp)
 {
 	GuardCall  *c = fcinfo->flinfo->fn_extra;
+	GuardedStatement *stmt = running;
+	GuardEntry *g;
+	int			n = PG_NARGS();
 
-	if (PG_ARGISNULL(ARG_RELID) || PG_ARGISNULL(ARG_TGOID))
-		ereport(ERROR,
-				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
-				 errmsg("guard check called without a table or trigger"),
-				 errhint("These functions are placed in UPDATEs of guarded tables by the extension.")));
+	if (stmt == NULL || PG_ARGISNULL(ARG_RELID) || PG_ARGISNULL(ARG_TGOID) ||
+		stmt->relid != PG_GETARG_OID(ARG_RELID) || stmt->tgoid != PG_GETARG_OID(ARG_TGOID))
+		not_in_update();
 	if (c == NULL)
 	{
-		int			n = PG_NARGS();
+		FuncExpr   *fe = (FuncExpr *) fcinfo->flinfo->fn_expr;
 
+		if (fe == NULL || !IsA(fe, FuncExpr) || list_length(fe->args) != n)
+			not_in_update();
+		if (fe->funcid != guard_funcs()->bump4 && fe->funcid != guard_funcs()->bump8)
+		{
+			Var		   *ctid = list_nth(fe->args, ARG_CTID);
+
+			if (!IsA(ctid, Var) || ctid->varattno != SelfItemPointerAttributeNumber)
+				not_in_update();
+		}
 		c = MemoryContextAllocZero(fcinfo->flinfo->fn_mcxt, sizeof(GuardCall));
 		c->typlen = MemoryContextAllocZero(fcinfo->flinfo->fn_mcxt, sizeof(int16) * n);
 		c->typbyval = MemoryContextAllocZero(fcinfo->flinfo->fn_mcxt, sizeof(bool) * n);
+		c->types = MemoryContextAllocZero(fcinfo->flinfo->fn_mcxt, sizeof(Oid) * n);
 		for (int i = 0; i < n; i++)
 		{
-			Oid			type = get_fn_expr_argtype(fcinfo->flinfo, i);
-
-			if (!OidIsValid(type))
-				elog(ERROR, "could not determine the type of argument %d", i + 1);
-			get_typlenbyval(type, &c->typlen[i], &c->typbyval[i]);
+			c->types[i] = get_fn_expr_argtype(fcinfo->flinfo, i);
+			if (!OidIsValid(c->types[i]))
+				not_in_update();
+			get_typlenbyval(c->types[i], &c->typlen[i], &c->typbyval[i]);
 		}
 		fcinfo->flinfo->fn_extra = c;
 	}
 	if (c->guard == NULL || c->generation != GuardGeneration() ||
 		c->guard->tgoid != PG_GETARG_OID(ARG_TGOID))
 	{
-		c->guard = GuardGetByOid(PG_GETARG_OID(ARG_RELID), PG_GETARG_OID(ARG_TGOID));
+		g = GuardGetByOid(PG_GETARG_OID(ARG_RELID), PG_GETARG_OID(ARG_TGOID));
+		/* The values compared must be of the guard's column types. */
+		if (fcinfo->flinfo->fn_oid == guard_funcs()->check ||
+			fcinfo->flinfo->fn_oid == guard_funcs()->differs)
+		{
+			if (c->types[ARG_OLD_STATE] != g->state_type || c->types[ARG_NEW_STATE] != g->state_type)
+				not_in_update();
+			if (fcinfo->flinfo->fn_oid == guard_funcs()->check && g->version_att &&
+				(c->types[ARG_OLD_VERSION] != g->version_type ||
+				 c->types[ARG_NEW_VERSION] != g->version_type))
+				not_in_update();
+			for (int i = ARG_FIRST_PAIR; fcinfo->flinfo->fn_oid == guard_funcs()->differs &&
+				 i + 1 < n; i += 2)
+				if (c->types[i] != c->types[i + 1])
+					not_in_update();
+		}
+		else if (g->version_att == 0 || c->types[ARG_BUMP_OLD] != g->version_type ||
+				 c->types[ARG_BUMP_NEW] != g->version_type)
+			not_in_update();
+		c->guard = g;
 		c->generation = GuardGeneration();
 	}
 	if (callp)
 		*callp = c;
+	if (stmtp)
+		*stmtp = stmt;
 	return c->guard;
 }
 
@@ -725,7 +842,8 @@ version_arg(GuardEntry *g, FunctionCallInfo fcinfo, int n)
 Datum
 idem_guard_check(PG_FUNCTION_ARGS)
 {
-	GuardEntry *g = call_guard(fcinfo, NULL);
+	GuardedStatement *stmt;
+	GuardEntry *g = call_guard(fcinfo, NULL, &stmt);
 	GuardRow	r;
 	GuardVerdict v;
 
@@ -743,8 +861,12 @@ idem_guard_check(PG_FUNCTION_ARGS)
 			r.expected = version_arg(g, fcinfo, ARG_NEW_VERSION);
 		}
 		v = GuardJudge(g, &r);
-		if (v != GUARD_PASS && row_is_current(g->relid, (ItemPointer) PG_GETARG_POINTER(ARG_CTID)))
+		if (v != GUARD_PASS && !PG_ARGISNULL(ARG_CTID) &&
+			row_is_current(stmt, (ItemPointer) PG_GETARG_POINTER(ARG_CTID)))
 			GuardRefuse(g, &r, v);
+		/* After the rules, as in the trigger; idem_guard_bump never raises. */
+		if (v == GUARD_PASS && g->version_att)
+			GuardCheckVersionRange(g, r.old_version + 1);
 	}
 	if (PG_ARGISNULL(ARG_NEW_STATE))
 		PG_RETURN_NULL();
@@ -758,7 +880,7 @@ idem_guard_check(PG_FUNCTION_ARGS)
 Datum
 idem_guard_bump(PG_FUNCTION_ARGS)
 {
-	GuardEntry *g = call_guard(fcinfo, NULL);
+	GuardEntry *g = call_guard(fcinfo, NULL, NULL);
 	int64		next;
 
 	if (!GuardFires(g))
@@ -770,11 +892,11 @@ idem_guard_bump(PG_FUNCTION_ARGS)
 			PG_RETURN_NULL();
 		PG_RETURN_DATUM(PG_GETARG_DATUM(n));
 	}
+	/* An int version past its range is refused by idem_guard_check. */
 	next = version_arg(g, fcinfo, ARG_BUMP_OLD) + 1;
-	GuardCheckVersionRange(g, next);
 	if (g->version_type == INT8OID)
 		PG_RETURN_INT64(next);
-	PG_RETURN_INT32((int32) next);
+	PG_RETURN_INT32((int32) (next > PG_INT32_MAX ? 0 : next));
 }
 
 /*
@@ -786,7 +908,8 @@ Datum
 idem_guard_differs(PG_FUNCTION_ARGS)
 {
 	GuardCall  *c;
-	GuardEntry *g = call_guard(fcinfo, &c);
+	GuardedStatement *stmt;
+	GuardEntry *g = call_guard(fcinfo, &c, &stmt);
 	char	   *label;
 	int			from;
 
@@ -804,5 +927,7 @@ idem_guard_differs(PG_FUNCTION_ARGS)
 							  c->typlen[i], c->typbyval[i]))
 			PG_RETURN_BOOL(true);
 	}
-	PG_RETURN_BOOL(!row_is_current(g->relid, (ItemPointer) PG_GETARG_POINTER(ARG_CTID)));
+	if (PG_ARGISNULL(ARG_CTID))
+		PG_RETURN_BOOL(true);
+	PG_RETURN_BOOL(!row_is_current(stmt, (ItemPointer) PG_GETARG_POINTER(ARG_CTID)));
 }

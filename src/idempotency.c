@@ -25,6 +25,8 @@
 #include "storage/shmem.h"
 #include "utils/guc.h"
 
+#include "utils/plancache.h"
+
 #include "guard.h"
 #include "idempotency.h"
 
@@ -51,6 +53,17 @@ static char *copy_raw_setting(const char *name);
 static void refuse_rejected_settings(const char *raw_node_id, const char *raw_epoch);
 static bool check_epoch(char **newval, void **extra, GucSource source);
 static void assign_epoch(const char *newval, void *extra);
+
+/*
+ * Plans kept before idempotency.guard_rewrite changed are planned again,
+ * so that the setting reaches prepared statements and PL/pgSQL too.
+ */
+static void
+assign_guard_rewrite(bool newval, void *extra)
+{
+	if (newval != idem_guard_rewrite)
+		ResetPlanCache();
+}
 
 /*
  * Define the settings and, when preloaded, claim shared memory.
@@ -121,7 +134,7 @@ _PG_init(void)
 							 true,
 							 PGC_USERSET,
 							 0,
-							 NULL, NULL, NULL);
+							 NULL, assign_guard_rewrite, NULL);
 
 	MarkGUCPrefixReserved("idempotency");
 	GuardUpdateHooksInit();
