@@ -31,6 +31,7 @@ idem_build
 idem_start_cluster "max_connections = 50"
 
 psqlq() { as_owner psql -X -q -v ON_ERROR_STOP=1 "$@"; }
+source "$(dirname "$0")/pairs.sh"
 
 psqlq <<'SQL'
 CREATE EXTENSION idempotency;
@@ -40,7 +41,6 @@ ALTER TABLE dedup ADD PRIMARY KEY (scope, key);
 CREATE INDEX ON dedup (expires_at);
 SQL
 
-script() { printf '%s\n' "$2" | as_owner tee "$IDEM_WORK/$1.sql" >/dev/null; }
 script claim '\set r random(1, 1000000000)
 SELECT idempotency.idem_claim(:r::text, '"'"'1 hour'"'"');'
 script insert '\set r random(1, 1000000000)
@@ -51,34 +51,6 @@ script replay "\\set r random(1, $REPLAY_KEYS)
 SELECT idempotency.idem_claim('r' || :r, '1 hour');"
 script select "\\set r random(1, $REPLAY_KEYS)
 SELECT response, status FROM dedup WHERE scope = 'default' AND key = 'r' || :r;"
-
-# tps of one pgbench run of a script.
-tps() {
-	as_owner env PGOPTIONS="-c synchronous_commit=$2" pgbench -n -c "$CLIENTS" -j "$CLIENTS" \
-		-T "$SECONDS_RUN" -f "$IDEM_WORK/$1.sql" postgres 2>&1 |
-		sed -n 's/^tps = \([0-9.]*\).*/\1/p'
-}
-
-median() { sort -n | awk '{a[NR] = $1} END {print (NR % 2) ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2}'; }
-
-# Alternate two scripts for ROUNDS rounds; print medians and the ratio.
-pair() {
-	local label=$1 ours=$2 theirs=$3 commit=$4 reset=$5 a=() b=() r
-	for r in $(seq 1 "$ROUNDS"); do
-		[ -z "$reset" ] || psqlq -c "$reset"
-		a+=("$(tps "$ours" "$commit")")
-		[ -z "$reset" ] || psqlq -c "$reset"
-		b+=("$(tps "$theirs" "$commit")")
-		printf '.'
-	done
-	printf '\r'
-	local ma mb
-	ma=$(printf '%s\n' "${a[@]}" | median)
-	mb=$(printf '%s\n' "${b[@]}" | median)
-	awk -v l="$label" -v c="$commit" -v a="$ma" -v b="$mb" -v o="$ours" -v t="$theirs" 'BEGIN {
-		printf "  %-34s sync_commit=%-3s %-7s %9.0f tps   %-7s %9.0f tps   ratio %.3f\n", l, c, o, a, t, b, a / b
-	}'
-}
 
 say "idempotency claims: $CLIENTS clients, $ROUNDS rounds of $SECONDS_RUN s per side"
 reset_new="TRUNCATE idempotency.claims, dedup"

@@ -153,5 +153,52 @@ SELECT id, state, version FROM public.demo_orders;
 
 DROP TABLE public.demo_orders;
 DELETE FROM machines WHERE name = 'demo_order';
+
+\echo
+\echo '== 18. Pessimistic flow: a payment callback locks the row (FOR UPDATE),'
+\echo '       is judged on the locked row, and is applied.'
+SELECT idem_machine('demo_payment', 'pending->paid', 'paid->refunded', 'pending->failed');
+CREATE TABLE public.demo_payments (id bigint PRIMARY KEY, state text NOT NULL, version int NOT NULL DEFAULT 0);
+SELECT idem_guard('public.demo_payments', machine => 'demo_payment', version_column => 'version');
+INSERT INTO public.demo_payments (id, state) VALUES (7, 'pending');
+BEGIN;
+SELECT * FROM idem_transition('public.demo_payments', 7, 'paid');
+\echo '   Meanwhile the provider retries the callback from another session, with'
+\echo '   lock => ''nowait'': it is locked out at once instead of queueing.'
+\! psql -X -q -c "SELECT * FROM idempotency.idem_transition('public.demo_payments', 7, 'paid', lock => 'nowait')"
+COMMIT;
+\echo '   A third copy after the commit is a duplicate: unchanged.'
+SELECT * FROM idem_transition('public.demo_payments', 7, 'paid');
+\echo '   And a failure notice for a paid payment is illegal; nothing changes.'
+SELECT * FROM idem_transition('public.demo_payments', 7, 'failed');
+
+\echo
+\echo '== 19. A fenced lease handover.  Worker a holds the nightly job; worker b'
+\echo '       must wait.  Worker a stalls past its lease; b takes over with a'
+\echo '       greater fencing token, and a, checking before it writes, is refused.'
+SELECT idem_lease_acquire('demo-nightly', 'worker-a', '300 milliseconds') AS a_token \gset
+SELECT idem_lease_acquire('demo-nightly', 'worker-b', '1 minute') IS NULL AS b_must_wait;
+SELECT pg_sleep(0.5);
+SELECT idem_lease_acquire('demo-nightly', 'worker-b', '1 minute') AS b_token \gset
+SELECT :a_token AS a_token, :b_token AS b_token, :b_token > :a_token AS b_is_newer;
+\set ON_ERROR_STOP 0
+SELECT idem_lease_check('demo-nightly', :a_token);
+\echo SQLSTATE :LAST_ERROR_SQLSTATE
+\set ON_ERROR_STOP 1
+SELECT idem_lease_check('demo-nightly', :b_token) AS b_may_write;
+SELECT idem_lease_release('demo-nightly', :b_token) AS b_released;
+
+\echo
+\echo '== 20. A keyed lock for the length of a transaction, and a one-time token.'
+BEGIN;
+SELECT idem_lock('invoice:42');
+\! psql -X -q -c "SELECT idempotency.idem_try_lock('invoice:42') AS another_session_gets_it"
+COMMIT;
+SELECT idem_token_issue('demo-confirm', '15 minutes') AS tok \gset
+SELECT idem_token_consume(:'tok', 'demo-confirm') AS first_click;
+SELECT idem_token_consume(:'tok', 'demo-confirm') AS second_click;
+
+DROP TABLE public.demo_payments;
+DELETE FROM machines WHERE name = 'demo_payment';
 \echo
 \echo 'Done.  See README.md for the full reference.'

@@ -1,0 +1,36 @@
+# bench/pairs.sh: shared by the pgbench benchmarks (sourced after
+# scripts/lib.sh).  Needs IDEM_WORK, CLIENTS, SECONDS_RUN, ROUNDS and a
+# psqlq function; QUERY_MODE (pgbench -M: simple, the default, or
+# prepared) is optional.
+
+# Write a pgbench script $IDEM_WORK/$1.sql with the text $2.
+script() { printf '%s\n' "$2" | as_owner tee "$IDEM_WORK/$1.sql" >/dev/null; }
+
+# tps of one pgbench run of script $1 with synchronous_commit $2.
+tps() {
+	as_owner env PGOPTIONS="-c synchronous_commit=$2" pgbench -n -M "${QUERY_MODE:-simple}" -c "$CLIENTS" \
+		-j "$CLIENTS" -T "$SECONDS_RUN" -f "$IDEM_WORK/$1.sql" postgres 2>&1 |
+		sed -n 's/^tps = \([0-9.]*\).*/\1/p'
+}
+
+median() { sort -n | awk '{a[NR] = $1} END {print (NR % 2) ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2}'; }
+
+# pair LABEL OURS THEIRS COMMIT [RESET]: alternate two scripts for ROUNDS
+# rounds, running the SQL RESET before each run; print medians and ratio.
+pair() {
+	local label=$1 ours=$2 theirs=$3 commit=$4 reset=$5 a=() b=() r
+	for r in $(seq 1 "$ROUNDS"); do
+		[ -z "$reset" ] || psqlq -c "$reset"
+		a+=("$(tps "$ours" "$commit")")
+		[ -z "$reset" ] || psqlq -c "$reset"
+		b+=("$(tps "$theirs" "$commit")")
+		printf '.'
+	done
+	printf '\r'
+	local ma mb
+	ma=$(printf '%s\n' "${a[@]}" | median)
+	mb=$(printf '%s\n' "${b[@]}" | median)
+	awk -v l="$label" -v c="$commit" -v a="$ma" -v b="$mb" -v o="$ours" -v t="$theirs" 'BEGIN {
+		printf "  %-40s sync_commit=%-3s %-9s %9.0f tps   %-9s %9.0f tps   ratio %.3f\n", l, c, o, a, t, b, a / b
+	}'
+}
