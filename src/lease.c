@@ -128,21 +128,32 @@ idem_lease_acquire(PG_FUNCTION_ARGS)
 }
 
 /*
+ * A holder's write (renew with the ttl in argument 2, or release), which
+ * changes nothing unless its token holds the live lease.
+ */
+static bool
+holder_write(FunctionCallInfo fcinfo, LeasePlan which)
+{
+	Datum		args[3];
+	bool		changed;
+
+	args[0] = PointerGetDatum(lease_name(fcinfo));
+	args[1] = Int64GetDatum(lease_token(fcinfo));
+	if (which == PLAN_RENEW)
+		args[2] = IntervalPGetDatum(lease_ttl(fcinfo, 2));
+	IdemConnectSPI();
+	changed = IdemRunContested(&plan_defs[which], &plans[which], args, NULL);
+	SPI_finish();
+	return changed;
+}
+
+/*
  * idem_lease_renew(name, token, ttl) → boolean
  */
 Datum
 idem_lease_renew(PG_FUNCTION_ARGS)
 {
-	Datum		args[3];
-	bool		renewed;
-
-	args[0] = PointerGetDatum(lease_name(fcinfo));
-	args[1] = Int64GetDatum(lease_token(fcinfo));
-	args[2] = IntervalPGetDatum(lease_ttl(fcinfo, 2));
-	IdemConnectSPI();
-	renewed = IdemRunContested(&plan_defs[PLAN_RENEW], &plans[PLAN_RENEW], args, NULL);
-	SPI_finish();
-	PG_RETURN_BOOL(renewed);
+	PG_RETURN_BOOL(holder_write(fcinfo, PLAN_RENEW));
 }
 
 /*
@@ -151,15 +162,7 @@ idem_lease_renew(PG_FUNCTION_ARGS)
 Datum
 idem_lease_release(PG_FUNCTION_ARGS)
 {
-	Datum		args[2];
-	bool		released;
-
-	args[0] = PointerGetDatum(lease_name(fcinfo));
-	args[1] = Int64GetDatum(lease_token(fcinfo));
-	IdemConnectSPI();
-	released = IdemRunContested(&plan_defs[PLAN_RELEASE], &plans[PLAN_RELEASE], args, NULL);
-	SPI_finish();
-	PG_RETURN_BOOL(released);
+	PG_RETURN_BOOL(holder_write(fcinfo, PLAN_RELEASE));
 }
 
 /*
