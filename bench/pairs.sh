@@ -20,9 +20,9 @@ median() { sort -n | awk '{a[NR] = $1} END {print (NR % 2) ? a[(NR + 1) / 2] : (
 pair() {
 	local label=$1 ours=$2 theirs=$3 commit=$4 reset=$5 a=() b=() r
 	for r in $(seq 1 "$ROUNDS"); do
-		[ -z "$reset" ] || psqlq -c "$reset"
+		[ -z "$reset" ] || printf '%s\n' "$reset" | psqlq
 		a+=("$(tps "$ours" "$commit")")
-		[ -z "$reset" ] || psqlq -c "$reset"
+		[ -z "$reset" ] || printf '%s\n' "$reset" | psqlq
 		b+=("$(tps "$theirs" "$commit")")
 		printf '.'
 	done

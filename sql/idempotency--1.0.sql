@@ -647,12 +647,12 @@ CREATE TYPE idempotency.idem_transition_result AS (
 COMMENT ON TYPE idempotency.idem_transition_result IS
 	'result of idem_transition: the outcome, and the row''s state and version afterwards';
 
-CREATE FUNCTION idempotency.idem_transition(tbl regclass, id anyelement, to_state text,
+CREATE FUNCTION idempotency.idem_transition(tbl regclass, id anycompatible, to_state text,
 	expected_version bigint DEFAULT NULL, lock text DEFAULT 'wait')
 RETURNS idempotency.idem_transition_result
 	AS 'MODULE_PATHNAME', 'idem_transition'
 	LANGUAGE C VOLATILE;
-COMMENT ON FUNCTION idempotency.idem_transition(regclass, anyelement, text, bigint, text) IS
+COMMENT ON FUNCTION idempotency.idem_transition(regclass, anycompatible, text, bigint, text) IS
 	'lock a guarded row by primary key (wait, nowait or skip), check its machine and version, and move it to a new state';
 
 CREATE FUNCTION idempotency.idem_lock(key text, scope text DEFAULT 'default')

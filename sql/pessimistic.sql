@@ -27,7 +27,27 @@ SELECT * FROM idem_transition('payments', 2, 'paid', expected_version => 1);
 SELECT * FROM idem_transition('payments', 3, 'paid', lock => 'nowait');
 SELECT * FROM idem_transition('payments', '3'::text, 'refunded', lock => 'skip');
 SELECT * FROM idem_transition('payments', 3::smallint, 'paid', lock => 'wait');
+-- An untyped literal or parameter (as many drivers send keys) reads as text.
+SELECT * FROM idem_transition('payments', '3', 'paid');
+PREPARE untyped(unknown) AS SELECT outcome FROM idem_transition('payments', $1, 'paid');
+EXECUTE untyped('2');
+DEALLOCATE untyped;
 SELECT id, state, version FROM payments ORDER BY id;
+
+-- With the guard switched off, the machine is still followed and the
+-- version still bumped.
+INSERT INTO payments VALUES (4, 'pending', 0, 40);
+ALTER TABLE payments DISABLE TRIGGER idem_guard;
+SELECT * FROM idem_transition('payments', 4, 'paid');
+SELECT * FROM idem_transition('payments', 4, 'pending');
+ALTER TABLE payments ENABLE TRIGGER idem_guard;
+
+-- Only the guarded table itself, not an inheritance child with the same key.
+CREATE TABLE payments_archive () INHERITS (payments);
+INSERT INTO payments_archive VALUES (5, 'pending', 1, 50);
+SELECT * FROM idem_transition('payments', 5, 'paid');
+SELECT id, state FROM payments_archive;
+DROP TABLE payments_archive;
 
 -- Bad input: clear errors, nothing changed.
 SELECT pg_temp.fails($$SELECT idempotency.idem_transition(NULL, 1, 'paid')$$) AS null_table;
@@ -70,6 +90,10 @@ CREATE ROLE regress_pessimist;
 GRANT USAGE ON SCHEMA public TO regress_pessimist;
 SET ROLE regress_pessimist;
 SELECT pg_temp.fails($$SELECT idempotency.idem_transition('payments', 1, 'refunded')$$) AS no_privilege;
+-- An error inside a lease call (here: no rights on idempotency.leases),
+-- caught by a PL/pgSQL block, leaves the session as it was.
+SELECT pg_temp.fails($$SELECT idempotency.idem_lease_acquire('x', 'w', '1 hour')$$) AS lease_without_rights;
+SELECT current_user AS still_usable, now() = statement_timestamp() AS in_its_own_transaction;
 RESET ROLE;
 
 -- Keyed locks.  idem_lock waits; idem_try_lock reports; both hold until

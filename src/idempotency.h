@@ -89,6 +89,8 @@ extern Interval *IdemDurationArg(FunctionCallInfo fcinfo, int n, const char *wha
 extern void IdemConnectSPI(void);
 extern uint64 IdemRunPlan(const IdemPlanDef *def, SPIPlanPtr *plan, Datum *args,
 						  const char *nulls, bool read_only);
+extern bool IdemInSubtransaction(bool (*fn) (void *arg), void *arg, int swallow,
+								 bool *swallowed);
 extern bool IdemRunContested(const IdemPlanDef *def, SPIPlanPtr *plan, Datum *args,
 							 const char *nulls);
 

@@ -5,9 +5,10 @@
  *	  idem_lease_release, idem_lease_check.
  *
  * A lease is a row of idempotency.leases: a name, its holder, a fencing
- * token and an expiry.  Acquiring takes a new token from one sequence, so
- * the tokens of a name only grow, also across releases and purges; time
- * is the database's clock, clock_timestamp(), when the call runs.
+ * token and an expiry.  Acquiring takes a new token from one sequence,
+ * drawn while holding the name's row, so the tokens of a name only grow,
+ * also across releases and purges; time is the database's clock,
+ * clock_timestamp(), when the call runs.
  *
  * Concurrency.  Acquire is one INSERT ... ON CONFLICT DO UPDATE whose
  * WHERE admits only an expired lease or the same holder: two acquirers of
@@ -48,20 +49,26 @@ PG_FUNCTION_INFO_V1(idem_lease_check);
 
 typedef enum LeasePlan
 {
-	PLAN_ACQUIRE, PLAN_RENEW, PLAN_RELEASE, PLAN_CHECK, NUM_PLANS
+	PLAN_ACQUIRE, PLAN_TOKEN, PLAN_RENEW, PLAN_RELEASE, PLAN_CHECK, NUM_PLANS
 } LeasePlan;
 
 static const IdemPlanDef plan_defs[NUM_PLANS] = {
+	/* Take the name (token still to come)... */
 	[PLAN_ACQUIRE] = {
 		"INSERT INTO idempotency.leases AS l (name, holder, token, acquired_at, expires_at)"
-		" VALUES ($1, $2, pg_catalog.nextval('idempotency.lease_tokens'::pg_catalog.regclass), "
-		CLOCK ", " CLOCK " OPERATOR(pg_catalog.+) $3)"
-		" ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, token = excluded.token,"
+		" VALUES ($1, $2, 0, " CLOCK ", " CLOCK " OPERATOR(pg_catalog.+) $3)"
+		" ON CONFLICT (name) DO UPDATE SET holder = excluded.holder,"
 		" acquired_at = excluded.acquired_at, expires_at = excluded.expires_at"
 		" WHERE l.expires_at OPERATOR(pg_catalog.<=) " CLOCK
-		" OR l.holder" EQ "excluded.holder"
-		" RETURNING token",
+		" OR l.holder" EQ "excluded.holder",
 		3, {TEXTOID, TEXTOID, INTERVALOID}
+	},
+	/* ...then draw the token while holding its row. */
+	[PLAN_TOKEN] = {
+		"UPDATE idempotency.leases"
+		" SET token = pg_catalog.nextval('idempotency.lease_tokens'::pg_catalog.regclass)"
+		" WHERE name" EQ "$1 RETURNING token",
+		1, {TEXTOID}
 	},
 	[PLAN_RENEW] = {
 		"UPDATE idempotency.leases SET expires_at = " CLOCK " OPERATOR(pg_catalog.+) $3"
@@ -103,6 +110,35 @@ lease_token(FunctionCallInfo fcinfo)
 	return PG_GETARG_INT64(1);
 }
 
+/* An acquire, for IdemInSubtransaction. */
+typedef struct Acquire
+{
+	Datum	   *args;
+	int64		token;
+} Acquire;
+
+/*
+ * Take the name if it is free (or ours), then draw the token.  The token
+ * is drawn only once the row is ours: any token drawn for the name before
+ * was drawn by a transaction that held the row and has ended, so ours is
+ * greater.  (Drawn in the INSERT's VALUES, it would be drawn before the
+ * wait for a competing acquirer, and could come out smaller than the
+ * winner's.)
+ */
+static bool
+acquire(void *arg)
+{
+	Acquire    *a = arg;
+	bool		isnull;
+
+	if (IdemRunPlan(&plan_defs[PLAN_ACQUIRE], &plans[PLAN_ACQUIRE], a->args, NULL, false) == 0)
+		return false;
+	if (IdemRunPlan(&plan_defs[PLAN_TOKEN], &plans[PLAN_TOKEN], a->args, NULL, false) != 1)
+		elog(ERROR, "lease row vanished while held");
+	a->token = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+	return true;
+}
+
 /*
  * idem_lease_acquire(name, holder, ttl) → bigint: a new token, or NULL
  * while another holder's lease is live.
@@ -111,20 +147,20 @@ Datum
 idem_lease_acquire(PG_FUNCTION_ARGS)
 {
 	Datum		args[3];
-	bool		isnull = true;
-	Datum		token = (Datum) 0;
+	Acquire		a = {args, 0};
+	bool		acquired;
 
 	args[0] = PointerGetDatum(lease_name(fcinfo));
 	args[1] = PointerGetDatum(IdemNameArg(fcinfo, 1, "holder", LEASE_MAX_NAME_BYTES,
 										  "Name the process asking, such as its host name and process id."));
 	args[2] = IntervalPGetDatum(lease_ttl(fcinfo, 2));
 	IdemConnectSPI();
-	if (IdemRunContested(&plan_defs[PLAN_ACQUIRE], &plans[PLAN_ACQUIRE], args, NULL))
-		token = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+	/* A subtransaction, so that a caller who loses keeps no lock. */
+	acquired = IdemInSubtransaction(acquire, &a, 0, NULL);
 	SPI_finish();
-	if (isnull)
+	if (!acquired)
 		PG_RETURN_NULL();
-	PG_RETURN_DATUM(token);
+	PG_RETURN_INT64(a.token);
 }
 
 /*

@@ -11,9 +11,11 @@
  * from the advisory locks users take (pg_advisory_lock(bigint) uses 1,
  * pg_advisory_lock(int, int) uses 2), which can therefore never collide
  * with ours.  Two different keys share a lock only if their 64-bit hashes
- * are equal (for a billion distinct keys held at once, a chance of about
- * three in a hundred million): the cost would be a needless wait, never two
- * holders of one key.
+ * are equal (with a million distinct keys held at once, a chance of about
+ * three in a hundred million that any two do): the cost would be a needless
+ * wait, never two holders of one key.  Like any lock PostgreSQL takes in a
+ * subtransaction, a keyed lock taken after a savepoint goes with ROLLBACK
+ * TO SAVEPOINT.
  *
  *-------------------------------------------------------------------------
  */

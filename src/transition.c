@@ -122,7 +122,18 @@ transition_relcache_callback(Datum arg, Oid relid)
 			p->valid = false;
 }
 
-/* Free a set of statements, unless a call on the stack may be using them. */
+/* A schema or operator renamed: the statements may name it. */
+static void
+transition_syscache_callback(Datum arg, int cacheid, uint32 hashvalue)
+{
+	transition_relcache_callback(arg, InvalidOid);
+}
+
+/*
+ * Free a set of statements, unless a call on the stack may be using them
+ * (a trigger calling idem_transition from inside it): then they are left
+ * to the memory of the backend, which is rare enough not to matter.
+ */
 static void
 drop_plans(TransitionPlans *p)
 {
@@ -209,8 +220,10 @@ build_plans(TransitionPlans *p, Relation rel, GuardEntry *g)
 	if (!OidIsValid(eq))
 		elog(ERROR, "no equality operator for the primary key of \"%s\"", RelationGetRelationName(rel));
 
-	table = quote_qualified_identifier(get_namespace_name(RelationGetNamespace(rel)),
-									   RelationGetRelationName(rel));
+	/* ONLY: an inheritance child has a guard of its own, or none. */
+	table = psprintf("%s%s", rel->rd_rel->relkind == RELKIND_RELATION ? "ONLY " : "",
+					 quote_qualified_identifier(get_namespace_name(RelationGetNamespace(rel)),
+												RelationGetRelationName(rel)));
 	pk = column_name(rel, pk_att);
 	eq_op = qualified_operator(eq);
 	p->pk_type = TupleDescAttr(RelationGetDescr(rel), pk_att - 1)->atttypid;
@@ -259,12 +272,31 @@ get_plans(Relation rel, Oid idtype, LockMode mode, GuardEntry *g)
 		ctl.entrysize = sizeof(TransitionPlans);
 		plan_cache = hash_create("idempotency transitions", 16, &ctl, HASH_ELEM | HASH_BLOBS);
 		CacheRegisterRelcacheCallback(transition_relcache_callback, (Datum) 0);
+		CacheRegisterSyscacheCallback(NAMESPACEOID, transition_syscache_callback, (Datum) 0);
+		CacheRegisterSyscacheCallback(OPEROID, transition_syscache_callback, (Datum) 0);
 		RegisterXactCallback(transition_xact_callback, NULL);
 	}
 	memset(&key, 0, sizeof(key));
 	key.relid = RelationGetRelid(rel);
 	key.idtype = idtype;
 	key.mode = mode;
+	/*
+	 * With no call running, free what changed tables left behind (dropped
+	 * tables' statements included); otherwise they wait for a later call.
+	 */
+	if (calls_running == 0)
+	{
+		HASH_SEQ_STATUS status;
+		TransitionPlans *old;
+
+		hash_seq_init(&status, plan_cache);
+		while ((old = hash_seq_search(&status)) != NULL)
+			if (!old->valid)
+			{
+				drop_plans(old);
+				hash_search(plan_cache, &old->key, HASH_REMOVE, NULL);
+			}
+	}
 	p = hash_search(plan_cache, &key, HASH_ENTER, &found);
 	if (!found)
 	{
@@ -299,6 +331,39 @@ convert(Datum value, Oid from, Oid to)
 	return OidInputFunctionCall(in, OidOutputFunctionCall(out, value), ioparam, -1);
 }
 
+/*
+ * The id argument as a value of the key's type.  A value that does not
+ * read as one is reported with a hint rather than the input function's
+ * bare message.
+ */
+static Datum
+id_arg(Datum value, Oid from, Oid to)
+{
+	MemoryContext cxt = CurrentMemoryContext;
+	volatile Datum result = (Datum) 0;
+
+	PG_TRY();
+	{
+		result = convert(value, from, to);
+	}
+	PG_CATCH();
+	{
+		ErrorData  *edata;
+
+		MemoryContextSwitchTo(cxt);
+		edata = CopyErrorData();
+		FlushErrorState();
+		ereport(ERROR,
+				(errcode(edata->sqlerrcode),
+				 errmsg("id does not read as a value of the primary key's type %s",
+						format_type_be(to)),
+				 errdetail("%s", edata->message),
+				 errhint("Pass the key of the row, such as 42 or '42'.")));
+	}
+	PG_END_TRY();
+	return result;
+}
+
 /* The result row. */
 static Datum
 result(FunctionCallInfo fcinfo, Outcome outcome, const char *state, bool has_version, int64 version)
@@ -317,45 +382,23 @@ result(FunctionCallInfo fcinfo, Outcome outcome, const char *state, bool has_ver
 	return HeapTupleGetDatum(heap_form_tuple(tupdesc, values, nulls));
 }
 
-/*
- * Run the locking SELECT with NOWAIT in a subtransaction, so that a row
- * locked by another transaction becomes an outcome instead of an error.
- */
-static bool
-lock_nowait(TransitionPlans *p, Datum *args, uint64 *rows)
+/* The locking SELECT, for IdemInSubtransaction. */
+typedef struct LockCall
 {
-	MemoryContext cxt = CurrentMemoryContext;
-	ResourceOwner owner = CurrentResourceOwner;
-	volatile bool locked = false;
+	TransitionPlans *plans;
+	Datum	   *args;
+	uint64		rows;
+} LockCall;
 
-	BeginInternalSubTransaction(NULL);
-	MemoryContextSwitchTo(cxt);
-	PG_TRY();
-	{
-		if (SPI_execute_plan(p->lock, args, NULL, false, 1) != SPI_OK_SELECT)
-			elog(ERROR, "could not lock the row");
-		*rows = SPI_processed;
-		ReleaseCurrentSubTransaction();
-	}
-	PG_CATCH();
-	{
-		ErrorData  *edata;
+static bool
+run_lock(void *arg)
+{
+	LockCall   *call = arg;
 
-		MemoryContextSwitchTo(cxt);
-		edata = CopyErrorData();
-		FlushErrorState();
-		RollbackAndReleaseCurrentSubTransaction();
-		MemoryContextSwitchTo(cxt);
-		CurrentResourceOwner = owner;
-		if (edata->sqlerrcode != ERRCODE_LOCK_NOT_AVAILABLE)
-			ReThrowError(edata);
-		locked = true;
-		*rows = 0;
-	}
-	PG_END_TRY();
-	MemoryContextSwitchTo(cxt);
-	CurrentResourceOwner = owner;
-	return locked;
+	if (SPI_execute_plan(call->plans->lock, call->args, NULL, false, 1) != SPI_OK_SELECT)
+		elog(ERROR, "could not lock the row");
+	call->rows = SPI_processed;
+	return true;
 }
 
 static LockMode
@@ -460,13 +503,19 @@ idem_transition(PG_FUNCTION_ARGS)
 				 errhint("Pass expected_version => NULL, or guard the table with a version column.")));
 
 	IdemConnectSPI();
+	p = get_plans(rel, idtype, mode, g);
 	calls_running++;
 	{
-		p = get_plans(rel, idtype, mode, g);
-		args[0] = convert(PG_GETARG_DATUM(1), idtype, p->pk_type);
+		args[0] = id_arg(PG_GETARG_DATUM(1), idtype, p->pk_type);
 
 		if (mode == MODE_NOWAIT)
-			locked = lock_nowait(p, args, &rows);
+		{
+			/* A row locked by another transaction is an outcome, not an error. */
+			LockCall	call = {p, args, 0};
+
+			IdemInSubtransaction(run_lock, &call, ERRCODE_LOCK_NOT_AVAILABLE, &locked);
+			rows = call.rows;
+		}
 		else
 		{
 			if (SPI_execute_plan(p->lock, args, NULL, false, 1) != SPI_OK_SELECT)
@@ -474,7 +523,8 @@ idem_transition(PG_FUNCTION_ARGS)
 			rows = SPI_processed;
 			if (rows == 0 && mode == MODE_SKIP)
 			{
-				if (SPI_execute_plan(p->exists, args, NULL, true, 1) != SPI_OK_SELECT)
+				/* Skipped, or not there?  Look with a fresh snapshot. */
+				if (SPI_execute_plan(p->exists, args, NULL, false, 1) != SPI_OK_SELECT)
 					elog(ERROR, "could not look for the row");
 				locked = SPI_processed > 0;
 			}
@@ -516,13 +566,25 @@ idem_transition(PG_FUNCTION_ARGS)
 				args[1] = convert(CStringGetTextDatum(to_state), TEXTOID, p->state_type);
 				if (g->version_att)
 				{
-					nulls[2] = has_version ? ' ' : 'n';
+					/*
+					 * The version the row has: the guard checks it and bumps
+					 * it.  If the guard is switched off, bump it here.
+					 */
+					int64		next = GuardFires(g) ? version : (has_version ? version : 0) + 1;
+
+					nulls[2] = (has_version || !GuardFires(g)) ? ' ' : 'n';
+					GuardCheckVersionRange(g, next);
 					args[2] = p->version_type == INT4OID ?
-						Int32GetDatum((int32) version) : Int64GetDatum(version);
+						Int32GetDatum((int32) next) : Int64GetDatum(next);
 				}
-				if (SPI_execute_plan(p->update, args, nulls, false, 0) != SPI_OK_UPDATE_RETURNING ||
-					SPI_processed != 1)
-					elog(ERROR, "the locked row of \"%s\" was not updated", RelationGetRelationName(rel));
+				if (SPI_execute_plan(p->update, args, nulls, false, 0) != SPI_OK_UPDATE_RETURNING)
+					elog(ERROR, "could not update the locked row of \"%s\"", RelationGetRelationName(rel));
+				if (SPI_processed != 1)
+					ereport(ERROR,
+							(errcode(ERRCODE_TRIGGERED_ACTION_EXCEPTION),
+							 errmsg("a trigger on \"%s\" skipped the update of the locked row",
+									RelationGetRelationName(rel)),
+							 errhint("A BEFORE UPDATE trigger returned NULL; idem_transition cannot report the outcome of a row a trigger refused to change.")));
 				version = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc,
 													  1, &isnull));
 				has_version = !isnull;

@@ -138,6 +138,71 @@ IdemRunPlan(const IdemPlanDef *def, SPIPlanPtr *plan, Datum *args, const char *n
 }
 
 /*
+ * Run fn(arg) in an internal subtransaction, kept if fn returns true and
+ * rolled back otherwise.  An error inside rolls the subtransaction back
+ * and goes on up, unless its SQLSTATE is swallow (0 for none): then
+ * *swallowed is set and false returned.  The caller's memory context and
+ * resource owner are restored either way.
+ */
+bool
+IdemInSubtransaction(bool (*fn) (void *arg), void *arg, int swallow, bool *swallowed)
+{
+	MemoryContext cxt = CurrentMemoryContext;
+	ResourceOwner owner = CurrentResourceOwner;
+	volatile bool keep = false;
+
+	if (swallowed)
+		*swallowed = false;
+	BeginInternalSubTransaction(NULL);
+	MemoryContextSwitchTo(cxt);
+	PG_TRY();
+	{
+		keep = fn(arg);
+		if (keep)
+			ReleaseCurrentSubTransaction();
+		else
+			RollbackAndReleaseCurrentSubTransaction();
+		MemoryContextSwitchTo(cxt);
+		CurrentResourceOwner = owner;
+	}
+	PG_CATCH();
+	{
+		ErrorData  *edata;
+
+		MemoryContextSwitchTo(cxt);
+		edata = CopyErrorData();
+		FlushErrorState();
+		RollbackAndReleaseCurrentSubTransaction();
+		MemoryContextSwitchTo(cxt);
+		CurrentResourceOwner = owner;
+		if (swallow == 0 || edata->sqlerrcode != swallow)
+			ReThrowError(edata);
+		FreeErrorData(edata);
+		if (swallowed)
+			*swallowed = true;
+		keep = false;
+	}
+	PG_END_TRY();
+	return keep;
+}
+
+typedef struct ContestedWrite
+{
+	const IdemPlanDef *def;
+	SPIPlanPtr *plan;
+	Datum	   *args;
+	const char *nulls;
+} ContestedWrite;
+
+static bool
+contested_write(void *arg)
+{
+	ContestedWrite *w = arg;
+
+	return IdemRunPlan(w->def, w->plan, w->args, w->nulls, false) > 0;
+}
+
+/*
  * Run a write that may lose a race, in a subtransaction that is rolled back
  * if the write changed nothing; true if it changed a row.  While it waits
  * for another transaction and re-checks the row, READ COMMITTED locks the
@@ -148,18 +213,7 @@ IdemRunPlan(const IdemPlanDef *def, SPIPlanPtr *plan, Datum *args, const char *n
 bool
 IdemRunContested(const IdemPlanDef *def, SPIPlanPtr *plan, Datum *args, const char *nulls)
 {
-	MemoryContext cxt = CurrentMemoryContext;
-	ResourceOwner owner = CurrentResourceOwner;
-	bool		changed;
+	ContestedWrite w = {def, plan, args, nulls};
 
-	BeginInternalSubTransaction(NULL);
-	MemoryContextSwitchTo(cxt);
-	changed = IdemRunPlan(def, plan, args, nulls, false) > 0;
-	if (changed)
-		ReleaseCurrentSubTransaction();
-	else
-		RollbackAndReleaseCurrentSubTransaction();
-	MemoryContextSwitchTo(cxt);
-	CurrentResourceOwner = owner;
-	return changed;
+	return IdemInSubtransaction(contested_write, &w, 0, NULL);
 }
