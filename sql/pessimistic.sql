@@ -90,6 +90,14 @@ CREATE ROLE regress_pessimist;
 GRANT USAGE ON SCHEMA public TO regress_pessimist;
 SET ROLE regress_pessimist;
 SELECT pg_temp.fails($$SELECT idempotency.idem_transition('payments', 1, 'refunded')$$) AS no_privilege;
+RESET ROLE;
+GRANT SELECT, UPDATE (amount) ON payments TO regress_pessimist;
+SET ROLE regress_pessimist;
+SELECT pg_temp.fails($$SELECT idempotency.idem_transition('payments', 1, 'refunded')$$) AS no_column_privilege;
+RESET ROLE;
+GRANT UPDATE (state, version) ON payments TO regress_pessimist;
+SET ROLE regress_pessimist;
+SELECT * FROM idem_transition('payments', 1, 'refunded');
 -- An error inside a lease call (here: no rights on idempotency.leases),
 -- caught by a PL/pgSQL block, leaves the session as it was.
 SELECT pg_temp.fails($$SELECT idempotency.idem_lease_acquire('x', 'w', '1 hour')$$) AS lease_without_rights;

@@ -20,8 +20,9 @@
  * catalog names, every identifier quoted and every operator and type
  * schema-qualified, prepared with SPI and kept; no SQL text comes from the
  * caller.  They run with the caller's rights and row-level security.  A
- * relcache invalidation of the table (ALTER TABLE, a new guard) drops its
- * statements; they are freed when no call is using them.
+ * relcache invalidation of the table (ALTER TABLE, a new guard, DROP) or a
+ * renamed schema or operator marks its statements stale; stale ones are
+ * freed and rebuilt at the next call that is not nested in another.
  *
  *-------------------------------------------------------------------------
  */
@@ -88,7 +89,8 @@ typedef struct TransitionPlans
 	SPIPlanPtr	lock;			/* SELECT state, version ... FOR UPDATE */
 	SPIPlanPtr	update;			/* UPDATE ... SET state, version */
 	SPIPlanPtr	exists;			/* SELECT 1 ..., for SKIP LOCKED */
-	Oid			pk_type;		/* the key column's type */
+	AttrNumber	pk_att;			/* the key column */
+	Oid			pk_type;		/* its type */
 	Oid			state_type;		/* the state column's */
 	Oid			version_type;	/* the version column's, or InvalidOid */
 } TransitionPlans;
@@ -226,6 +228,7 @@ build_plans(TransitionPlans *p, Relation rel, GuardEntry *g)
 												RelationGetRelationName(rel)));
 	pk = column_name(rel, pk_att);
 	eq_op = qualified_operator(eq);
+	p->pk_att = pk_att;
 	p->pk_type = TupleDescAttr(RelationGetDescr(rel), pk_att - 1)->atttypid;
 	p->state_type = g->state_type;
 	p->version_type = g->version_att ? g->version_type : InvalidOid;
@@ -450,6 +453,26 @@ open_table(Oid relid)
 }
 
 /*
+ * The caller must be able to read the key, state and version columns and
+ * update the state and version: checked before any row is locked.
+ */
+static void
+require_column(Relation rel, AttrNumber att, AclMode mode)
+{
+	Oid			relid = RelationGetRelid(rel);
+
+	if (att == 0 || pg_class_aclcheck(relid, GetUserId(), mode) == ACLCHECK_OK ||
+		pg_attribute_aclcheck(relid, att, GetUserId(), mode) == ACLCHECK_OK)
+		return;
+	ereport(ERROR,
+			(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+			 errmsg("permission denied for column %s of table %s",
+					NameStr(TupleDescAttr(RelationGetDescr(rel), att - 1)->attname),
+					RelationGetRelationName(rel)),
+			 errhint("idem_transition needs SELECT on the key, state and version columns and UPDATE on the state and version columns.")));
+}
+
+/*
  * idem_transition(tbl, id, to_state, expected_version, lock)
  *	  → idem_transition_result
  */
@@ -504,6 +527,11 @@ idem_transition(PG_FUNCTION_ARGS)
 
 	IdemConnectSPI();
 	p = get_plans(rel, idtype, mode, g);
+	require_column(rel, p->pk_att, ACL_SELECT);
+	require_column(rel, g->state_att, ACL_SELECT);
+	require_column(rel, g->state_att, ACL_UPDATE);
+	require_column(rel, g->version_att, ACL_SELECT);
+	require_column(rel, g->version_att, ACL_UPDATE);
 	calls_running++;
 	{
 		args[0] = id_arg(PG_GETARG_DATUM(1), idtype, p->pk_type);
