@@ -418,17 +418,13 @@ Trigger *
 GuardFindTrigger(Relation rel)
 {
 	TriggerDesc *td = rel->trigdesc;
+	Oid			fn = GuardTriggerFunction();
 
-	for (int i = 0; td != NULL && i < td->numtriggers; i++)
+	for (int i = 0; td != NULL && OidIsValid(fn) && i < td->numtriggers; i++)
 	{
 		Trigger    *tg = &td->triggers[i];
-		char	   *fname;
 
-		if (strcmp(tg->tgname, "idem_guard") != 0 || tg->tgnargs != 4)
-			continue;
-		fname = get_func_name(tg->tgfoid);
-		if (fname != NULL && strcmp(fname, "idem_guard_trigger") == 0 &&
-			get_func_namespace(tg->tgfoid) == get_namespace_oid("idempotency", true))
+		if (tg->tgfoid == fn && tg->tgnargs == 4 && strcmp(tg->tgname, "idem_guard") == 0)
 			return tg;
 	}
 	return NULL;

@@ -82,5 +82,6 @@ extern void GuardCheckVersionRange(const GuardEntry *g, int64 version);
 /* guard_update.c */
 extern bool idem_guard_rewrite;
 extern void GuardUpdateHooksInit(void);
+extern Oid	GuardTriggerFunction(void);
 
 #endif							/* IDEM_GUARD_H */

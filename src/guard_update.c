@@ -188,6 +188,15 @@ guard_funcs(void)
 	return &funcs;
 }
 
+/* The OID of idempotency.idem_guard_trigger(), or InvalidOid. */
+Oid
+GuardTriggerFunction(void)
+{
+	GuardFuncs *f = guard_funcs();
+
+	return f ? f->trigger : InvalidOid;
+}
+
 /*
  * The guard trigger of a table whose UPDATEs the statement can check: the
  * only BEFORE UPDATE row trigger, enabled, with no WHEN clause and no

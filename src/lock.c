@@ -39,8 +39,8 @@ PG_FUNCTION_INFO_V1(idem_lock_id);
 #define LOCK_HASH_SEED		UINT64CONST(0x6964656d6c6f636b)	/* "idemlock" */
 
 /*
- * The 64-bit id of (scope, key).  The scope's length goes first, so that
- * ("ab", "c") and ("a", "bc") differ.
+ * The 64-bit id of (scope, key): the key's hash seeded with the scope's, so
+ * that ("ab", "c") and ("a", "bc") differ.
  */
 static uint64
 lock_id(FunctionCallInfo fcinfo)
@@ -49,15 +49,10 @@ lock_id(FunctionCallInfo fcinfo)
 								  "Name what the lock protects, such as 'invoice:42'.");
 	text	   *scope = IdemNameArg(fcinfo, 1, "scope", LOCK_MAX_KEY_BYTES,
 									"Name the kind of resource, or leave scope out for 'default'.");
-	uint32		scope_len = VARSIZE_ANY_EXHDR(scope);
-	uint32		key_len = VARSIZE_ANY_EXHDR(key);
-	char	   *buf = palloc(sizeof(uint32) + scope_len + key_len);
+	uint64		seed = hash_bytes_extended((unsigned char *) VARDATA_ANY(scope),
+										   VARSIZE_ANY_EXHDR(scope), LOCK_HASH_SEED);
 
-	memcpy(buf, &scope_len, sizeof(uint32));
-	memcpy(buf + sizeof(uint32), VARDATA_ANY(scope), scope_len);
-	memcpy(buf + sizeof(uint32) + scope_len, VARDATA_ANY(key), key_len);
-	return hash_bytes_extended((unsigned char *) buf, sizeof(uint32) + scope_len + key_len,
-							   LOCK_HASH_SEED);
+	return hash_bytes_extended((unsigned char *) VARDATA_ANY(key), VARSIZE_ANY_EXHDR(key), seed);
 }
 
 static LockAcquireResult

@@ -367,22 +367,40 @@ id_arg(Datum value, Oid from, Oid to)
 	return result;
 }
 
+/* What a call site keeps (fn_extra) to build its results. */
+typedef struct ResultCache
+{
+	TupleDesc	tupdesc;		/* of idem_transition_result, blessed */
+	Datum		outcomes[NUM_OUTCOMES];	/* idem_transition_outcome values */
+} ResultCache;
+
 /* The result row. */
 static Datum
 result(FunctionCallInfo fcinfo, Outcome outcome, const char *state, bool has_version, int64 version)
 {
-	TupleDesc	tupdesc;
+	ResultCache *rc = fcinfo->flinfo->fn_extra;
 	Datum		values[3];
 	bool		nulls[3] = {false, state == NULL, !has_version};
 
-	if (get_call_result_type(fcinfo, NULL, &tupdesc) != TYPEFUNC_COMPOSITE)
-		elog(ERROR, "idem_transition must return idem_transition_result");
-	tupdesc = BlessTupleDesc(tupdesc);
-	values[0] = DirectFunctionCall2(enum_in, CStringGetDatum(outcome_names[outcome]),
-									ObjectIdGetDatum(TupleDescAttr(tupdesc, 0)->atttypid));
+	if (rc == NULL)
+	{
+		MemoryContext old = MemoryContextSwitchTo(fcinfo->flinfo->fn_mcxt);
+		TupleDesc	tupdesc;
+
+		if (get_call_result_type(fcinfo, NULL, &tupdesc) != TYPEFUNC_COMPOSITE)
+			elog(ERROR, "idem_transition must return idem_transition_result");
+		rc = palloc(sizeof(ResultCache));
+		rc->tupdesc = BlessTupleDesc(CreateTupleDescCopy(tupdesc));
+		for (int i = 0; i < NUM_OUTCOMES; i++)
+			rc->outcomes[i] = DirectFunctionCall2(enum_in, CStringGetDatum(outcome_names[i]),
+												  ObjectIdGetDatum(TupleDescAttr(rc->tupdesc, 0)->atttypid));
+		MemoryContextSwitchTo(old);
+		fcinfo->flinfo->fn_extra = rc;
+	}
+	values[0] = rc->outcomes[outcome];
 	values[1] = state ? CStringGetTextDatum(state) : (Datum) 0;
 	values[2] = Int64GetDatum(version);
-	return HeapTupleGetDatum(heap_form_tuple(tupdesc, values, nulls));
+	return HeapTupleGetDatum(heap_form_tuple(rc->tupdesc, values, nulls));
 }
 
 /* The locking SELECT, for IdemInSubtransaction. */
@@ -527,11 +545,16 @@ idem_transition(PG_FUNCTION_ARGS)
 
 	IdemConnectSPI();
 	p = get_plans(rel, idtype, mode, g);
-	require_column(rel, p->pk_att, ACL_SELECT);
-	require_column(rel, g->state_att, ACL_SELECT);
-	require_column(rel, g->state_att, ACL_UPDATE);
-	require_column(rel, g->version_att, ACL_SELECT);
-	require_column(rel, g->version_att, ACL_UPDATE);
+	/* (pg_class_aclcheck is satisfied by any one of the privileges asked) */
+	if (pg_class_aclcheck(relid, GetUserId(), ACL_SELECT) != ACLCHECK_OK ||
+		pg_class_aclcheck(relid, GetUserId(), ACL_UPDATE) != ACLCHECK_OK)
+	{
+		require_column(rel, p->pk_att, ACL_SELECT);
+		require_column(rel, g->state_att, ACL_SELECT);
+		require_column(rel, g->state_att, ACL_UPDATE);
+		require_column(rel, g->version_att, ACL_SELECT);
+		require_column(rel, g->version_att, ACL_UPDATE);
+	}
 	calls_running++;
 	{
 		args[0] = id_arg(PG_GETARG_DATUM(1), idtype, p->pk_type);
