@@ -738,3 +738,30 @@ RETURNS boolean
 	LANGUAGE C VOLATILE;
 COMMENT ON FUNCTION idempotency.idem_token_consume(text, text) IS
 	'consume a one-time token: true exactly once, false if unknown, consumed or expired';
+
+--
+-- Counters (src/stats.c): cluster-wide, kept in shared memory, since the
+-- last reset or server start.
+--
+CREATE FUNCTION idempotency.idem_stats(
+	OUT claims_claimed bigint, OUT claims_replayed bigint, OUT claims_in_progress bigint,
+	OUT claims_mismatched bigint, OUT claims_reclaimed bigint, OUT purged_rows bigint,
+	OUT ids_generated bigint, OUT guard_rejections bigint, OUT stale_versions bigint,
+	OUT clock_regressions bigint, OUT stats_reset timestamptz)
+RETURNS record
+	AS 'MODULE_PATHNAME', 'idem_stats'
+	LANGUAGE C VOLATILE;
+COMMENT ON FUNCTION idempotency.idem_stats() IS
+	'the counters of idempotency.stats';
+CREATE VIEW idempotency.stats AS SELECT * FROM idempotency.idem_stats();
+COMMENT ON VIEW idempotency.stats IS
+	'cluster-wide counters since the last idem_stats_reset() or server start';
+GRANT SELECT ON idempotency.stats TO PUBLIC;
+
+CREATE FUNCTION idempotency.idem_stats_reset()
+RETURNS void
+	AS 'MODULE_PATHNAME', 'idem_stats_reset'
+	LANGUAGE C VOLATILE;
+COMMENT ON FUNCTION idempotency.idem_stats_reset() IS
+	'start every counter of idempotency.stats from zero';
+REVOKE EXECUTE ON FUNCTION idempotency.idem_stats_reset() FROM PUBLIC;

@@ -208,6 +208,12 @@ typedef enum Outcome
 	OUTCOME_RECLAIMED, NUM_OUTCOMES
 } Outcome;
 
+/* The counter of each outcome in idempotency.stats. */
+static const IdemCounter outcome_counters[NUM_OUTCOMES] = {
+	IDEM_CLAIMS_CLAIMED, IDEM_CLAIMS_REPLAYED, IDEM_CLAIMS_IN_PROGRESS,
+	IDEM_CLAIMS_MISMATCHED, IDEM_CLAIMS_RECLAIMED
+};
+
 static const char *const outcome_names[NUM_OUTCOMES] = {
 	"claimed", "completed", "in_progress", "mismatch", "reclaimed"
 };
@@ -553,6 +559,7 @@ idem_claim(PG_FUNCTION_ARGS)
 		/* Another transaction is claiming or finishing this key right now. */
 		values[RES_OUTCOME] = cache->outcomes[OUTCOME_IN_PROGRESS];
 		nulls[RES_OUTCOME] = false;
+		IdemCount(IDEM_CLAIMS_IN_PROGRESS);
 		PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(tupdesc, values, nulls)));
 	}
 
@@ -641,6 +648,7 @@ idem_claim(PG_FUNCTION_ARGS)
 
 	values[RES_OUTCOME] = cache->outcomes[outcome];
 	nulls[RES_OUTCOME] = false;
+	IdemCount(outcome_counters[outcome]);
 	result = SPI_returntuple(heap_form_tuple(tupdesc, values, nulls), tupdesc);
 	SPI_finish();
 	PG_RETURN_DATUM(PointerGetDatum(result));

@@ -651,6 +651,7 @@ GuardRefuse(GuardEntry *g, const GuardRow *r, GuardVerdict v)
 	const char *from_name = state_name(g, r->from, r->from_null ? "(null)" : r->from_label);
 	const char *to_name = state_name(g, r->to, r->to_label);
 
+	IdemCount(v == GUARD_STALE ? IDEM_STALE_VERSIONS : IDEM_GUARD_REJECTIONS);
 	switch (v)
 	{
 		case GUARD_NO_STATE:
@@ -816,6 +817,8 @@ idem_guard_trigger(PG_FUNCTION_ARGS)
 		HeapTuple	newtup = td->tg_trigtuple;
 
 		to = row_state(g, td->tg_trigslot, &isnull, &unknown);
+		if (isnull || to < 0 || !g->machine->initial[to])
+			IdemCount(IDEM_GUARD_REJECTIONS);
 		if (isnull)
 			ereport(ERROR,
 					(errcode(ERRCODE_NOT_NULL_VIOLATION),

@@ -157,7 +157,7 @@ idem_shmem_request(void)
 	if (prev_shmem_request_hook)
 		prev_shmem_request_hook();
 
-	RequestAddinShmemSpace(MAXALIGN(sizeof(IdemShared)));
+	RequestAddinShmemSpace(add_size(MAXALIGN(sizeof(IdemShared)), IdemStatsShmemSize()));
 	RequestNamedLWLockTranche("idempotency", 1);
 }
 
@@ -181,6 +181,7 @@ idem_shmem_startup(void)
 		idem_shared->snowflake.persist_lock =
 			&(GetNamedLWLockTranche("idempotency"))[0].lock;
 	SnowflakeShmemInit(&idem_shared->snowflake, found);
+	IdemStatsShmemInit(&idem_shared->stats, found);
 
 	LWLockRelease(AddinShmemInitLock);
 

@@ -17,6 +17,7 @@
 #include "fmgr.h"
 #include "port/atomics.h"
 #include "storage/lwlock.h"
+#include "storage/spin.h"
 
 #include "compat.h"
 #include "datatype/timestamp.h"
@@ -56,9 +57,34 @@ typedef struct SnowflakeShared
 	LWLock	   *persist_lock;	/* serialises writes of the state file */
 } SnowflakeShared;
 
+/* The counters of idempotency.stats (stats.c), in the view's order. */
+typedef enum IdemCounter
+{
+	IDEM_CLAIMS_CLAIMED,		/* idem_claim outcomes */
+	IDEM_CLAIMS_REPLAYED,
+	IDEM_CLAIMS_IN_PROGRESS,
+	IDEM_CLAIMS_MISMATCHED,
+	IDEM_CLAIMS_RECLAIMED,
+	IDEM_PURGED_ROWS,			/* expired rows purged */
+	IDEM_IDS_GENERATED,			/* snowflake IDs */
+	IDEM_GUARD_REJECTIONS,		/* refused transitions and rows */
+	IDEM_STALE_VERSIONS,		/* stale versions refused or reported */
+	NUM_IDEM_COUNTERS
+} IdemCounter;
+
+typedef struct IdemStatsShared
+{
+	pg_atomic_uint64 baseline[NUM_IDEM_COUNTERS];	/* sums at the last reset */
+	pg_atomic_uint64 regressions_baseline;	/* clock regressions then */
+	TimestampTz reset_at;		/* when; under reset_lock */
+	slock_t		reset_lock;		/* guards reset_at */
+	void	   *slots;			/* per-backend counters (stats.c) */
+} IdemStatsShared;
+
 typedef struct IdemShared
 {
 	SnowflakeShared snowflake;	/* the ID generator */
+	IdemStatsShared stats;		/* the counters */
 } IdemShared;
 
 /* idempotency.c */
@@ -70,6 +96,12 @@ extern int	idem_max_lead_ms;
 extern int	idem_test_clock_shift_ms;
 
 extern IdemShared *IdemRequireShared(const char *what);
+
+/* stats.c */
+extern Size IdemStatsShmemSize(void);
+extern void IdemStatsShmemInit(IdemStatsShared *stats, bool found);
+extern void IdemCountN(IdemCounter c, uint64 n);
+#define IdemCount(c) IdemCountN((c), 1)
 
 /* util.c */
 typedef struct IdemPlanDef

@@ -469,6 +469,7 @@ snowflake_id(PG_FUNCTION_ARGS)
 				 errdetail("A standby usually has its primary's idempotency.node_id, so its IDs could repeat the primary's."),
 				 errhint("Generate IDs on the primary.")));
 	tick = next_tick(&shared->snowflake);
+	IdemCount(IDEM_IDS_GENERATED);
 
 	PG_RETURN_INT64(((tick >> SNOWFLAKE_SEQ_BITS) << SNOWFLAKE_MS_SHIFT) |
 					((int64) idem_node_id << SNOWFLAKE_SEQ_BITS) |

@@ -609,9 +609,15 @@ idem_transition(PG_FUNCTION_ARGS)
 			if (GuardIsRepeat(&r))
 				outcome = OUT_UNCHANGED;
 			else if (check_version && expected != (has_version ? version : 0))
+			{
 				outcome = OUT_STALE;
+				IdemCount(IDEM_STALE_VERSIONS);
+			}
 			else if (GuardJudge(g, &r) != GUARD_PASS)
+			{
 				outcome = OUT_ILLEGAL;
+				IdemCount(IDEM_GUARD_REJECTIONS);
+			}
 			else
 			{
 				args[1] = convert(CStringGetTextDatum(to_state), TEXTOID, p->state_type);
