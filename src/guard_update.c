@@ -606,7 +606,8 @@ guard_planner(Query *parse, const char *query_string, int cursorOptions,
 		PlannedStmt *stmt = plan_statement(rewritten, query_string, cursorOptions, boundParams);
 		RangeTblEntry *rte = rt_fetch(rewritten->resultRelation, rewritten->rtable);
 		Relation	rel = table_open(rte->relid, NoLock);
-		Oid			tgoid = guarded_plan(stmt, rel, rel->trigdesc, guard_funcs(), true);
+		GuardFuncs *f = guard_funcs();	/* looked up again if pg_proc changed */
+		Oid			tgoid = f ? guarded_plan(stmt, rel, rel->trigdesc, f, true) : InvalidOid;
 
 		table_close(rel, NoLock);
 		if (OidIsValid(tgoid))
@@ -773,10 +774,13 @@ call_guard(FunctionCallInfo fcinfo, GuardCall **callp, GuardedStatement **stmtp)
 	GuardCall  *c = fcinfo->flinfo->fn_extra;
 	GuardedStatement *stmt = running;
 	GuardEntry *g;
+	GuardFuncs *f = NULL;
 	int			n = PG_NARGS();
 
 	if (stmt == NULL || PG_ARGISNULL(ARG_RELID) || PG_ARGISNULL(ARG_TGOID) ||
 		stmt->relid != PG_GETARG_OID(ARG_RELID) || stmt->tgoid != PG_GETARG_OID(ARG_TGOID))
+		not_in_update();
+	if ((f = guard_funcs()) == NULL)
 		not_in_update();
 	if (c == NULL)
 	{
@@ -784,7 +788,7 @@ call_guard(FunctionCallInfo fcinfo, GuardCall **callp, GuardedStatement **stmtp)
 
 		if (fe == NULL || !IsA(fe, FuncExpr) || list_length(fe->args) != n)
 			not_in_update();
-		if (fe->funcid != guard_funcs()->bump4 && fe->funcid != guard_funcs()->bump8)
+		if (fe->funcid != f->bump4 && fe->funcid != f->bump8)
 		{
 			Var		   *ctid = list_nth(fe->args, ARG_CTID);
 
@@ -809,16 +813,16 @@ call_guard(FunctionCallInfo fcinfo, GuardCall **callp, GuardedStatement **stmtp)
 	{
 		g = GuardGetByOid(PG_GETARG_OID(ARG_RELID), PG_GETARG_OID(ARG_TGOID));
 		/* The values compared must be of the guard's column types. */
-		if (fcinfo->flinfo->fn_oid == guard_funcs()->check ||
-			fcinfo->flinfo->fn_oid == guard_funcs()->differs)
+		if (fcinfo->flinfo->fn_oid == f->check ||
+			fcinfo->flinfo->fn_oid == f->differs)
 		{
 			if (c->types[ARG_OLD_STATE] != g->state_type || c->types[ARG_NEW_STATE] != g->state_type)
 				not_in_update();
-			if (fcinfo->flinfo->fn_oid == guard_funcs()->check && g->version_att &&
+			if (fcinfo->flinfo->fn_oid == f->check && g->version_att &&
 				(c->types[ARG_OLD_VERSION] != g->version_type ||
 				 c->types[ARG_NEW_VERSION] != g->version_type))
 				not_in_update();
-			for (int i = ARG_FIRST_PAIR; fcinfo->flinfo->fn_oid == guard_funcs()->differs &&
+			for (int i = ARG_FIRST_PAIR; fcinfo->flinfo->fn_oid == f->differs &&
 				 i + 1 < n; i += 2)
 				if (c->types[i] != c->types[i + 1])
 					not_in_update();
