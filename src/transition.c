@@ -543,6 +543,12 @@ idem_transition(PG_FUNCTION_ARGS)
 				 errmsg("table \"%s\" has no version column", RelationGetRelationName(rel)),
 				 errhint("Pass expected_version => NULL, or guard the table with a version column.")));
 
+	/*
+	 * g points into the guard cache.  An invalidation taken in during the
+	 * statements below only marks the cache stale; it is freed at the next
+	 * GuardGet, which the UPDATE's own checks may make.  So g is not used
+	 * once the UPDATE has run.
+	 */
 	IdemConnectSPI();
 	p = get_plans(rel, idtype, mode, g);
 	/* (pg_class_aclcheck is satisfied by any one of the privileges asked) */
