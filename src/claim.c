@@ -218,13 +218,6 @@ static const char *const outcome_names[NUM_OUTCOMES] = {
 	"claimed", "completed", "in_progress", "mismatch", "reclaimed"
 };
 
-/* What idem_claim keeps per call site (fn_extra) to build its result. */
-typedef struct ResultCache
-{
-	TupleDesc	tupdesc;		/* of idem_claim_result */
-	Datum		outcomes[NUM_OUTCOMES];	/* idem_outcome values */
-} ResultCache;
-
 /* The fields of idem_claim_result, in order. */
 enum
 {
@@ -477,34 +470,6 @@ fingerprint_differs(const ClaimRow *row, bytea *fingerprint)
 }
 
 /*
- * The result's descriptor and outcome values, found once per call site.
- */
-static ResultCache *
-result_cache(FunctionCallInfo fcinfo)
-{
-	ResultCache *cache = (ResultCache *) fcinfo->flinfo->fn_extra;
-
-	if (cache == NULL)
-	{
-		TupleDesc	tupdesc;
-		MemoryContext old;
-
-		if (get_call_result_type(fcinfo, NULL, &tupdesc) != TYPEFUNC_COMPOSITE)
-			elog(ERROR, "idem_claim must return a composite type");
-		old = MemoryContextSwitchTo(fcinfo->flinfo->fn_mcxt);
-		cache = palloc(sizeof(ResultCache));
-		cache->tupdesc = BlessTupleDesc(CreateTupleDescCopy(tupdesc));
-		MemoryContextSwitchTo(old);
-		for (int i = 0; i < NUM_OUTCOMES; i++)
-			cache->outcomes[i] =
-				DirectFunctionCall2(enum_in, CStringGetDatum(outcome_names[i]),
-									ObjectIdGetDatum(TupleDescAttr(tupdesc, RES_OUTCOME)->atttypid));
-		fcinfo->flinfo->fn_extra = cache;
-	}
-	return cache;
-}
-
-/*
  * idem_claim(key, ttl, fingerprint, scope, lease, wait) → idem_claim_result
  */
 Datum
@@ -521,7 +486,7 @@ idem_claim(PG_FUNCTION_ARGS)
 	Datum		values[NUM_RES_COLS];
 	bool		nulls[NUM_RES_COLS];
 	Outcome		outcome;
-	ResultCache *cache;
+	IdemResultCache *cache;
 	Datum		args[6];
 	char		argnulls[6];
 	HeapTupleHeader result;
@@ -550,7 +515,7 @@ idem_claim(PG_FUNCTION_ARGS)
 	IdemRequireArg(fcinfo, 5, "wait");
 	wait = PG_GETARG_BOOL(5);
 
-	cache = result_cache(fcinfo);
+	cache = IdemGetResultCache(fcinfo, outcome_names, NUM_OUTCOMES);
 	tupdesc = cache->tupdesc;
 	memset(nulls, true, sizeof(nulls));
 

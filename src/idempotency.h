@@ -15,6 +15,7 @@
 
 #include "executor/spi.h"
 #include "fmgr.h"
+#include "access/tupdesc.h"
 #include "port/atomics.h"
 #include "storage/lwlock.h"
 #include "storage/spin.h"
@@ -118,6 +119,15 @@ extern char *IdemIntervalText(Interval *iv);
 extern double IdemIntervalDays(const Interval *iv);
 extern Interval *IdemDurationArg(FunctionCallInfo fcinfo, int n, const char *what,
 								 Interval *max, const char *max_name);
+typedef struct IdemResultCache
+{
+	TupleDesc	tupdesc;		/* the result row's type, blessed */
+	Datum		outcomes[FLEXIBLE_ARRAY_MEMBER];	/* enum value per outcome */
+} IdemResultCache;
+
+extern IdemResultCache *IdemGetResultCache(FunctionCallInfo fcinfo,
+										   const char *const *outcome_names,
+										   int noutcomes);
 extern void IdemConnectSPI(void);
 extern uint64 IdemRunPlan(const IdemPlanDef *def, SPIPlanPtr *plan, Datum *args,
 						  const char *nulls, bool read_only);

@@ -214,8 +214,8 @@ idem_lease_check(PG_FUNCTION_ARGS)
 	bool		isnull;
 	int64		current;
 	bool		live;
-	char	   *holder;
-	char	   *expiry;
+	HeapTuple	row;
+	TupleDesc	desc;
 
 	IdemConnectSPI();
 	if (IdemRunPlan(&plan_defs[PLAN_CHECK], &plans[PLAN_CHECK], &arg, NULL, false) == 0)
@@ -225,22 +225,22 @@ idem_lease_check(PG_FUNCTION_ARGS)
 				 errdetail("Token %lld is not current: the lease was released, purged or never acquired.",
 						   (long long) token),
 				 errhint("Stop acting on the lease; acquire it again for a new token.")));
-	current = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
-	holder = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2);
-	expiry = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 3);
-	live = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 4, &isnull));
+	row = SPI_tuptable->vals[0];
+	desc = SPI_tuptable->tupdesc;
+	current = DatumGetInt64(SPI_getbinval(row, desc, 1, &isnull));
+	live = DatumGetBool(SPI_getbinval(row, desc, 4, &isnull));
 	if (current != token)
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 				 errmsg("lease \"%s\" is held by a newer token", text_to_cstring(name)),
 				 errdetail("Token %lld was superseded by token %lld of holder \"%s\".",
-						   (long long) token, (long long) current, holder),
+						   (long long) token, (long long) current, SPI_getvalue(row, desc, 2)),
 				 errhint("Stop acting on the lease; acquire it again for a new token.")));
 	if (!live)
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 				 errmsg("lease \"%s\" has run out", text_to_cstring(name)),
-				 errdetail("Token %lld expired at %s.", (long long) token, expiry),
+				 errdetail("Token %lld expired at %s.", (long long) token, SPI_getvalue(row, desc, 3)),
 				 errhint("Stop acting on the lease; acquire it again for a new token.")));
 	SPI_finish();
 	PG_RETURN_BOOL(true);

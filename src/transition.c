@@ -367,36 +367,14 @@ id_arg(Datum value, Oid from, Oid to)
 	return result;
 }
 
-/* What a call site keeps (fn_extra) to build its results. */
-typedef struct ResultCache
-{
-	TupleDesc	tupdesc;		/* of idem_transition_result, blessed */
-	Datum		outcomes[NUM_OUTCOMES];	/* idem_transition_outcome values */
-} ResultCache;
-
 /* The result row. */
 static Datum
 result(FunctionCallInfo fcinfo, Outcome outcome, const char *state, bool has_version, int64 version)
 {
-	ResultCache *rc = fcinfo->flinfo->fn_extra;
+	IdemResultCache *rc = IdemGetResultCache(fcinfo, outcome_names, NUM_OUTCOMES);
 	Datum		values[3];
 	bool		nulls[3] = {false, state == NULL, !has_version};
 
-	if (rc == NULL)
-	{
-		MemoryContext old = MemoryContextSwitchTo(fcinfo->flinfo->fn_mcxt);
-		TupleDesc	tupdesc;
-
-		if (get_call_result_type(fcinfo, NULL, &tupdesc) != TYPEFUNC_COMPOSITE)
-			elog(ERROR, "idem_transition must return idem_transition_result");
-		rc = palloc(sizeof(ResultCache));
-		rc->tupdesc = BlessTupleDesc(CreateTupleDescCopy(tupdesc));
-		for (int i = 0; i < NUM_OUTCOMES; i++)
-			rc->outcomes[i] = DirectFunctionCall2(enum_in, CStringGetDatum(outcome_names[i]),
-												  ObjectIdGetDatum(TupleDescAttr(rc->tupdesc, 0)->atttypid));
-		MemoryContextSwitchTo(old);
-		fcinfo->flinfo->fn_extra = rc;
-	}
 	values[0] = rc->outcomes[outcome];
 	values[1] = state ? CStringGetTextDatum(state) : (Datum) 0;
 	values[2] = Int64GetDatum(version);
@@ -444,7 +422,7 @@ lock_mode_arg(FunctionCallInfo fcinfo, int n)
  * and the caller must be allowed to update it, before it is locked.
  */
 static Relation
-open_table(Oid relid)
+open_table(Oid relid, bool *table_update)
 {
 	Relation	rel;
 	char		relkind;
@@ -454,7 +432,8 @@ open_table(Oid relid)
 				(errcode(ERRCODE_UNDEFINED_TABLE),
 				 errmsg("relation with OID %u does not exist", relid),
 				 errhint("Pass the guarded table, such as 'orders'::regclass.")));
-	if (pg_class_aclcheck(relid, GetUserId(), ACL_UPDATE) != ACLCHECK_OK &&
+	*table_update = pg_class_aclcheck(relid, GetUserId(), ACL_UPDATE) == ACLCHECK_OK;
+	if (!*table_update &&
 		pg_attribute_aclcheck_all(relid, GetUserId(), ACL_UPDATE, ACLMASK_ANY) != ACLCHECK_OK)
 		ereport(ERROR,
 				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
@@ -504,6 +483,7 @@ idem_transition(PG_FUNCTION_ARGS)
 	int64		expected = check_version ? PG_GETARG_INT64(3) : 0;
 	LockMode	mode;
 	Relation	rel;
+	bool		table_update;
 	Trigger    *tg;
 	GuardEntry *g;
 	TransitionPlans *p;
@@ -529,7 +509,7 @@ idem_transition(PG_FUNCTION_ARGS)
 				 errhint("Name a state of the table's machine.")));
 	mode = lock_mode_arg(fcinfo, 4);
 
-	rel = open_table(relid);
+	rel = open_table(relid, &table_update);
 	tg = GuardFindTrigger(rel);
 	if (tg == NULL)
 		ereport(ERROR,
@@ -552,8 +532,7 @@ idem_transition(PG_FUNCTION_ARGS)
 	IdemConnectSPI();
 	p = get_plans(rel, idtype, mode, g);
 	/* (pg_class_aclcheck is satisfied by any one of the privileges asked) */
-	if (pg_class_aclcheck(relid, GetUserId(), ACL_SELECT) != ACLCHECK_OK ||
-		pg_class_aclcheck(relid, GetUserId(), ACL_UPDATE) != ACLCHECK_OK)
+	if (!table_update || pg_class_aclcheck(relid, GetUserId(), ACL_SELECT) != ACLCHECK_OK)
 	{
 		require_column(rel, p->pk_att, ACL_SELECT);
 		require_column(rel, g->state_att, ACL_SELECT);

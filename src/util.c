@@ -13,6 +13,7 @@
 #include "datatype/timestamp.h"
 #include "executor/spi.h"
 #include "fmgr.h"
+#include "funcapi.h"
 #include "utils/builtins.h"
 #include "utils/resowner.h"
 #include "utils/timestamp.h"
@@ -101,6 +102,35 @@ IdemDurationArg(FunctionCallInfo fcinfo, int n, const char *what, Interval *max,
 						   IdemIntervalText(max)),
 				 errhint("Pass a shorter interval.")));
 	return iv;
+}
+
+/*
+ * What a function returning a row whose first column is an outcome enum
+ * keeps per call site (fn_extra): the row type, blessed, and the enum value
+ * of each outcome name, looked up once.
+ */
+IdemResultCache *
+IdemGetResultCache(FunctionCallInfo fcinfo, const char *const *outcome_names, int noutcomes)
+{
+	IdemResultCache *cache = fcinfo->flinfo->fn_extra;
+
+	if (cache == NULL)
+	{
+		MemoryContext old = MemoryContextSwitchTo(fcinfo->flinfo->fn_mcxt);
+		TupleDesc	tupdesc;
+
+		if (get_call_result_type(fcinfo, NULL, &tupdesc) != TYPEFUNC_COMPOSITE)
+			elog(ERROR, "function returning an outcome must return a row");
+		cache = palloc(offsetof(IdemResultCache, outcomes) + sizeof(Datum) * noutcomes);
+		cache->tupdesc = BlessTupleDesc(CreateTupleDescCopy(tupdesc));
+		for (int i = 0; i < noutcomes; i++)
+			cache->outcomes[i] =
+				DirectFunctionCall2(enum_in, CStringGetDatum(outcome_names[i]),
+									ObjectIdGetDatum(TupleDescAttr(cache->tupdesc, 0)->atttypid));
+		MemoryContextSwitchTo(old);
+		fcinfo->flinfo->fn_extra = cache;
+	}
+	return cache;
 }
 
 void
