@@ -21,13 +21,15 @@ OBJS = \
 	src/lease.o \
 	src/token.o \
 	src/stats.o \
+	src/purge.o \
+	src/policy.o \
 	src/snowflake.o \
 	src/snowflake_type.o
 
 DATA = $(wildcard sql/idempotency--*.sql)
 DOCS = README.md
 
-REGRESS = snowflake_type snowflake claims guard guard_update pessimistic stats
+REGRESS = snowflake_type snowflake claims guard guard_update pessimistic stats policies
 REGRESS_OPTS = --load-extension=idempotency
 ISOLATION = snowflake_order claim_race claim_takeover guard_race transition_race keyed_lock lease_race token_race
 ISOLATION_OPTS = --load-extension=idempotency

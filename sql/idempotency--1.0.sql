@@ -7,6 +7,24 @@
 -- the rest are granted through the roles of the extension.
 GRANT USAGE ON SCHEMA idempotency TO PUBLIC;
 
+-- The extension's two roles (see "Privileges" at the end).  Roles belong
+-- to the cluster, not to a database: a second database's CREATE EXTENSION
+-- finds them, and DROP EXTENSION leaves them.
+DO $roles$
+BEGIN
+	IF NOT EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = 'idempotency_user') THEN
+		CREATE ROLE idempotency_user NOLOGIN;
+		COMMENT ON ROLE idempotency_user IS
+			'may call the claim, lock, lease and token functions of the idempotency extension';
+	END IF;
+	IF NOT EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = 'idempotency_admin') THEN
+		CREATE ROLE idempotency_admin NOLOGIN;
+		COMMENT ON ROLE idempotency_admin IS
+			'manages machines, guards and policies of the idempotency extension';
+	END IF;
+END
+$roles$;
+
 --------------------------------------------------------------------------
 -- Snowflake IDs
 --
@@ -302,7 +320,7 @@ CREATE INDEX claims_expires_at ON idempotency.claims (expires_at);
 
 CREATE FUNCTION idempotency.idem_claim(
 	key text,
-	ttl interval,
+	ttl interval DEFAULT NULL,
 	fingerprint bytea DEFAULT NULL,
 	scope text DEFAULT 'default',
 	lease interval DEFAULT NULL,
@@ -311,7 +329,7 @@ RETURNS idempotency.idem_claim_result
 	AS 'MODULE_PATHNAME', 'idem_claim'
 	LANGUAGE C VOLATILE PARALLEL UNSAFE;
 COMMENT ON FUNCTION idempotency.idem_claim(text, interval, bytea, text, interval, boolean) IS
-	'claim an idempotency key: claimed, completed (replay), in_progress, mismatch or reclaimed';
+	'claim an idempotency key: claimed, completed (replay), in_progress, mismatch or reclaimed; ttl and lease default to the scope''s policy';
 
 CREATE FUNCTION idempotency.idem_complete(
 	key text, token bigint, response jsonb, status int, scope text DEFAULT 'default')
@@ -368,6 +386,35 @@ COMMENT ON FUNCTION idempotency.idem_fingerprint(jsonb, text[]) IS
 	'SHA-256 of the canonical form of a JSON document, or of the values at the given dotted paths';
 
 --------------------------------------------------------------------------
+-- Per-scope policies
+--
+-- One row per scope that needs other limits than the defaults; a scope
+-- without a row gets the column defaults (src/policy.c repeats them).
+-- Every session caches what it read and drops it when the table changes.
+--------------------------------------------------------------------------
+
+CREATE TABLE idempotency.policies (
+	scope text PRIMARY KEY
+		CONSTRAINT policies_scope_length CHECK (octet_length(scope) BETWEEN 1 AND 255),
+	default_ttl interval NOT NULL DEFAULT '24 hours',
+	max_ttl interval NOT NULL DEFAULT '30 days',
+	lease interval NOT NULL DEFAULT '60 seconds',
+	max_key_length int NOT NULL DEFAULT 255
+		CONSTRAINT policies_max_key_length CHECK (max_key_length BETWEEN 1 AND 255),
+	require_fingerprint boolean NOT NULL DEFAULT false,
+	CONSTRAINT policies_positive CHECK (default_ttl > '0' AND max_ttl > '0' AND lease > '0'),
+	CONSTRAINT policies_max_ttl_limit CHECK (max_ttl <= '366 days')
+);
+COMMENT ON TABLE idempotency.policies IS
+	'per-scope limits of claims and tokens; a scope without a row gets the column defaults';
+COMMENT ON COLUMN idempotency.policies.default_ttl IS 'ttl of a claim that gives none (max_ttl if that is shorter)';
+COMMENT ON COLUMN idempotency.policies.max_ttl IS 'longest ttl of a claim or token, and longest lease renewal';
+COMMENT ON COLUMN idempotency.policies.lease IS 'lease of a claim that gives none (never longer than its ttl)';
+COMMENT ON COLUMN idempotency.policies.max_key_length IS 'longest key a claim may use, in bytes';
+COMMENT ON COLUMN idempotency.policies.require_fingerprint IS 'claims must pass a payload fingerprint';
+SELECT pg_catalog.pg_extension_config_dump('idempotency.policies', '');
+
+--------------------------------------------------------------------------
 -- State-transition guards
 --
 -- Machines are data: idempotency.machines and idempotency.transitions,
@@ -400,15 +447,17 @@ SELECT pg_catalog.pg_extension_config_dump('idempotency.transitions', '');
 GRANT SELECT ON idempotency.machines, idempotency.transitions TO PUBLIC;
 
 -- Tell every session, at commit, that machines changed.
-CREATE FUNCTION idempotency.idem_machines_changed() RETURNS trigger
-	AS 'MODULE_PATHNAME', 'idem_machines_changed'
+CREATE FUNCTION idempotency.idem_config_changed() RETURNS trigger
+	AS 'MODULE_PATHNAME', 'idem_config_changed'
 	LANGUAGE C;
-COMMENT ON FUNCTION idempotency.idem_machines_changed() IS
-	'trigger: invalidate the cached machines of every session when machines or transitions change';
+COMMENT ON FUNCTION idempotency.idem_config_changed() IS
+	'trigger: invalidate what every session cached of machines, transitions or policies when they change';
 CREATE TRIGGER machines_changed AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE
-	ON idempotency.machines FOR EACH STATEMENT EXECUTE FUNCTION idempotency.idem_machines_changed();
+	ON idempotency.machines FOR EACH STATEMENT EXECUTE FUNCTION idempotency.idem_config_changed();
 CREATE TRIGGER transitions_changed AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE
-	ON idempotency.transitions FOR EACH STATEMENT EXECUTE FUNCTION idempotency.idem_machines_changed();
+	ON idempotency.transitions FOR EACH STATEMENT EXECUTE FUNCTION idempotency.idem_config_changed();
+CREATE TRIGGER policies_changed AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE
+	ON idempotency.policies FOR EACH STATEMENT EXECUTE FUNCTION idempotency.idem_config_changed();
 
 CREATE FUNCTION idempotency.idem_guard_trigger() RETURNS trigger
 	AS 'MODULE_PATHNAME', 'idem_guard_trigger'
@@ -764,4 +813,91 @@ RETURNS void
 	LANGUAGE C VOLATILE;
 COMMENT ON FUNCTION idempotency.idem_stats_reset() IS
 	'start every counter of idempotency.stats from zero';
-REVOKE EXECUTE ON FUNCTION idempotency.idem_stats_reset() FROM PUBLIC;
+
+--------------------------------------------------------------------------
+-- Expiry
+--------------------------------------------------------------------------
+
+-- It deletes nothing but expired rows, so it runs as the extension's owner
+-- and may be granted freely.  Every name in it is qualified.
+CREATE FUNCTION idempotency.idem_purge()
+RETURNS bigint
+	AS 'MODULE_PATHNAME', 'idem_purge'
+	LANGUAGE C VOLATILE SECURITY DEFINER
+	SET search_path = pg_catalog, pg_temp;
+COMMENT ON FUNCTION idempotency.idem_purge() IS
+	'delete every expired claim, one-time token and lease now, in batches of idempotency.purge_batch_size; returns how many rows went';
+
+--------------------------------------------------------------------------
+-- Privileges
+--
+-- PUBLIC keeps what is harmless: snowflake IDs, idem_fingerprint,
+-- idem_lock_id, idem_transition (which needs the caller's own rights on
+-- the table it changes), reading machines, transitions, policies and the
+-- counters, and the functions that guarded UPDATEs call (they refuse to
+-- run outside such an UPDATE).
+--
+-- idempotency_user: the claim, lock, lease and token functions, and the
+-- table rights they need (they run with the caller's privileges).
+--
+-- idempotency_admin: machines, guards and policies, resetting counters
+-- and purging on demand.
+--------------------------------------------------------------------------
+
+REVOKE EXECUTE ON FUNCTION
+	idempotency.idem_claim(text, interval, bytea, text, interval, boolean),
+	idempotency.idem_complete(text, bigint, jsonb, int, text),
+	idempotency.idem_fail(text, bigint, boolean, jsonb, int, text),
+	idempotency.idem_checkpoint(text, bigint, text, text),
+	idempotency.idem_extend(text, bigint, interval, text),
+	idempotency.idem_release(text, bigint, text),
+	idempotency.idem_lookup(text, text),
+	idempotency.idem_lock(text, text),
+	idempotency.idem_try_lock(text, text),
+	idempotency.idem_lease_acquire(text, text, interval),
+	idempotency.idem_lease_renew(text, bigint, interval),
+	idempotency.idem_lease_release(text, bigint),
+	idempotency.idem_lease_check(text, bigint),
+	idempotency.idem_token_issue(text, interval),
+	idempotency.idem_token_consume(text, text)
+	FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION
+	idempotency.idem_claim(text, interval, bytea, text, interval, boolean),
+	idempotency.idem_complete(text, bigint, jsonb, int, text),
+	idempotency.idem_fail(text, bigint, boolean, jsonb, int, text),
+	idempotency.idem_checkpoint(text, bigint, text, text),
+	idempotency.idem_extend(text, bigint, interval, text),
+	idempotency.idem_release(text, bigint, text),
+	idempotency.idem_lookup(text, text),
+	idempotency.idem_lock(text, text),
+	idempotency.idem_try_lock(text, text),
+	idempotency.idem_lease_acquire(text, text, interval),
+	idempotency.idem_lease_renew(text, bigint, interval),
+	idempotency.idem_lease_release(text, bigint),
+	idempotency.idem_lease_check(text, bigint),
+	idempotency.idem_token_issue(text, interval),
+	idempotency.idem_token_consume(text, text)
+	TO idempotency_user;
+GRANT SELECT, INSERT, UPDATE, DELETE
+	ON idempotency.claims, idempotency.leases, idempotency.tokens TO idempotency_user;
+GRANT USAGE ON SEQUENCE idempotency.claim_tokens, idempotency.lease_tokens TO idempotency_user;
+
+GRANT SELECT ON idempotency.policies TO PUBLIC;
+REVOKE EXECUTE ON FUNCTION
+	idempotency.idem_machine(text, text[]),
+	idempotency.idem_guard(regclass, name, text, name, boolean),
+	idempotency.idem_unguard(regclass),
+	idempotency.idem_guard_trigger(),
+	idempotency.idem_stats_reset(),
+	idempotency.idem_purge()
+	FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION
+	idempotency.idem_machine(text, text[]),
+	idempotency.idem_guard(regclass, name, text, name, boolean),
+	idempotency.idem_unguard(regclass),
+	idempotency.idem_guard_trigger(),
+	idempotency.idem_stats_reset(),
+	idempotency.idem_purge()
+	TO idempotency_admin;
+GRANT INSERT, UPDATE, DELETE
+	ON idempotency.machines, idempotency.transitions, idempotency.policies TO idempotency_admin;

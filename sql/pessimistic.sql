@@ -96,6 +96,7 @@ SET ROLE regress_pessimist;
 SELECT pg_temp.fails($$SELECT idempotency.idem_transition('payments', 1, 'refunded')$$) AS no_column_privilege;
 RESET ROLE;
 GRANT UPDATE (state, version) ON payments TO regress_pessimist;
+GRANT EXECUTE ON FUNCTION idem_lease_acquire(text, text, interval) TO regress_pessimist;
 SET ROLE regress_pessimist;
 SELECT * FROM idem_transition('payments', 1, 'refunded');
 -- An error inside a lease call (here: no rights on idempotency.leases),
@@ -177,6 +178,7 @@ SELECT pg_temp.fails($$SELECT idempotency.idem_token_issue('s', '0 hours')$$) AS
 DROP TABLE payments, unguarded, pairs, keyless, "Odd Tickets" CASCADE;
 DROP TYPE "Ticket State";
 REVOKE USAGE ON SCHEMA public FROM regress_pessimist;
+REVOKE EXECUTE ON FUNCTION idem_lease_acquire(text, text, interval) FROM regress_pessimist;
 DROP ROLE regress_pessimist;
 DELETE FROM machines WHERE name IN ('payment', 'Ticket');
 DELETE FROM leases;

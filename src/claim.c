@@ -72,11 +72,9 @@ PG_FUNCTION_INFO_V1(idem_extend);
 PG_FUNCTION_INFO_V1(idem_release);
 PG_FUNCTION_INFO_V1(idem_lookup);
 
-/* Limits; per-scope policies will be able to lower them. */
+/* Hard limits; per-scope policies (policy.c) lower them. */
 #define CLAIM_MAX_KEY_BYTES		255
 #define CLAIM_MAX_SCOPE_BYTES	255
-#define CLAIM_MAX_TTL_DAYS		366
-#define CLAIM_DEFAULT_LEASE_SECS 60
 #define FINGERPRINT_BYTES		32
 
 /* Fragments of the SQL below. */
@@ -283,16 +281,6 @@ claim_key_args(FunctionCallInfo fcinfo, int key_arg, int scope_arg, ClaimKey *k)
 						"Name the kind of request, such as 'payments', or leave scope out for 'default'.");
 }
 
-/* The longest ttl (and lease) allowed. */
-static Interval *
-max_ttl(void)
-{
-	static Interval iv = {.time = 0,.day = CLAIM_MAX_TTL_DAYS,.month = 0};
-
-	return &iv;
-}
-
-
 /*
  * Open idempotency.claims; the lock is kept to the end of the transaction.
  * Looked up by name each time (a few cache lookups), so that a recreated
@@ -319,7 +307,7 @@ open_claims(void)
 				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
 				 errmsg("permission denied for table idempotency.claims"),
 				 errdetail("Claims are read and written with the privileges of the calling role."),
-				 errhint("GRANT SELECT, INSERT, UPDATE, DELETE ON idempotency.claims and USAGE ON SEQUENCE idempotency.claim_tokens to the role.")));
+				 errhint("GRANT idempotency_user TO the role.")));
 	/* The read below goes around row-level security; refuse rather than leak. */
 	if (check_enable_rls(relid, InvalidOid, true) == RLS_ENABLED)
 		ereport(ERROR,
@@ -478,7 +466,7 @@ idem_claim(PG_FUNCTION_ARGS)
 	ClaimKey	k;
 	Interval   *ttl;
 	Interval   *lease;
-	Interval	default_lease;
+	IdemPolicy	policy;
 	bytea	   *fingerprint = NULL;
 	bool		wait;
 	ClaimRow	row;
@@ -492,7 +480,17 @@ idem_claim(PG_FUNCTION_ARGS)
 	HeapTupleHeader result;
 
 	claim_key_args(fcinfo, 0, 3, &k);
-	ttl = IdemDurationArg(fcinfo, 1, "ttl", max_ttl(), "the maximum ttl");
+	IdemGetPolicy(k.scope, &policy);
+	if ((int) VARSIZE_ANY_EXHDR(k.key) > policy.max_key_length)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("key is too long for scope \"%s\"", text_to_cstring(k.scope)),
+				 errdetail("It is %d bytes; the scope's max_key_length is %d.",
+						   (int) VARSIZE_ANY_EXHDR(k.key), policy.max_key_length),
+				 errhint("Use a shorter key or a digest of it, or have an idempotency_admin "
+						 "raise max_key_length for the scope in idempotency.policies.")));
+	ttl = PG_ARGISNULL(1) ? &policy.default_ttl
+		: IdemPolicyTtlArg(fcinfo, 1, "ttl", &policy, k.scope);
 	if (!PG_ARGISNULL(2))
 	{
 		fingerprint = PG_GETARG_BYTEA_PP(2);
@@ -503,15 +501,19 @@ idem_claim(PG_FUNCTION_ARGS)
 					 errdetail("It is %d bytes.", (int) VARSIZE_ANY_EXHDR(fingerprint)),
 					 errhint("Compute it with idem_fingerprint(payload), a SHA-256 digest.")));
 	}
+	else if (policy.require_fingerprint)
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("scope \"%s\" requires a fingerprint", text_to_cstring(k.scope)),
+				 errdetail("Its policy in idempotency.policies sets require_fingerprint."),
+				 errhint("Pass fingerprint => idem_fingerprint(payload), so that a reused key with another payload is caught.")));
 	if (PG_ARGISNULL(4))
 	{
-		/* The default lease, but never longer than the claim lives. */
-		memset(&default_lease, 0, sizeof(default_lease));
-		default_lease.time = (int64) CLAIM_DEFAULT_LEASE_SECS * USECS_PER_SEC;
-		lease = IdemIntervalDays(ttl) < IdemIntervalDays(&default_lease) ? ttl : &default_lease;
+		/* The scope's lease, but never longer than the claim lives. */
+		lease = IdemIntervalDays(ttl) < IdemIntervalDays(&policy.lease) ? ttl : &policy.lease;
 	}
 	else
-		lease = IdemDurationArg(fcinfo, 4, "lease", ttl, "the ttl");
+		lease = IdemDurationArg(fcinfo, 4, "lease", ttl, "the ttl", NULL);
 	IdemRequireArg(fcinfo, 5, "wait");
 	wait = PG_GETARG_BOOL(5);
 
@@ -815,9 +817,11 @@ idem_extend(PG_FUNCTION_ARGS)
 	Datum		args[4];
 	Datum		until;
 	bool		isnull;
+	IdemPolicy	policy;
 
-	args[3] = IntervalPGetDatum(IdemDurationArg(fcinfo, 2, "lease", max_ttl(), "the maximum ttl"));
 	token = owner_args(fcinfo, 3, &k, args);
+	IdemGetPolicy(k.scope, &policy);
+	args[3] = IntervalPGetDatum(IdemPolicyTtlArg(fcinfo, 2, "lease", &policy, k.scope));
 	owner_write(&k, token, PLAN_EXTEND, args, NULL, NULL, false, NULL);
 	until = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
 	SPI_finish();

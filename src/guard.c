@@ -14,7 +14,7 @@
  * states, which are initial, which terminal, and the allowed edges as a
  * matrix; per trigger, the column numbers and, for an enum state column,
  * the enum value of every state.  Any change to machines or transitions
- * fires a statement trigger (idem_machines_changed) that queues a relcache
+ * fires a statement trigger (idem_config_changed) that queues a relcache
  * invalidation of that table, delivered to every session at commit; the
  * callback then drops the whole cache.  ALTER TABLE or DROP/CREATE TRIGGER
  * on a guarded table invalidates its relcache entry, which drops its
@@ -49,7 +49,7 @@
 #include "idempotency.h"
 
 PG_FUNCTION_INFO_V1(idem_guard_trigger);
-PG_FUNCTION_INFO_V1(idem_machines_changed);
+PG_FUNCTION_INFO_V1(idem_config_changed);
 
 static MemoryContext guard_cxt = NULL;
 static HTAB *machine_cache = NULL;
@@ -870,20 +870,21 @@ idem_guard_trigger(PG_FUNCTION_ARGS)
 }
 
 /*
- * idem_machines_changed(): AFTER ... FOR EACH STATEMENT on machines and
- * transitions.  Queues a relcache invalidation of the table, which every
- * session receives at commit and answers by dropping its machines.
+ * idem_config_changed(): AFTER ... FOR EACH STATEMENT on machines,
+ * transitions and policies.  Queues a relcache invalidation of the table,
+ * which every session receives at commit and answers by dropping what it
+ * cached of it (machines here, policies in policy.c).
  */
 Datum
-idem_machines_changed(PG_FUNCTION_ARGS)
+idem_config_changed(PG_FUNCTION_ARGS)
 {
 	TriggerData *td = (TriggerData *) fcinfo->context;
 
 	if (!CALLED_AS_TRIGGER(fcinfo))
 		ereport(ERROR,
 				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
-				 errmsg("idem_machines_changed must be called as a trigger"),
-				 errhint("It is installed on idempotency.machines and idempotency.transitions.")));
+				 errmsg("idem_config_changed must be called as a trigger"),
+				 errhint("It is installed on idempotency.machines, idempotency.transitions and idempotency.policies.")));
 	CacheInvalidateRelcacheByRelid(RelationGetRelid(td->tg_relation));
 	return PointerGetDatum(NULL);
 }

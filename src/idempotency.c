@@ -136,11 +136,43 @@ _PG_init(void)
 							 0,
 							 NULL, assign_guard_rewrite, NULL);
 
+	DefineCustomStringVariable("idempotency.database",
+							   "Sets the database the purge worker connects to.",
+							   "The extension must be installed there.  Empty leaves the "
+							   "worker unconnected; other databases can call idem_purge().",
+							   &idem_purge_database,
+							   "postgres",
+							   PGC_SIGHUP,
+							   0,
+							   NULL, NULL, NULL);
+
+	DefineCustomIntVariable("idempotency.purge_interval",
+							"Sets how often the purge worker removes expired claims, "
+							"tokens and leases.",
+							"0 stops the worker from purging.",
+							&idem_purge_interval_s,
+							60, 0, 7 * 24 * 60 * 60,
+							PGC_SIGHUP,
+							GUC_UNIT_S,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("idempotency.purge_batch_size",
+							"Sets how many expired rows the purge removes per transaction.",
+							"Smaller batches hold their rows for less time; larger "
+							"ones purge a backlog with fewer commits.",
+							&idem_purge_batch_size,
+							1000, 1, 1000000,
+							PGC_SIGHUP,
+							0,
+							NULL, NULL, NULL);
+
 	MarkGUCPrefixReserved("idempotency");
 	GuardUpdateHooksInit();
 
 	if (!process_shared_preload_libraries_in_progress)
 		return;
+
+	IdemPurgeWorkerRegister();
 
 	prev_shmem_request_hook = shmem_request_hook;
 	shmem_request_hook = idem_shmem_request;

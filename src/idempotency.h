@@ -98,6 +98,26 @@ extern int	idem_test_clock_shift_ms;
 
 extern IdemShared *IdemRequireShared(const char *what);
 
+/* policy.c: a scope's policy (a row of idempotency.policies) */
+typedef struct IdemPolicy
+{
+	Interval	default_ttl;	/* ttl of a claim that gives none */
+	Interval	max_ttl;		/* longest ttl (and lease) a call may ask for */
+	Interval	lease;			/* lease of a claim that gives none */
+	int			max_key_length; /* in bytes */
+	bool		require_fingerprint;	/* claims must carry one */
+} IdemPolicy;
+
+extern void IdemGetPolicy(text *scope, IdemPolicy *p);
+extern Interval *IdemPolicyTtlArg(FunctionCallInfo fcinfo, int n, const char *what,
+								  const IdemPolicy *p, text *scope);
+
+/* purge.c */
+extern char *idem_purge_database;
+extern int	idem_purge_interval_s;
+extern int	idem_purge_batch_size;
+extern void IdemPurgeWorkerRegister(void);
+
 /* stats.c */
 extern Size IdemStatsShmemSize(void);
 extern void IdemStatsShmemInit(IdemStatsShared *stats, bool found);
@@ -118,7 +138,8 @@ extern text *IdemNameArg(FunctionCallInfo fcinfo, int n, const char *what,
 extern char *IdemIntervalText(Interval *iv);
 extern double IdemIntervalDays(const Interval *iv);
 extern Interval *IdemDurationArg(FunctionCallInfo fcinfo, int n, const char *what,
-								 Interval *max, const char *max_name);
+								 Interval *max, const char *max_name,
+								 const char *hint);
 typedef struct IdemResultCache
 {
 	TupleDesc	tupdesc;		/* the result row's type, blessed */

@@ -100,7 +100,7 @@ lease_ttl(FunctionCallInfo fcinfo, int n)
 {
 	static Interval max_ttl = {.time = 0,.day = LEASE_MAX_TTL_DAYS,.month = 0};
 
-	return IdemDurationArg(fcinfo, n, "ttl", &max_ttl, "366 days");
+	return IdemDurationArg(fcinfo, n, "ttl", &max_ttl, "366 days", NULL);
 }
 
 static int64

@@ -36,7 +36,6 @@ PG_FUNCTION_INFO_V1(idem_token_consume);
 #define TOKEN_RANDOM_BYTES	24	/* 192 bits */
 #define TOKEN_CHARS			32	/* base64 of 24 bytes, no padding needed */
 #define TOKEN_MAX_SCOPE_BYTES 255
-#define TOKEN_MAX_TTL_DAYS	366
 
 static const char alphabet[] =
 "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
@@ -80,13 +79,15 @@ token_digest(const uint8 *raw)
 Datum
 idem_token_issue(PG_FUNCTION_ARGS)
 {
-	static Interval max_ttl = {.time = 0,.day = TOKEN_MAX_TTL_DAYS,.month = 0};
 	text	   *scope = scope_arg(fcinfo, 0);
-	Interval   *ttl = IdemDurationArg(fcinfo, 1, "ttl", &max_ttl, "366 days");
+	IdemPolicy	policy;
+	Interval   *ttl;
 	uint8		raw[TOKEN_RANDOM_BYTES];
 	char		out[TOKEN_CHARS + 1];
 	Datum		args[3];
 
+	IdemGetPolicy(scope, &policy);
+	ttl = IdemPolicyTtlArg(fcinfo, 1, "ttl", &policy, scope);
 	if (!pg_strong_random(raw, sizeof(raw)))
 		ereport(ERROR,
 				(errcode(ERRCODE_INTERNAL_ERROR),

@@ -80,7 +80,7 @@ IdemIntervalDays(const Interval *iv)
  */
 Interval *
 IdemDurationArg(FunctionCallInfo fcinfo, int n, const char *what, Interval *max,
-				const char *max_name)
+				const char *max_name, const char *hint)
 {
 	Interval   *iv;
 
@@ -100,7 +100,7 @@ IdemDurationArg(FunctionCallInfo fcinfo, int n, const char *what, Interval *max,
 				 errmsg("%s must not be longer than %s", what, max_name),
 				 errdetail("It is %s; %s is %s.", IdemIntervalText(iv), max_name,
 						   IdemIntervalText(max)),
-				 errhint("Pass a shorter interval.")));
+				 errhint("%s", hint ? hint : "Pass a shorter interval.")));
 	return iv;
 }
 

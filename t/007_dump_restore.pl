@@ -1,7 +1,7 @@
-# pg_dump and restore keep state machines and guards: the machine tables
-# are extension configuration (pg_extension_config_dump), and a guard is a
-# trigger on the user's table, dumped with it.  The restored guard must
-# enforce the same machine.
+# pg_dump and restore keep state machines, guards and policies: the machine
+# and policy tables are extension configuration (pg_extension_config_dump),
+# and a guard is a trigger on the user's table, dumped with it.  The
+# restored guard must enforce the same machine, the restored policy bind.
 use strict;
 use warnings;
 use PostgreSQL::Test::Cluster;
@@ -20,6 +20,8 @@ $node->safe_psql('postgres', q{
 	SELECT idem_guard('orders', machine => 'order', version_column => 'version', strict_version => true);
 	INSERT INTO orders (id, state) VALUES (1, 'pending'), (2, 'paid');
 	UPDATE orders SET state = 'paid', version = 1 WHERE id = 1;
+	INSERT INTO policies (scope, max_ttl, max_key_length, require_fingerprint)
+	VALUES ('payments', '2 hours', 12, true);
 });
 
 my $dump = $node->basedir . '/dump.sql';
@@ -46,6 +48,15 @@ is($node->safe_psql('restored', q{
 	UPDATE orders SET state = 'shipped', version = 2 WHERE id = 1;
 	SELECT state || ':' || version FROM orders WHERE id = 1}),
 	'shipped:3', 'and lets a legal transition through, bumping the version');
+
+is($node->safe_psql('restored', q{SELECT scope || ' ' || max_ttl || ' ' || max_key_length || ' '
+	|| require_fingerprint FROM idempotency.policies}),
+	'payments 02:00:00 12 true', 'policies are restored');
+($ret, $out, $err) = $node->psql('restored', q{SELECT idempotency.idem_claim('a-key-too-long', scope => 'payments',
+	fingerprint => idempotency.idem_fingerprint('{}'))});
+like($err, qr/key is too long for scope "payments"/, 'and the restored policy binds');
+($ret, $out, $err) = $node->psql('restored', q{SELECT idempotency.idem_claim('k', scope => 'payments')});
+like($err, qr/scope "payments" requires a fingerprint/, 'all of it');
 
 $node->stop;
 done_testing();

@@ -1,0 +1,281 @@
+/*-------------------------------------------------------------------------
+ *
+ * purge.c
+ *	  Removing expired claims, one-time tokens and leases: the purge worker
+ *	  and idem_purge().
+ *
+ * An expired row already counts as absent to every function, so removing
+ * it changes no answer; it only keeps the tables small.  Rows go in
+ * batches of idempotency.purge_batch_size.  A batch picks its rows through
+ * the expires_at index, locks them with SKIP LOCKED (a row another
+ * transaction is working on, such as a claim being taken over, is left for
+ * the next round) and deletes them by ctid.  Live rows are never locked, so
+ * claims, renewals and completions never wait for a purge; a caller
+ * claiming a key whose expired row is in the very batch being deleted waits
+ * at most for that batch's commit.
+ *
+ * The worker (started when the library is preloaded) connects to
+ * idempotency.database and, every idempotency.purge_interval, runs batches
+ * until one comes back short, each in its own short transaction.  It does
+ * nothing while the extension is not installed in that database, rereads
+ * its settings on SIGHUP, and leaves (to be started again by the
+ * postmaster) when the database setting changes.  An error ends it the same
+ * way: the postmaster starts it again after PURGE_RESTART_SECS.
+ *
+ * idem_purge() runs the same batches in the caller's transaction.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "access/xact.h"
+#include "catalog/pg_type.h"
+#include "commands/extension.h"
+#include "executor/spi.h"
+#include "fmgr.h"
+#include "miscadmin.h"
+#include "pgstat.h"
+#include "postmaster/bgworker.h"
+#include "postmaster/interrupt.h"
+#include "storage/ipc.h"
+#include "storage/latch.h"
+#include "storage/proc.h"
+#include "tcop/tcopprot.h"
+#include "utils/guc.h"
+#include "utils/snapmgr.h"
+#include "utils/timestamp.h"
+
+#include "idempotency.h"
+
+PG_FUNCTION_INFO_V1(idem_purge);
+PGDLLEXPORT void idem_purge_worker_main(Datum main_arg);
+
+#define PURGE_WORKER_NAME	"idempotency purge worker"
+#define PURGE_RESTART_SECS	10
+
+/* Settings (idempotency.c defines them). */
+char	   *idem_purge_database = NULL;
+int			idem_purge_interval_s = 60;
+int			idem_purge_batch_size = 1000;
+
+/*
+ * One batch per table: the oldest expired rows (through the expires_at
+ * index), at most $1 of them, skipping rows another transaction holds.
+ * $2 is the moment that counts as now, so that the index can be used.
+ */
+#define BATCH(table) \
+	"DELETE FROM idempotency." table \
+	" WHERE ctid OPERATOR(pg_catalog.=) ANY (ARRAY(" \
+	"SELECT ctid FROM idempotency." table \
+	" WHERE expires_at OPERATOR(pg_catalog.<=) $2" \
+	" ORDER BY expires_at LIMIT $1 FOR UPDATE SKIP LOCKED))" \
+	" AND expires_at OPERATOR(pg_catalog.<=) $2"
+
+#define NUM_PURGED_TABLES 3
+
+static const IdemPlanDef batch_defs[NUM_PURGED_TABLES] = {
+	{BATCH("claims"), 2, {INT8OID, TIMESTAMPTZOID}},
+	{BATCH("tokens"), 2, {INT8OID, TIMESTAMPTZOID}},
+	{BATCH("leases"), 2, {INT8OID, TIMESTAMPTZOID}},
+};
+
+static SPIPlanPtr batch_plans[NUM_PURGED_TABLES];
+
+/*
+ * Delete one batch of expired rows of table t; returns how many went.
+ * The caller has connected to SPI and set a snapshot.
+ */
+static uint64
+purge_batch(int t, int batch_size)
+{
+	Datum		args[2];
+	uint64		n;
+
+	args[0] = Int64GetDatum(batch_size);
+	args[1] = TimestampTzGetDatum(GetCurrentTimestamp());
+	n = IdemRunPlan(&batch_defs[t], &batch_plans[t], args, NULL, false);
+	if (n > 0)
+		IdemCountN(IDEM_PURGED_ROWS, n);
+	return n;
+}
+
+/*
+ * idem_purge() → bigint: delete every expired claim, token and lease now,
+ * in the caller's transaction; returns how many rows went.
+ */
+Datum
+idem_purge(PG_FUNCTION_ARGS)
+{
+	int64		total = 0;
+
+	IdemConnectSPI();
+	for (int t = 0; t < NUM_PURGED_TABLES; t++)
+	{
+		uint64		n;
+
+		do
+		{
+			CHECK_FOR_INTERRUPTS();
+			n = purge_batch(t, idem_purge_batch_size);
+			total += n;
+		} while (n >= (uint64) idem_purge_batch_size);
+	}
+	SPI_finish();
+	PG_RETURN_INT64(total);
+}
+
+/*
+ * Register the worker; called from _PG_init while preloading.
+ */
+void
+IdemPurgeWorkerRegister(void)
+{
+	BackgroundWorker worker;
+
+	memset(&worker, 0, sizeof(worker));
+	worker.bgw_flags = BGWORKER_SHMEM_ACCESS | BGWORKER_BACKEND_DATABASE_CONNECTION;
+	worker.bgw_start_time = BgWorkerStart_RecoveryFinished;
+	worker.bgw_restart_time = PURGE_RESTART_SECS;
+	snprintf(worker.bgw_library_name, BGW_MAXLEN, "idempotency");
+	snprintf(worker.bgw_function_name, BGW_MAXLEN, "idem_purge_worker_main");
+	snprintf(worker.bgw_name, BGW_MAXLEN, PURGE_WORKER_NAME);
+	snprintf(worker.bgw_type, BGW_MAXLEN, PURGE_WORKER_NAME);
+	RegisterBackgroundWorker(&worker);
+}
+
+/*
+ * Reread the configuration if SIGHUP asked for it.
+ */
+static void
+reload_if_asked(void)
+{
+	if (ConfigReloadPending)
+	{
+		ConfigReloadPending = false;
+		ProcessConfigFile(PGC_SIGHUP);
+	}
+}
+
+/*
+ * Sleep until woken or for at most timeout_ms (-1: until woken).
+ */
+static void
+nap(long timeout_ms)
+{
+	int			events = WL_LATCH_SET | WL_EXIT_ON_PM_DEATH;
+
+	if (timeout_ms >= 0)
+		events |= WL_TIMEOUT;
+	(void) WaitLatch(MyLatch, events, timeout_ms, PG_WAIT_EXTENSION);
+	ResetLatch(MyLatch);
+	CHECK_FOR_INTERRUPTS();
+	reload_if_asked();
+}
+
+/*
+ * One round: for each table, batches in their own transactions until one
+ * comes back short.  Returns false if the extension is not installed.
+ */
+static bool
+purge_round(void)
+{
+	uint64		total = 0;
+
+	for (int t = 0; t < NUM_PURGED_TABLES; t++)
+	{
+		for (;;)
+		{
+			uint64		n;
+			int			batch_size = idem_purge_batch_size;
+
+			CHECK_FOR_INTERRUPTS();
+			reload_if_asked();
+			if (idem_purge_interval_s == 0)
+				return true;	/* turned off midway */
+
+			SetCurrentStatementStartTimestamp();
+			StartTransactionCommand();
+			if (!OidIsValid(get_extension_oid("idempotency", true)))
+			{
+				CommitTransactionCommand();
+				return false;
+			}
+			PushActiveSnapshot(GetTransactionSnapshot());
+			pgstat_report_activity(STATE_RUNNING, batch_defs[t].sql);
+			IdemConnectSPI();
+			n = purge_batch(t, batch_size);
+			SPI_finish();
+			PopActiveSnapshot();
+			CommitTransactionCommand();
+			pgstat_report_stat(false);
+			total += n;
+			if (n < (uint64) batch_size)
+				break;
+		}
+	}
+	pgstat_report_activity(STATE_IDLE, NULL);
+	if (total > 0)
+		elog(DEBUG1, "idempotency purge worker removed " UINT64_FORMAT " expired rows", total);
+	return true;
+}
+
+/*
+ * The worker's entry point.
+ */
+void
+idem_purge_worker_main(Datum main_arg)
+{
+	char	   *database;
+	bool		missing_reported = false;
+	TimestampTz last_round = 0;
+
+	pqsignal(SIGHUP, SignalHandlerForConfigReload);
+	pqsignal(SIGTERM, die);
+	BackgroundWorkerUnblockSignals();
+
+	/* An empty database setting: wait, unconnected, until one is given. */
+	while (idem_purge_database == NULL || idem_purge_database[0] == '\0')
+		nap(-1);
+	database = pstrdup(idem_purge_database);
+	BackgroundWorkerInitializeConnection(database, NULL, 0);
+	pgstat_report_appname(PURGE_WORKER_NAME);
+	ereport(LOG,
+			(errmsg("idempotency purge worker started in database \"%s\"", database)));
+
+	for (;;)
+	{
+		long		wait_ms = -1;
+
+		if (strcmp(database, idem_purge_database) != 0)
+		{
+			ereport(LOG,
+					(errmsg("idempotency purge worker restarting: \"idempotency.database\" changed to \"%s\"",
+							idem_purge_database)));
+			proc_exit(1);		/* the postmaster starts it again */
+		}
+
+		if (idem_purge_interval_s > 0)
+		{
+			TimestampTz now = GetCurrentTimestamp();
+			TimestampTz due = last_round + (int64) idem_purge_interval_s * USECS_PER_SEC;
+
+			if (now >= due)
+			{
+				last_round = now;
+				if (purge_round())
+					missing_reported = false;
+				else if (!missing_reported)
+				{
+					ereport(LOG,
+							(errmsg("idempotency purge worker is waiting: extension \"idempotency\" is not installed in database \"%s\"",
+									database),
+							 errhint("Run CREATE EXTENSION idempotency in that database, or set \"idempotency.database\" to the database where it is installed.")));
+					missing_reported = true;
+				}
+				continue;		/* settings may have changed meanwhile */
+			}
+			wait_ms = (long) ((due - now + 999) / 1000);
+		}
+		nap(wait_ms);
+	}
+}
