@@ -6,11 +6,13 @@
 #      claims table's row count and size are sampled every SAMPLE seconds,
 #      next to the number of claims made so far: the table must stay
 #      bounded, not grow with the claims ever made.
-#   2. Throughput while a purge runs: the same claims, unthrottled, on a
-#      table holding BACKLOG expired rows, once with the worker off and
-#      once with the worker purging that backlog during the whole run, in
-#      alternating rounds; the median throughput of each side and their
-#      ratio are printed (target: at least 0.9).
+#   2. Throughput while purges run: the same claims, unthrottled, once
+#      with the worker off and once with it purging every second what has
+#      expired, in alternating rounds; the median throughput of each side
+#      and their ratio are printed (target: at least 0.9).
+#   3. The same on a table holding BACKLOG expired rows, which the worker
+#      works off during the whole run (with idempotency.purge_delay between
+#      batches) while the claims go on.
 #
 # Usage: bash bench/purge.sh [RATE] [DURATION] [CLIENTS] [SECONDS] [ROUNDS]
 # Defaults: 1000 claims/s for 180 s; 8 clients, 15 s, 3 rounds.
@@ -24,8 +26,8 @@ CLIENTS=${3:-8}
 SECONDS_RUN=${4:-15}
 ROUNDS=${5:-3}
 SAMPLE=${SAMPLE:-15}
-TTL=${TTL:-10 seconds}
-BACKLOG=${BACKLOG:-1500000}
+TTL=${TTL:-2 seconds}
+BACKLOG=${BACKLOG:-500000}
 
 idem_packages
 idem_owner
@@ -62,31 +64,38 @@ done
 wait "$bench_pid"
 sed -n 's/^tps = \([0-9.]*\).*/  pgbench: \1 claims\/s/p' "$IDEM_WORK/steady.log"
 
-say "2. claims/s with the worker purging $BACKLOG expired rows vs with the worker off"
+# compare LABEL BACKLOG: alternate rounds of claims with the worker off and
+# with it purging every second, each on a table holding BACKLOG expired
+# rows; print each round and the medians.
+compare() {
+	local label=$1 backlog=$2 with=() without=() r before purged left mw mo
+	say "$label"
+	for r in $(seq 1 "$ROUNDS"); do
+		fill "$backlog"
+		without+=("$(tps claim on)")
+		fill "$backlog"
+		before=$(stat purged_rows)
+		set_interval 1s
+		with+=("$(tps claim on)")
+		set_interval 0
+		purged=$(($(stat purged_rows) - before))
+		left=$(psqlq -c "SELECT count(*) FROM idempotency.claims WHERE scope = 'backlog'")
+		printf '  round %d: worker off %7.0f claims/s, purging %7.0f claims/s; purged %d rows, %d backlog rows left\n' \
+			"$r" "${without[-1]}" "${with[-1]}" "$purged" "$left"
+	done
+	mw=$(printf '%s\n' "${with[@]}" | median)
+	mo=$(printf '%s\n' "${without[@]}" | median)
+	awk -v w="$mw" -v o="$mo" 'BEGIN {
+		printf "  medians: purging %.0f claims/s, worker off %.0f claims/s, ratio %.3f\n", w, o, w / o
+	}'
+}
 fill() {
 	set_interval 0
 	psqlq -c 'TRUNCATE idempotency.claims' -c "INSERT INTO idempotency.claims
 		(scope, key, state, token, created_at, expires_at)
 		SELECT 'backlog', 'b' || g, 'completed', g, now() - interval '2 days', now() - interval '1 day'
-		FROM generate_series(1, $BACKLOG) g" -c 'VACUUM ANALYZE idempotency.claims' -c 'CHECKPOINT'
+		FROM generate_series(1, $1) g" -c 'VACUUM ANALYZE idempotency.claims' -c 'CHECKPOINT'
 }
-with=()
-without=()
-for r in $(seq 1 "$ROUNDS"); do
-	fill
-	without+=("$(tps claim on)")
-	fill
-	before=$(stat purged_rows)
-	set_interval 1s
-	with+=("$(tps claim on)")
-	set_interval 0
-	purged=$(($(stat purged_rows) - before))
-	left=$(psqlq -c "SELECT count(*) FROM idempotency.claims WHERE scope = 'backlog'")
-	printf '  round %d: without %8.0f tps, with %8.0f tps; the worker purged %d rows, %d backlog rows left\n' \
-		"$r" "${without[-1]}" "${with[-1]}" "$purged" "$left"
-done
-mw=$(printf '%s\n' "${with[@]}" | median)
-mo=$(printf '%s\n' "${without[@]}" | median)
-awk -v w="$mw" -v o="$mo" 'BEGIN {
-	printf "  medians: with purge %.0f tps, without %.0f tps, ratio %.3f\n", w, o, w / o
-}'
+
+compare "2. unthrottled claims (ttl $TTL) with the worker purging what expires, vs the worker off; $CLIENTS clients, $SECONDS_RUN s" 0
+compare "3. the same while the worker works off a backlog of $BACKLOG expired rows (purge_delay $(psqlq -c 'SHOW idempotency.purge_delay'))" "$BACKLOG"

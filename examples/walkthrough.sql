@@ -200,5 +200,28 @@ SELECT idem_token_consume(:'tok', 'demo-confirm') AS second_click;
 
 DROP TABLE public.demo_payments;
 DELETE FROM machines WHERE name = 'demo_payment';
+
+\echo
+\echo '== 21. A DBA policy for one scope: payments must carry a fingerprint and'
+\echo '       keep keys short; a claim without a ttl gets the scope''s default.'
+INSERT INTO policies (scope, default_ttl, max_ttl, max_key_length, require_fingerprint)
+VALUES ('demo-payments', '2 hours', '48 hours', 64, true);
+\set ON_ERROR_STOP 0
+SELECT idem_claim('order-1001', scope => 'demo-payments');
+\echo SQLSTATE :LAST_ERROR_SQLSTATE
+\set ON_ERROR_STOP 1
+SELECT outcome, expires_at - now() < interval '2 hours 1 minute' AS lives_two_hours
+FROM idem_claim('order-1001', fingerprint => idem_fingerprint('{"amount": 10}'), scope => 'demo-payments');
+
+\echo
+\echo '== 22. Expired rows go by themselves (the purge worker, every minute by'
+\echo '       default) or on demand; the counters show what happened.'
+SELECT backend_type, datname FROM pg_stat_activity WHERE backend_type = 'idempotency purge worker';
+SELECT outcome AS claimed_briefly FROM idem_claim('demo-short', '100 milliseconds');
+SELECT pg_sleep(0.2);
+SELECT idem_purge() AS purged_now;
+SELECT claims_claimed, claims_replayed, claims_in_progress, claims_mismatched, purged_rows FROM stats;
+
+DELETE FROM policies WHERE scope = 'demo-payments';
 \echo
 \echo 'Done.  See README.md for the full reference.'

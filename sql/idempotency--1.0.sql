@@ -844,60 +844,48 @@ COMMENT ON FUNCTION idempotency.idem_purge() IS
 -- and purging on demand.
 --------------------------------------------------------------------------
 
-REVOKE EXECUTE ON FUNCTION
-	idempotency.idem_claim(text, interval, bytea, text, interval, boolean),
-	idempotency.idem_complete(text, bigint, jsonb, int, text),
-	idempotency.idem_fail(text, bigint, boolean, jsonb, int, text),
-	idempotency.idem_checkpoint(text, bigint, text, text),
-	idempotency.idem_extend(text, bigint, interval, text),
-	idempotency.idem_release(text, bigint, text),
-	idempotency.idem_lookup(text, text),
-	idempotency.idem_lock(text, text),
-	idempotency.idem_try_lock(text, text),
-	idempotency.idem_lease_acquire(text, text, interval),
-	idempotency.idem_lease_renew(text, bigint, interval),
-	idempotency.idem_lease_release(text, bigint),
-	idempotency.idem_lease_check(text, bigint),
-	idempotency.idem_token_issue(text, interval),
-	idempotency.idem_token_consume(text, text)
-	FROM PUBLIC;
-GRANT EXECUTE ON FUNCTION
-	idempotency.idem_claim(text, interval, bytea, text, interval, boolean),
-	idempotency.idem_complete(text, bigint, jsonb, int, text),
-	idempotency.idem_fail(text, bigint, boolean, jsonb, int, text),
-	idempotency.idem_checkpoint(text, bigint, text, text),
-	idempotency.idem_extend(text, bigint, interval, text),
-	idempotency.idem_release(text, bigint, text),
-	idempotency.idem_lookup(text, text),
-	idempotency.idem_lock(text, text),
-	idempotency.idem_try_lock(text, text),
-	idempotency.idem_lease_acquire(text, text, interval),
-	idempotency.idem_lease_renew(text, bigint, interval),
-	idempotency.idem_lease_release(text, bigint),
-	idempotency.idem_lease_check(text, bigint),
-	idempotency.idem_token_issue(text, interval),
-	idempotency.idem_token_consume(text, text)
-	TO idempotency_user;
+-- Each function below is taken from PUBLIC and given to its role.
+DO $grants$
+DECLARE
+	fn text;
+BEGIN
+	FOREACH fn IN ARRAY ARRAY[
+		'idem_claim(text, interval, bytea, text, interval, boolean)',
+		'idem_complete(text, bigint, jsonb, int, text)',
+		'idem_fail(text, bigint, boolean, jsonb, int, text)',
+		'idem_checkpoint(text, bigint, text, text)',
+		'idem_extend(text, bigint, interval, text)',
+		'idem_release(text, bigint, text)',
+		'idem_lookup(text, text)',
+		'idem_lock(text, text)',
+		'idem_try_lock(text, text)',
+		'idem_lease_acquire(text, text, interval)',
+		'idem_lease_renew(text, bigint, interval)',
+		'idem_lease_release(text, bigint)',
+		'idem_lease_check(text, bigint)',
+		'idem_token_issue(text, interval)',
+		'idem_token_consume(text, text)']
+	LOOP
+		EXECUTE pg_catalog.format('REVOKE EXECUTE ON FUNCTION idempotency.%s FROM PUBLIC', fn);
+		EXECUTE pg_catalog.format('GRANT EXECUTE ON FUNCTION idempotency.%s TO idempotency_user', fn);
+	END LOOP;
+	FOREACH fn IN ARRAY ARRAY[
+		'idem_machine(text, text[])',
+		'idem_guard(regclass, name, text, name, boolean)',
+		'idem_unguard(regclass)',
+		'idem_guard_trigger()',
+		'idem_stats_reset()',
+		'idem_purge()']
+	LOOP
+		EXECUTE pg_catalog.format('REVOKE EXECUTE ON FUNCTION idempotency.%s FROM PUBLIC', fn);
+		EXECUTE pg_catalog.format('GRANT EXECUTE ON FUNCTION idempotency.%s TO idempotency_admin', fn);
+	END LOOP;
+END
+$grants$;
 GRANT SELECT, INSERT, UPDATE, DELETE
 	ON idempotency.claims, idempotency.leases, idempotency.tokens TO idempotency_user;
 GRANT USAGE ON SEQUENCE idempotency.claim_tokens, idempotency.lease_tokens TO idempotency_user;
 
 GRANT SELECT ON idempotency.policies TO PUBLIC;
-REVOKE EXECUTE ON FUNCTION
-	idempotency.idem_machine(text, text[]),
-	idempotency.idem_guard(regclass, name, text, name, boolean),
-	idempotency.idem_unguard(regclass),
-	idempotency.idem_guard_trigger(),
-	idempotency.idem_stats_reset(),
-	idempotency.idem_purge()
-	FROM PUBLIC;
-GRANT EXECUTE ON FUNCTION
-	idempotency.idem_machine(text, text[]),
-	idempotency.idem_guard(regclass, name, text, name, boolean),
-	idempotency.idem_unguard(regclass),
-	idempotency.idem_guard_trigger(),
-	idempotency.idem_stats_reset(),
-	idempotency.idem_purge()
-	TO idempotency_admin;
 GRANT INSERT, UPDATE, DELETE
 	ON idempotency.machines, idempotency.transitions, idempotency.policies TO idempotency_admin;

@@ -166,6 +166,16 @@ _PG_init(void)
 							0,
 							NULL, NULL, NULL);
 
+	DefineCustomIntVariable("idempotency.purge_delay",
+							"Sets how long the purge worker sleeps between two full batches.",
+							"Bounds the share of the machine that working off a backlog "
+							"of expired rows takes; 0 purges it without pause.",
+							&idem_purge_delay_ms,
+							50, 0, 10000,
+							PGC_SIGHUP,
+							GUC_UNIT_MS,
+							NULL, NULL, NULL);
+
 	MarkGUCPrefixReserved("idempotency");
 	GuardUpdateHooksInit();
 

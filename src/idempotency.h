@@ -116,6 +116,7 @@ extern Interval *IdemPolicyTtlArg(FunctionCallInfo fcinfo, int n, const char *wh
 extern char *idem_purge_database;
 extern int	idem_purge_interval_s;
 extern int	idem_purge_batch_size;
+extern int	idem_purge_delay_ms;
 extern void IdemPurgeWorkerRegister(void);
 
 /* stats.c */

@@ -16,7 +16,10 @@
  *
  * The worker (started when the library is preloaded) connects to
  * idempotency.database and, every idempotency.purge_interval, runs batches
- * until one comes back short, each in its own short transaction.  It does
+ * until one comes back short, each in its own short transaction.  Between
+ * two full batches (a backlog) it sleeps idempotency.purge_delay, so that
+ * working off a backlog takes a bounded share of the machine, as
+ * autovacuum's cost delay does.  It does
  * nothing while the extension is not installed in that database, rereads
  * its settings on SIGHUP, and leaves (to be started again by the
  * postmaster) when the database setting changes.  An error ends it the same
@@ -57,6 +60,7 @@ PGDLLEXPORT void idem_purge_worker_main(Datum main_arg);
 char	   *idem_purge_database = NULL;
 int			idem_purge_interval_s = 60;
 int			idem_purge_batch_size = 1000;
+int			idem_purge_delay_ms = 50;
 
 /*
  * One batch per table: the oldest expired rows (through the expires_at
@@ -211,9 +215,11 @@ purge_round(void)
 			total += n;
 			if (n < (uint64) batch_size)
 				break;
+			/* A backlog: leave the CPU and the WAL to the claims a while. */
+			if (idem_purge_delay_ms > 0)
+				nap(idem_purge_delay_ms);
 		}
 	}
-	pgstat_report_activity(STATE_IDLE, NULL);
 	if (total > 0)
 		elog(DEBUG1, "idempotency purge worker removed " UINT64_FORMAT " expired rows", total);
 	return true;
@@ -239,6 +245,7 @@ idem_purge_worker_main(Datum main_arg)
 	database = pstrdup(idem_purge_database);
 	BackgroundWorkerInitializeConnection(database, NULL, 0);
 	pgstat_report_appname(PURGE_WORKER_NAME);
+	pgstat_report_activity(STATE_IDLE, NULL);
 	ereport(LOG,
 			(errmsg("idempotency purge worker started in database \"%s\"", database)));
 
@@ -261,8 +268,12 @@ idem_purge_worker_main(Datum main_arg)
 
 			if (now >= due)
 			{
+				bool		installed;
+
 				last_round = now;
-				if (purge_round())
+				installed = purge_round();
+				pgstat_report_activity(STATE_IDLE, NULL);
+				if (installed)
 					missing_reported = false;
 				else if (!missing_reported)
 				{
