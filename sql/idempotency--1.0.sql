@@ -393,6 +393,18 @@ COMMENT ON FUNCTION idempotency.idem_fingerprint(jsonb, text[]) IS
 -- Every session caches what it read and drops it when the table changes.
 --------------------------------------------------------------------------
 
+-- Positive, and no part of it negative ('1 day -23 hours' would be a ttl
+-- of one hour, '1 month -29 days' one that depends on the month).
+CREATE FUNCTION idempotency.idem_interval_forward(i interval) RETURNS boolean
+LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
+SET search_path = pg_catalog, pg_temp
+AS $$
+	SELECT i > interval '0' AND extract(year FROM i) >= 0 AND extract(month FROM i) >= 0
+		AND extract(day FROM i) >= 0 AND i - date_trunc('day', i) >= interval '0'
+$$;
+COMMENT ON FUNCTION idempotency.idem_interval_forward(interval) IS
+	'true if the interval is positive with no negative part: what policies accept as a duration';
+
 CREATE TABLE idempotency.policies (
 	scope text PRIMARY KEY
 		CONSTRAINT policies_scope_length CHECK (octet_length(scope) BETWEEN 1 AND 255),
@@ -402,7 +414,8 @@ CREATE TABLE idempotency.policies (
 	max_key_length int NOT NULL DEFAULT 255
 		CONSTRAINT policies_max_key_length CHECK (max_key_length BETWEEN 1 AND 255),
 	require_fingerprint boolean NOT NULL DEFAULT false,
-	CONSTRAINT policies_positive CHECK (default_ttl > '0' AND max_ttl > '0' AND lease > '0'),
+	CONSTRAINT policies_positive CHECK (idempotency.idem_interval_forward(default_ttl)
+		AND idempotency.idem_interval_forward(max_ttl) AND idempotency.idem_interval_forward(lease)),
 	CONSTRAINT policies_max_ttl_limit CHECK (max_ttl <= '366 days')
 );
 COMMENT ON TABLE idempotency.policies IS
@@ -775,12 +788,12 @@ CREATE INDEX tokens_expires_at ON idempotency.tokens (expires_at);
 COMMENT ON TABLE idempotency.tokens IS
 	'one-time tokens not yet consumed, by SHA-256 digest: the tokens themselves are never stored';
 
-CREATE FUNCTION idempotency.idem_token_issue(scope text DEFAULT 'default', ttl interval DEFAULT '1 hour')
+CREATE FUNCTION idempotency.idem_token_issue(scope text DEFAULT 'default', ttl interval DEFAULT NULL)
 RETURNS text
 	AS 'MODULE_PATHNAME', 'idem_token_issue'
 	LANGUAGE C VOLATILE;
 COMMENT ON FUNCTION idempotency.idem_token_issue(text, interval) IS
-	'issue a one-time token: 192 random bits, URL-safe base64, valid for ttl';
+	'issue a one-time token: 192 random bits, URL-safe base64, valid for ttl (by default an hour, or the scope''s max_ttl if shorter)';
 CREATE FUNCTION idempotency.idem_token_consume(token text, scope text DEFAULT 'default')
 RETURNS boolean
 	AS 'MODULE_PATHNAME', 'idem_token_consume'

@@ -32,6 +32,11 @@ SELECT (idem_claim('pay-2', '1 hour', idem_fingerprint('{}'), 'payments')).token
 SELECT pg_temp.fails($$SELECT idempotency.idem_extend('pay-2', $$ || :pay2 || $$, '3 hours', 'payments')$$) AS extend_over_max;
 SELECT pg_temp.fails($$SELECT idempotency.idem_token_issue('mail', '3 hours')$$) AS token_over_max;
 SELECT length(idem_token_issue('mail', '2 hours')) AS token_within_max;
+-- A token's default ttl (an hour) is cut to a shorter max_ttl.
+INSERT INTO policies (scope, max_ttl) VALUES ('brief', '10 minutes');
+SELECT length(idem_token_issue('brief')) AS default_token;
+SELECT expires_at - created_at AS token_lives FROM tokens WHERE scope = 'brief';
+DELETE FROM policies WHERE scope = 'brief';
 -- The default ttl never exceeds max_ttl: 'mail' gave only max_ttl.
 SELECT expires_at - clock_timestamp() BETWEEN '1 hour 59 minutes' AND '2 hours' AS two_hours
 FROM idem_claim('mail-1', scope => 'mail');
@@ -50,6 +55,9 @@ SELECT pg_temp.fails($$INSERT INTO idempotency.policies (scope, max_ttl) VALUES 
 SELECT pg_temp.fails($$INSERT INTO idempotency.policies (scope, max_key_length) VALUES ('x', 0)$$) AS zero_key_length;
 SELECT pg_temp.fails($$INSERT INTO idempotency.policies (scope, default_ttl) VALUES ('x', '-1 hour')$$) AS negative_ttl;
 SELECT pg_temp.fails($$INSERT INTO idempotency.policies (scope) VALUES ('')$$) AS empty_scope;
+SELECT pg_temp.fails($$INSERT INTO idempotency.policies (scope, lease) VALUES ('x', '1 day -23 hours')$$) AS mixed_signs;
+SELECT pg_temp.fails($$INSERT INTO idempotency.policies (scope, max_ttl) VALUES ('x', '1 month -29 days')$$) AS mixed_months;
+SELECT idem_interval_forward(i) AS forward FROM (VALUES (interval '2 days 3 hours'), ('1 year -1 month'), ('00:00:01')) v(i);
 
 -- Roles.  A plain role may read policies, machines and counters, and
 -- nothing else: no claim, lock, lease or token function, no change to

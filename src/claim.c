@@ -319,6 +319,26 @@ open_claims(void)
 }
 
 /*
+ * Is this version of a row past its expiry?  An expired version that
+ * another transaction is deleting does not make its key busy: no owner's
+ * call deletes an expired claim, so that is the purge, which leaves the
+ * key free; and a takeover that is updating it shows up as the new
+ * version it inserts.
+ */
+static bool
+version_expired(Relation rel, TupleTableSlot *slot)
+{
+	AttrNumber	att = get_attnum(RelationGetRelid(rel), "expires_at");
+	bool		isnull;
+	Datum		d;
+
+	if (att == InvalidAttrNumber)
+		return false;
+	d = slot_getattr(slot, att, &isnull);
+	return !isnull && DatumGetTimestampTz(d) <= GetCurrentTimestamp();
+}
+
+/*
  * Find the key's row through the primary key under the given snapshot and
  * return a copy, or NULL.  With busy (and a dirty snapshot), set *busy if
  * another transaction is inserting, updating or deleting the row, instead
@@ -346,7 +366,8 @@ fetch_claim(Relation rel, const ClaimKey *k, Snapshot snapshot, bool *busy)
 			tuple = ExecCopySlotHeapTuple(slot);
 			break;
 		}
-		if (TransactionIdIsValid(snapshot->xmin) || TransactionIdIsValid(snapshot->xmax))
+		if (TransactionIdIsValid(snapshot->xmin) ||
+			(TransactionIdIsValid(snapshot->xmax) && !version_expired(rel, slot)))
 		{
 			*busy = true;
 			break;

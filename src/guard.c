@@ -150,6 +150,18 @@ state_index(const GuardMachine *m, const char *s, int len)
 	return -1;
 }
 
+/* What a machine is read with (fully qualified; plans kept). */
+static const IdemPlanDef edges_def = {
+	"SELECT from_state, to_state FROM idempotency.transitions"
+	" WHERE machine OPERATOR(pg_catalog.=) $1", 1, {TEXTOID}
+};
+static const IdemPlanDef initial_def = {
+	"SELECT pg_catalog.unnest(initial_states) FROM idempotency.machines"
+	" WHERE name OPERATOR(pg_catalog.=) $1", 1, {TEXTOID}
+};
+static SPIPlanPtr edges_plan = NULL;
+static SPIPlanPtr initial_plan = NULL;
+
 /*
  * Load a machine from idempotency.machines and idempotency.transitions.
  * Everything is read first; the cache entry is made last, with no catalog
@@ -162,7 +174,6 @@ load_machine(const char *name)
 	GuardMachine local;
 	bool		found;
 	Datum		arg;
-	Oid			argtype = TEXTOID;
 	int			n = 0;
 	uint64		nedges;
 	char	  **from;
@@ -191,11 +202,7 @@ load_machine(const char *name)
 	arg = CStringGetTextDatum(name);
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
-	if (SPI_execute_with_args("SELECT from_state, to_state FROM idempotency.transitions"
-							  " WHERE machine OPERATOR(pg_catalog.=) $1",
-							  1, &argtype, &arg, NULL, true, 0) != SPI_OK_SELECT)
-		elog(ERROR, "could not read the transitions of machine \"%s\"", name);
-	nedges = SPI_processed;
+	nedges = IdemReadLatest(&edges_def, &edges_plan, &arg);
 	if (nedges == 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_UNDEFINED_OBJECT),
@@ -225,10 +232,7 @@ load_machine(const char *name)
 	local.nstates = n;
 	local.initial = SPI_palloc(sizeof(bool) * n);
 	memset(local.initial, 0, sizeof(bool) * n);
-	if (SPI_execute_with_args("SELECT pg_catalog.unnest(initial_states) FROM idempotency.machines"
-							  " WHERE name OPERATOR(pg_catalog.=) $1",
-							  1, &argtype, &arg, NULL, true, 0) != SPI_OK_SELECT)
-		elog(ERROR, "could not read machine \"%s\"", name);
+	(void) IdemReadLatest(&initial_def, &initial_plan, &arg);
 	for (uint64 i = 0; i < SPI_processed; i++)
 	{
 		char	   *st = SPI_getvalue(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1);

@@ -153,6 +153,7 @@ extern IdemResultCache *IdemGetResultCache(FunctionCallInfo fcinfo,
 extern void IdemConnectSPI(void);
 extern uint64 IdemRunPlan(const IdemPlanDef *def, SPIPlanPtr *plan, Datum *args,
 						  const char *nulls, bool read_only);
+extern uint64 IdemReadLatest(const IdemPlanDef *def, SPIPlanPtr *plan, Datum *args);
 extern bool IdemInSubtransaction(bool (*fn) (void *arg), void *arg, int swallow,
 								 bool *swallowed);
 extern bool IdemRunContested(const IdemPlanDef *def, SPIPlanPtr *plan, Datum *args,

@@ -14,8 +14,10 @@
  * trigger on the table queues a relcache invalidation of it, which every
  * session takes in at its next transaction (and the writing session at
  * its next command); the callback only marks the cache stale, and the next
- * lookup throws it away.  A lookup that took in an invalidation while it
- * was reading the table returns what it read without caching it.
+ * lookup throws it away.  A lookup reads with a snapshot of its own, taken
+ * then (IdemReadLatest), so that what it caches is never older than the
+ * invalidations already taken in; one that took in an invalidation while
+ * it was reading returns what it read without caching it.
  *
  *-------------------------------------------------------------------------
  */
@@ -86,7 +88,7 @@ read_policy(const char *scope, IdemPolicy *p)
 	bool		found;
 
 	IdemConnectSPI();
-	found = IdemRunPlan(&read_def, &read_plan, &arg, NULL, true) > 0;
+	found = IdemReadLatest(&read_def, &read_plan, &arg) > 0;
 	if (found)
 	{
 		HeapTuple	tup = SPI_tuptable->vals[0];
@@ -119,7 +121,8 @@ IdemGetPolicy(text *scope, IdemPolicy *p)
 	uint64		generation;
 	bool		found;
 
-	Assert(len <= POLICY_MAX_SCOPE_BYTES);
+	if (len > POLICY_MAX_SCOPE_BYTES)
+		elog(ERROR, "scope of %d bytes passed to IdemGetPolicy", len);
 	memcpy(name, VARDATA_ANY(scope), len);
 	name[len] = '\0';
 
@@ -177,8 +180,12 @@ Interval *
 IdemPolicyTtlArg(FunctionCallInfo fcinfo, int n, const char *what,
 				 const IdemPolicy *p, text *scope)
 {
-	char	   *max_name = psprintf("max_ttl of scope \"%s\"", text_to_cstring(scope));
+	const char *max_name = "max_ttl";
 
+	/* The scope is named only when the error is raised. */
+	if (!PG_ARGISNULL(n) &&
+		IdemIntervalDays(PG_GETARG_INTERVAL_P(n)) > IdemIntervalDays(&p->max_ttl))
+		max_name = psprintf("max_ttl of scope \"%s\"", text_to_cstring(scope));
 	return IdemDurationArg(fcinfo, n, what, (Interval *) &p->max_ttl, max_name,
 						   "Pass a shorter interval, or have an idempotency_admin raise max_ttl "
 						   "for the scope in idempotency.policies.");

@@ -155,8 +155,17 @@ reload_if_asked(void)
 {
 	if (ConfigReloadPending)
 	{
+		int			interval = idem_purge_interval_s;
+		int			batch_size = idem_purge_batch_size;
+		int			delay = idem_purge_delay_ms;
+
 		ConfigReloadPending = false;
 		ProcessConfigFile(PGC_SIGHUP);
+		if (interval != idem_purge_interval_s || batch_size != idem_purge_batch_size ||
+			delay != idem_purge_delay_ms)
+			ereport(LOG,
+					(errmsg("idempotency purge worker now purges every %d s in batches of %d rows with %d ms between them",
+							idem_purge_interval_s, idem_purge_batch_size, idem_purge_delay_ms)));
 	}
 }
 
@@ -244,6 +253,16 @@ idem_purge_worker_main(Datum main_arg)
 		nap(-1);
 	database = pstrdup(idem_purge_database);
 	BackgroundWorkerInitializeConnection(database, NULL, 0);
+
+	/*
+	 * Batches are short READ COMMITTED transactions that write, whatever
+	 * the server's defaults say: a newer row version is then rechecked, not
+	 * an error.
+	 */
+	SetConfigOption("default_transaction_isolation", "read committed",
+					PGC_SUSET, PGC_S_OVERRIDE);
+	SetConfigOption("default_transaction_read_only", "off",
+					PGC_SUSET, PGC_S_OVERRIDE);
 	pgstat_report_appname(PURGE_WORKER_NAME);
 	pgstat_report_activity(STATE_IDLE, NULL);
 	ereport(LOG,
@@ -264,7 +283,11 @@ idem_purge_worker_main(Datum main_arg)
 		if (idem_purge_interval_s > 0)
 		{
 			TimestampTz now = GetCurrentTimestamp();
-			TimestampTz due = last_round + (int64) idem_purge_interval_s * USECS_PER_SEC;
+			TimestampTz due;
+
+			if (now < last_round)
+				last_round = now;	/* the clock was set back */
+			due = last_round + (int64) idem_purge_interval_s * USECS_PER_SEC;
 
 			if (now >= due)
 			{

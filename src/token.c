@@ -74,7 +74,7 @@ token_digest(const uint8 *raw)
 }
 
 /*
- * idem_token_issue(scope, ttl) → text
+ * idem_token_issue(scope, ttl) → text; ttl NULL: an hour, or max_ttl if shorter
  */
 Datum
 idem_token_issue(PG_FUNCTION_ARGS)
@@ -82,12 +82,22 @@ idem_token_issue(PG_FUNCTION_ARGS)
 	text	   *scope = scope_arg(fcinfo, 0);
 	IdemPolicy	policy;
 	Interval   *ttl;
+	Interval	default_ttl;
 	uint8		raw[TOKEN_RANDOM_BYTES];
 	char		out[TOKEN_CHARS + 1];
 	Datum		args[3];
 
 	IdemGetPolicy(scope, &policy);
-	ttl = IdemPolicyTtlArg(fcinfo, 1, "ttl", &policy, scope);
+	if (PG_ARGISNULL(1))
+	{
+		/* An hour, unless the scope's max_ttl is shorter. */
+		Interval	hour = {.time = USECS_PER_HOUR,.day = 0,.month = 0};
+
+		default_ttl = IdemIntervalDays(&policy.max_ttl) < IdemIntervalDays(&hour) ? policy.max_ttl : hour;
+		ttl = &default_ttl;
+	}
+	else
+		ttl = IdemPolicyTtlArg(fcinfo, 1, "ttl", &policy, scope);
 	if (!pg_strong_random(raw, sizeof(raw)))
 		ereport(ERROR,
 				(errcode(ERRCODE_INTERNAL_ERROR),

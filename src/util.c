@@ -16,6 +16,7 @@
 #include "funcapi.h"
 #include "utils/builtins.h"
 #include "utils/resowner.h"
+#include "utils/snapmgr.h"
 #include "utils/timestamp.h"
 
 #include "idempotency.h"
@@ -163,6 +164,36 @@ IdemRunPlan(const IdemPlanDef *def, SPIPlanPtr *plan, Datum *args, const char *n
 	}
 	rc = SPI_execute_plan(*plan, args, nulls, read_only, 0);
 	if (rc < 0)
+		elog(ERROR, "\"%s\" failed: %s", def->sql, SPI_result_code_string(rc));
+	return SPI_processed;
+}
+
+/*
+ * Run a read-only statement of configuration tables (policies, machines)
+ * with a snapshot taken now rather than the caller's: a commit is visible
+ * to new snapshots before its cache invalidation goes out, so what is read
+ * here is never older than an invalidation already taken in, and a cache
+ * filled from it never outlives the change.  The plan is kept like
+ * IdemRunPlan's; returns the number of rows.
+ */
+uint64
+IdemReadLatest(const IdemPlanDef *def, SPIPlanPtr *plan, Datum *args)
+{
+	int			rc;
+
+	if (*plan == NULL)
+	{
+		SPIPlanPtr	p = SPI_prepare(def->sql, def->nargs, (Oid *) def->argtypes);
+
+		if (p == NULL)
+			elog(ERROR, "could not prepare \"%s\": %s", def->sql,
+				 SPI_result_code_string(SPI_result));
+		SPI_keepplan(p);
+		*plan = p;
+	}
+	rc = SPI_execute_snapshot(*plan, args, NULL, GetLatestSnapshot(), InvalidSnapshot,
+							  true, false, 0);
+	if (rc != SPI_OK_SELECT)
 		elog(ERROR, "\"%s\" failed: %s", def->sql, SPI_result_code_string(rc));
 	return SPI_processed;
 }
