@@ -861,37 +861,33 @@ COMMENT ON FUNCTION idempotency.idem_purge() IS
 DO $grants$
 DECLARE
 	fn text;
+	grantee text;
 BEGIN
-	FOREACH fn IN ARRAY ARRAY[
-		'idem_claim(text, interval, bytea, text, interval, boolean)',
-		'idem_complete(text, bigint, jsonb, int, text)',
-		'idem_fail(text, bigint, boolean, jsonb, int, text)',
-		'idem_checkpoint(text, bigint, text, text)',
-		'idem_extend(text, bigint, interval, text)',
-		'idem_release(text, bigint, text)',
-		'idem_lookup(text, text)',
-		'idem_lock(text, text)',
-		'idem_try_lock(text, text)',
-		'idem_lease_acquire(text, text, interval)',
-		'idem_lease_renew(text, bigint, interval)',
-		'idem_lease_release(text, bigint)',
-		'idem_lease_check(text, bigint)',
-		'idem_token_issue(text, interval)',
-		'idem_token_consume(text, text)']
+	FOR fn, grantee IN VALUES
+		('idem_claim(text, interval, bytea, text, interval, boolean)', 'idempotency_user'),
+		('idem_complete(text, bigint, jsonb, int, text)', 'idempotency_user'),
+		('idem_fail(text, bigint, boolean, jsonb, int, text)', 'idempotency_user'),
+		('idem_checkpoint(text, bigint, text, text)', 'idempotency_user'),
+		('idem_extend(text, bigint, interval, text)', 'idempotency_user'),
+		('idem_release(text, bigint, text)', 'idempotency_user'),
+		('idem_lookup(text, text)', 'idempotency_user'),
+		('idem_lock(text, text)', 'idempotency_user'),
+		('idem_try_lock(text, text)', 'idempotency_user'),
+		('idem_lease_acquire(text, text, interval)', 'idempotency_user'),
+		('idem_lease_renew(text, bigint, interval)', 'idempotency_user'),
+		('idem_lease_release(text, bigint)', 'idempotency_user'),
+		('idem_lease_check(text, bigint)', 'idempotency_user'),
+		('idem_token_issue(text, interval)', 'idempotency_user'),
+		('idem_token_consume(text, text)', 'idempotency_user'),
+		('idem_machine(text, text[])', 'idempotency_admin'),
+		('idem_guard(regclass, name, text, name, boolean)', 'idempotency_admin'),
+		('idem_unguard(regclass)', 'idempotency_admin'),
+		('idem_guard_trigger()', 'idempotency_admin'),
+		('idem_stats_reset()', 'idempotency_admin'),
+		('idem_purge()', 'idempotency_admin')
 	LOOP
 		EXECUTE pg_catalog.format('REVOKE EXECUTE ON FUNCTION idempotency.%s FROM PUBLIC', fn);
-		EXECUTE pg_catalog.format('GRANT EXECUTE ON FUNCTION idempotency.%s TO idempotency_user', fn);
-	END LOOP;
-	FOREACH fn IN ARRAY ARRAY[
-		'idem_machine(text, text[])',
-		'idem_guard(regclass, name, text, name, boolean)',
-		'idem_unguard(regclass)',
-		'idem_guard_trigger()',
-		'idem_stats_reset()',
-		'idem_purge()']
-	LOOP
-		EXECUTE pg_catalog.format('REVOKE EXECUTE ON FUNCTION idempotency.%s FROM PUBLIC', fn);
-		EXECUTE pg_catalog.format('GRANT EXECUTE ON FUNCTION idempotency.%s TO idempotency_admin', fn);
+		EXECUTE pg_catalog.format('GRANT EXECUTE ON FUNCTION idempotency.%s TO %I', fn, grantee);
 	END LOOP;
 END
 $grants$;

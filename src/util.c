@@ -141,17 +141,10 @@ IdemConnectSPI(void)
 		elog(ERROR, "SPI_connect failed");
 }
 
-/*
- * Run one of a file's statements, preparing and keeping its plan the first
- * time; returns the number of rows processed.  nulls is in SPI's form ('n'
- * for NULL, ' ' otherwise), or NULL when no argument is NULL.
- */
-uint64
-IdemRunPlan(const IdemPlanDef *def, SPIPlanPtr *plan, Datum *args, const char *nulls,
-			bool read_only)
+/* A statement's plan, prepared and kept the first time. */
+static SPIPlanPtr
+kept_plan(const IdemPlanDef *def, SPIPlanPtr *plan)
 {
-	int			rc;
-
 	if (*plan == NULL)
 	{
 		SPIPlanPtr	p = SPI_prepare(def->sql, def->nargs, (Oid *) def->argtypes);
@@ -162,7 +155,20 @@ IdemRunPlan(const IdemPlanDef *def, SPIPlanPtr *plan, Datum *args, const char *n
 		SPI_keepplan(p);
 		*plan = p;
 	}
-	rc = SPI_execute_plan(*plan, args, nulls, read_only, 0);
+	return *plan;
+}
+
+/*
+ * Run one of a file's statements, preparing and keeping its plan the first
+ * time; returns the number of rows processed.  nulls is in SPI's form ('n'
+ * for NULL, ' ' otherwise), or NULL when no argument is NULL.
+ */
+uint64
+IdemRunPlan(const IdemPlanDef *def, SPIPlanPtr *plan, Datum *args, const char *nulls,
+			bool read_only)
+{
+	int			rc = SPI_execute_plan(kept_plan(def, plan), args, nulls, read_only, 0);
+
 	if (rc < 0)
 		elog(ERROR, "\"%s\" failed: %s", def->sql, SPI_result_code_string(rc));
 	return SPI_processed;
@@ -179,20 +185,10 @@ IdemRunPlan(const IdemPlanDef *def, SPIPlanPtr *plan, Datum *args, const char *n
 uint64
 IdemReadLatest(const IdemPlanDef *def, SPIPlanPtr *plan, Datum *args)
 {
-	int			rc;
+	int			rc = SPI_execute_snapshot(kept_plan(def, plan), args, NULL,
+											  GetLatestSnapshot(), InvalidSnapshot,
+											  true, false, 0);
 
-	if (*plan == NULL)
-	{
-		SPIPlanPtr	p = SPI_prepare(def->sql, def->nargs, (Oid *) def->argtypes);
-
-		if (p == NULL)
-			elog(ERROR, "could not prepare \"%s\": %s", def->sql,
-				 SPI_result_code_string(SPI_result));
-		SPI_keepplan(p);
-		*plan = p;
-	}
-	rc = SPI_execute_snapshot(*plan, args, NULL, GetLatestSnapshot(), InvalidSnapshot,
-							  true, false, 0);
 	if (rc != SPI_OK_SELECT)
 		elog(ERROR, "\"%s\" failed: %s", def->sql, SPI_result_code_string(rc));
 	return SPI_processed;
