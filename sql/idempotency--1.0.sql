@@ -459,7 +459,7 @@ SELECT pg_catalog.pg_extension_config_dump('idempotency.machines', '');
 SELECT pg_catalog.pg_extension_config_dump('idempotency.transitions', '');
 GRANT SELECT ON idempotency.machines, idempotency.transitions TO PUBLIC;
 
--- Tell every session, at commit, that machines changed.
+-- Tell every session, at commit, that machines, transitions or policies changed.
 CREATE FUNCTION idempotency.idem_config_changed() RETURNS trigger
 	AS 'MODULE_PATHNAME', 'idem_config_changed'
 	LANGUAGE C;

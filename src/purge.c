@@ -9,21 +9,22 @@
  * batches of idempotency.purge_batch_size.  A batch picks its rows through
  * the expires_at index, locks them with SKIP LOCKED (a row another
  * transaction is working on, such as a claim being taken over, is left for
- * the next round) and deletes them by ctid.  Live rows are never locked, so
- * claims, renewals and completions never wait for a purge; a caller
- * claiming a key whose expired row is in the very batch being deleted waits
- * at most for that batch's commit.
+ * the next round) and deletes them by ctid.  So a purge never waits for a
+ * claim, and only expired rows are locked: a call that touches one of the
+ * rows of the batch being deleted waits at most for that batch's commit.
+ * (In READ COMMITTED, a row renewed by a commit after the batch chose it
+ * stays locked until then too, though the recheck leaves it alone.)
  *
  * The worker (started when the library is preloaded) connects to
  * idempotency.database and, every idempotency.purge_interval, runs batches
- * until one comes back short, each in its own short transaction.  Between
- * two full batches (a backlog) it sleeps idempotency.purge_delay, so that
- * working off a backlog takes a bounded share of the machine, as
- * autovacuum's cost delay does.  It does
- * nothing while the extension is not installed in that database, rereads
- * its settings on SIGHUP, and leaves (to be started again by the
- * postmaster) when the database setting changes.  An error ends it the same
- * way: the postmaster starts it again after PURGE_RESTART_SECS.
+ * until one comes back short, each in its own short READ COMMITTED
+ * transaction.  Between two full batches (a backlog) it sleeps
+ * idempotency.purge_delay, so that working off a backlog takes a bounded
+ * share of the machine, as autovacuum's cost delay does.  It does nothing
+ * while the extension is not installed in that database, rereads its
+ * settings on SIGHUP, and leaves (to be started again by the postmaster)
+ * when the database setting changes.  An error ends it the same way: the
+ * postmaster starts it again after PURGE_RESTART_SECS.
  *
  * idem_purge() runs the same batches in the caller's transaction.
  *
