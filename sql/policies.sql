@@ -58,7 +58,9 @@ SELECT pg_temp.fails($$INSERT INTO idempotency.policies (scope, default_ttl) VAL
 SELECT pg_temp.fails($$INSERT INTO idempotency.policies (scope) VALUES ('')$$) AS empty_scope;
 SELECT pg_temp.fails($$INSERT INTO idempotency.policies (scope, lease) VALUES ('x', '1 day -23 hours')$$) AS mixed_signs;
 SELECT pg_temp.fails($$INSERT INTO idempotency.policies (scope, max_ttl) VALUES ('x', '1 month -29 days')$$) AS mixed_months;
-SELECT idem_interval_forward(i) AS forward FROM (VALUES (interval '2 days 3 hours'), ('1 year -1 month'), ('00:00:01')) v(i);
+SELECT i, idem_interval_forward(i) AS forward
+FROM (VALUES (interval '2 days 3 hours'), ('1 year -1 month'), ('00:00:01'), ('-1 day 25 hours'),
+	('1 day -1 microsecond'), ('1 mon -1 day'), ('0')) v(i);
 
 -- Roles.  A plain role may read policies, machines and counters, and
 -- nothing else: no claim, lock, lease or token function, no change to

@@ -320,10 +320,11 @@ open_claims(void)
 
 /*
  * Is this version of a row past its expiry?  An expired version that
- * another transaction is deleting does not make its key busy: no owner's
- * call deletes an expired claim, so that is the purge, which leaves the
- * key free; and a takeover that is updating it shows up as the new
- * version it inserts.
+ * another transaction is deleting does not make its key busy: that is a
+ * purge, or a release (or a manual DELETE) that crossed the expiry, and
+ * either leaves the key free, so the caller goes on and waits for it like
+ * any writer of an expired row.  A takeover updating an expired version
+ * always changes expires_at, so it shows up as the new version it inserts.
  */
 static bool
 version_expired(Relation rel, TupleTableSlot *slot)
@@ -341,8 +342,8 @@ version_expired(Relation rel, TupleTableSlot *slot)
 /*
  * Find the key's row through the primary key under the given snapshot and
  * return a copy, or NULL.  With busy (and a dirty snapshot), set *busy if
- * another transaction is inserting, updating or deleting the row, instead
- * of returning it.
+ * another transaction is inserting, updating or deleting the row (but not
+ * deleting an expired one), instead of returning it.
  */
 static HeapTuple
 fetch_claim(Relation rel, const ClaimKey *k, Snapshot snapshot, bool *busy)
@@ -561,6 +562,12 @@ idem_claim(PG_FUNCTION_ARGS)
 
 	for (int tries = 0;; tries++)
 	{
+		if (tries > 0 && !wait && key_busy_elsewhere(&k))
+		{
+			/* Lost a race to a claim still being written: report, do not wait. */
+			outcome = OUTCOME_IN_PROGRESS;
+			break;
+		}
 		read_row(&k, &row);
 
 		if (!row.found || row.expired)

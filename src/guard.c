@@ -44,6 +44,7 @@
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
 #include "utils/rel.h"
+#include "utils/snapmgr.h"
 
 #include "guard.h"
 #include "idempotency.h"
@@ -174,6 +175,7 @@ load_machine(const char *name)
 	GuardMachine local;
 	bool		found;
 	Datum		arg;
+	Snapshot	snapshot;
 	int			n = 0;
 	uint64		nedges;
 	char	  **from;
@@ -202,7 +204,9 @@ load_machine(const char *name)
 	arg = CStringGetTextDatum(name);
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
-	nedges = IdemReadLatest(&edges_def, &edges_plan, &arg);
+	/* Edges and initial states from one snapshot, so that they agree. */
+	snapshot = RegisterSnapshot(GetLatestSnapshot());
+	nedges = IdemReadLatest(&edges_def, &edges_plan, &arg, snapshot);
 	if (nedges == 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_UNDEFINED_OBJECT),
@@ -232,7 +236,8 @@ load_machine(const char *name)
 	local.nstates = n;
 	local.initial = SPI_palloc(sizeof(bool) * n);
 	memset(local.initial, 0, sizeof(bool) * n);
-	(void) IdemReadLatest(&initial_def, &initial_plan, &arg);
+	(void) IdemReadLatest(&initial_def, &initial_plan, &arg, snapshot);
+	UnregisterSnapshot(snapshot);
 	for (uint64 i = 0; i < SPI_processed; i++)
 	{
 		char	   *st = SPI_getvalue(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1);

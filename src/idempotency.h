@@ -153,7 +153,8 @@ extern IdemResultCache *IdemGetResultCache(FunctionCallInfo fcinfo,
 extern void IdemConnectSPI(void);
 extern uint64 IdemRunPlan(const IdemPlanDef *def, SPIPlanPtr *plan, Datum *args,
 						  const char *nulls, bool read_only);
-extern uint64 IdemReadLatest(const IdemPlanDef *def, SPIPlanPtr *plan, Datum *args);
+extern uint64 IdemReadLatest(const IdemPlanDef *def, SPIPlanPtr *plan, Datum *args,
+							 Snapshot snapshot);
 extern bool IdemInSubtransaction(bool (*fn) (void *arg), void *arg, int swallow,
 								 bool *swallowed);
 extern bool IdemRunContested(const IdemPlanDef *def, SPIPlanPtr *plan, Datum *args,

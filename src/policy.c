@@ -88,7 +88,7 @@ read_policy(const char *scope, IdemPolicy *p)
 	bool		found;
 
 	IdemConnectSPI();
-	found = IdemReadLatest(&read_def, &read_plan, &arg) > 0;
+	found = IdemReadLatest(&read_def, &read_plan, &arg, InvalidSnapshot) > 0;
 	if (found)
 	{
 		HeapTuple	tup = SPI_tuptable->vals[0];

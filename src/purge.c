@@ -162,8 +162,11 @@ reload_if_asked(void)
 
 		ConfigReloadPending = false;
 		ProcessConfigFile(PGC_SIGHUP);
-		if (interval != idem_purge_interval_s || batch_size != idem_purge_batch_size ||
-			delay != idem_purge_delay_ms)
+		if (interval != idem_purge_interval_s && idem_purge_interval_s == 0)
+			ereport(LOG,
+					(errmsg("idempotency purge worker stops purging: \"idempotency.purge_interval\" is 0")));
+		else if (interval != idem_purge_interval_s || batch_size != idem_purge_batch_size ||
+				 delay != idem_purge_delay_ms)
 			ereport(LOG,
 					(errmsg("idempotency purge worker now purges every %d s in batches of %d rows with %d ms between them",
 							idem_purge_interval_s, idem_purge_batch_size, idem_purge_delay_ms)));

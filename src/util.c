@@ -179,15 +179,18 @@ IdemRunPlan(const IdemPlanDef *def, SPIPlanPtr *plan, Datum *args, const char *n
  * with a snapshot taken now rather than the caller's: a commit is visible
  * to new snapshots before its cache invalidation goes out, so what is read
  * here is never older than an invalidation already taken in, and a cache
- * filled from it never outlives the change.  The plan is kept like
- * IdemRunPlan's; returns the number of rows.
+ * filled from it never outlives the change (foreign-key checks read the
+ * same way).  Reads that must agree pass one registered snapshot of
+ * GetLatestSnapshot(); InvalidSnapshot takes a new one.  Not for parallel
+ * mode, where no new snapshot may be taken: every caller is parallel
+ * unsafe.  The plan is kept like IdemRunPlan's; returns the number of rows.
  */
 uint64
-IdemReadLatest(const IdemPlanDef *def, SPIPlanPtr *plan, Datum *args)
+IdemReadLatest(const IdemPlanDef *def, SPIPlanPtr *plan, Datum *args, Snapshot snapshot)
 {
 	int			rc = SPI_execute_snapshot(kept_plan(def, plan), args, NULL,
-											  GetLatestSnapshot(), InvalidSnapshot,
-											  true, false, 0);
+											  snapshot != InvalidSnapshot ? snapshot : GetLatestSnapshot(),
+											  InvalidSnapshot, true, false, 0);
 
 	if (rc != SPI_OK_SELECT)
 		elog(ERROR, "\"%s\" failed: %s", def->sql, SPI_result_code_string(rc));
