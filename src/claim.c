@@ -487,7 +487,7 @@ idem_claim(PG_FUNCTION_ARGS)
 {
 	ClaimKey	k;
 	Interval   *ttl;
-	Interval   *lease;
+	const Interval *lease;
 	IdemPolicy	policy;
 	bytea	   *fingerprint = NULL;
 	bool		wait;
@@ -532,7 +532,7 @@ idem_claim(PG_FUNCTION_ARGS)
 	if (PG_ARGISNULL(4))
 	{
 		/* The scope's lease, but never longer than the claim lives. */
-		lease = IdemIntervalDays(ttl) < IdemIntervalDays(&policy.lease) ? ttl : &policy.lease;
+		lease = IdemShorter(ttl, &policy.lease);
 	}
 	else
 		lease = IdemDurationArg(fcinfo, 4, "lease", ttl, "the ttl", NULL);

@@ -138,6 +138,7 @@ extern text *IdemNameArg(FunctionCallInfo fcinfo, int n, const char *what,
 						 int max_bytes, const char *empty_hint);
 extern char *IdemIntervalText(Interval *iv);
 extern double IdemIntervalDays(const Interval *iv);
+extern const Interval *IdemShorter(const Interval *a, const Interval *b);
 extern Interval *IdemDurationArg(FunctionCallInfo fcinfo, int n, const char *what,
 								 Interval *max, const char *max_name,
 								 const char *hint);

@@ -101,8 +101,7 @@ read_policy(const char *scope, IdemPolicy *p)
 		p->lease = *DatumGetIntervalP(SPI_getbinval(tup, desc, 3, &isnull));
 		p->max_key_length = DatumGetInt32(SPI_getbinval(tup, desc, 4, &isnull));
 		p->require_fingerprint = DatumGetBool(SPI_getbinval(tup, desc, 5, &isnull));
-		if (IdemIntervalDays(&p->default_ttl) > IdemIntervalDays(&p->max_ttl))
-			p->default_ttl = p->max_ttl;
+		p->default_ttl = *IdemShorter(&p->max_ttl, &p->default_ttl);
 	}
 	SPI_finish();
 	return found;

@@ -93,7 +93,7 @@ idem_token_issue(PG_FUNCTION_ARGS)
 		/* An hour, unless the scope's max_ttl is shorter. */
 		Interval	hour = {.time = USECS_PER_HOUR,.day = 0,.month = 0};
 
-		default_ttl = IdemIntervalDays(&policy.max_ttl) < IdemIntervalDays(&hour) ? policy.max_ttl : hour;
+		default_ttl = *IdemShorter(&policy.max_ttl, &hour);
 		ttl = &default_ttl;
 	}
 	else

@@ -75,6 +75,13 @@ IdemIntervalDays(const Interval *iv)
 	return ((double) iv->time / USECS_PER_DAY) + iv->day + (double) iv->month * DAYS_PER_MONTH;
 }
 
+/* The shorter of two intervals (in IdemIntervalDays), b on a tie. */
+const Interval *
+IdemShorter(const Interval *a, const Interval *b)
+{
+	return IdemIntervalDays(a) < IdemIntervalDays(b) ? a : b;
+}
+
 /*
  * Validate a duration: positive, and not longer than max; max_name says
  * what max is.
