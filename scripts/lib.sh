@@ -15,7 +15,7 @@ set -euo pipefail
 
 IDEM_SRC=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 PG_MAJOR=${PG_MAJOR:-15}
-PG_BIN=/usr/lib/postgresql/$PG_MAJOR/bin
+PG_BIN=${PG_BIN:-/usr/lib/postgresql/$PG_MAJOR/bin}
 PG_CONFIG=$PG_BIN/pg_config
 IDEM_USER=${IDEM_USER:-idemtest}
 IDEM_PORT=${IDEM_PORT:-54329}
