@@ -6,37 +6,15 @@
 --
 SET search_path = public, idempotency;
 \i sql/helpers.psql
+\i sql/guard_helpers.psql
 
 SELECT idem_machine('ticket', 'open->working', 'working->done', 'open->dropped') \g /dev/null
 CREATE TABLE tickets (id int PRIMARY KEY, state text NOT NULL, version int NOT NULL, note text);
 SELECT idem_guard('tickets', machine => 'ticket', version_column => 'version') \g /dev/null
 INSERT INTO tickets SELECT g, 'open', 0, '' FROM generate_series(1, 6) g;
 
--- Did the guard's trigger run for an UPDATE?  EXPLAIN ANALYZE counts the
--- calls of each trigger that fired.
-CREATE FUNCTION pg_temp.trigger_calls(sql text) RETURNS text LANGUAGE plpgsql AS $$
-DECLARE
-	line text;
-	calls text := 'no trigger';
-BEGIN
-	FOR line IN EXECUTE 'EXPLAIN (ANALYZE, COSTS OFF, TIMING OFF, SUMMARY OFF) ' || sql LOOP
-		IF line LIKE 'Trigger idem_guard%' THEN
-			calls := line;
-		END IF;
-	END LOOP;
-	RETURN calls;
-END $$;
-
 -- A plain UPDATE checks itself: the plan carries the checks, no trigger
 -- runs, and the version is bumped all the same.
-CREATE FUNCTION pg_temp.plan(sql text) RETURNS SETOF text LANGUAGE plpgsql AS $$
-DECLARE
-	line text;
-BEGIN
-	FOR line IN EXECUTE 'EXPLAIN (VERBOSE, COSTS OFF) ' || sql LOOP
-		RETURN NEXT regexp_replace(line, '''[0-9]+''::oid', '<oid>', 'g');
-	END LOOP;
-END $$;
 SELECT pg_temp.plan($$UPDATE tickets SET state = 'working' WHERE id = 1$$);
 SELECT pg_temp.trigger_calls($$UPDATE tickets SET state = 'working' WHERE id = 1$$) AS plain;
 SELECT pg_temp.trigger_calls($$UPDATE tickets SET state = 'done', version = 2 WHERE id = 1 RETURNING *$$) AS with_version;

@@ -33,6 +33,17 @@
  * UPDATE trigger, a backend that had not loaded the library when it
  * planned) is planned as written and the trigger checks it.
  *
+ * Who may call the checks.  They are installed for PUBLIC, since whoever
+ * updates a guarded table runs them, and they lock rows.  So they act only
+ * for the expression nodes the planner hook put into the running
+ * statement's plan, recorded at executor start and compared with the
+ * node the call comes from (flinfo->fn_expr); the same functions written
+ * anywhere else (a WHERE clause, a subquery, RETURNING, a trigger or a
+ * foreign key cascade the UPDATE fires, a function it calls) are refused
+ * before any row is looked at.  A statement that names them itself is
+ * not rewritten at all.  Behind that, a row address is checked to be a
+ * row of the table's page before it is locked.
+ *
  * Concurrency.  The trigger judges the latest version of a row, locked;
  * the statement's checks see the row its snapshot saw.  They agree because
  * a check about to refuse, or to skip a repeat, first locks the row it was
@@ -52,6 +63,7 @@
 #include "access/sysattr.h"
 #include "access/xact.h"
 #include "catalog/namespace.h"
+#include "catalog/pg_am.h"
 #include "catalog/pg_inherits.h"
 #include "catalog/pg_trigger.h"
 #include "catalog/pg_type.h"
@@ -67,6 +79,7 @@
 #include "parser/parse_relation.h"
 #include "parser/parsetree.h"
 #include "rewrite/rewriteManip.h"
+#include "storage/bufmgr.h"
 #include "storage/lmgr.h"
 #include "utils/acl.h"
 #include "utils/builtins.h"
@@ -91,17 +104,33 @@ static ExecutorStart_hook_type prev_executor_start = NULL;
 static ExecutorEnd_hook_type prev_executor_end = NULL;
 
 /*
- * The self-checking UPDATEs running now, innermost first.  The check
- * functions run only inside the innermost one, for its table and guard,
- * and lock rows with its command id and lock mode; called any other way
- * (by hand, say) they refuse.  An entry goes at ExecutorEnd, or when its
- * (sub)transaction aborts.
+ * The three calls a self-checking UPDATE's plan makes: the expression
+ * nodes the planner hook put into it, found again in the finished plan.
+ */
+typedef struct GuardPlanCalls
+{
+	Oid			tgoid;			/* the guard they name */
+	FuncExpr   *check;			/* the state column's new value */
+	FuncExpr   *bump;			/* the version column's, or NULL */
+	FuncExpr   *differs;		/* the scan's last qual */
+} GuardPlanCalls;
+
+/*
+ * The self-checking UPDATEs running now, innermost first.  A check
+ * function acts only when the expression node it is called from
+ * (flinfo->fn_expr) is one of the calls recorded here for a running
+ * UPDATE: the executor sets fn_expr to the plan's own node, so a call
+ * written anywhere else (by hand, in a WHERE clause or subquery, in
+ * RETURNING, in a trigger or another function run by the statement) is
+ * a different node and is refused before any row is looked at.  The
+ * check then locks rows with that UPDATE's command id and lock mode.  An
+ * entry goes at ExecutorEnd, or when its (sub)transaction aborts.
  */
 typedef struct GuardedStatement
 {
 	QueryDesc  *query;			/* the running UPDATE */
 	Oid			relid;			/* its guarded table */
-	Oid			tgoid;			/* the guard */
+	GuardPlanCalls calls;		/* the guard and its plan's calls */
 	CommandId	cid;			/* the UPDATE's command id */
 	LockTupleMode lockmode;		/* the row lock its updates take */
 	SubTransactionId subid;		/* where it runs */
@@ -297,9 +326,29 @@ set_column(List *tlist, Relation rel, AttrNumber att, Expr *expr)
 	return tlist;
 }
 
+/* Does a query tree call one of the three check functions anywhere? */
+static bool
+calls_guard_walker(Node *node, GuardFuncs *f)
+{
+	if (node == NULL)
+		return false;
+	if (IsA(node, FuncExpr))
+	{
+		Oid			fn = ((FuncExpr *) node)->funcid;
+
+		if (fn == f->check || fn == f->bump4 || fn == f->bump8 || fn == f->differs)
+			return true;
+	}
+	if (IsA(node, Query))
+		return query_tree_walker((Query *) node, calls_guard_walker, f, 0);
+	return expression_tree_walker(node, calls_guard_walker, f);
+}
+
 /*
  * A copy of an UPDATE of a guarded table that checks itself, or NULL if
- * the statement is not one we rewrite.
+ * the statement is not one we rewrite.  A statement that names the check
+ * functions itself is left as written: the calls the plan records must be
+ * the ones put there here.
  */
 static Query *
 rewrite_update(Query *parse)
@@ -324,14 +373,14 @@ rewrite_update(Query *parse)
 	if (checkExprHasSubLink((Node *) parse->targetList) ||
 		contain_volatile_functions((Node *) parse->targetList))
 		return NULL;
-	if ((f = guard_funcs()) == NULL)
+	if ((f = guard_funcs()) == NULL || calls_guard_walker((Node *) parse, f))
 		return NULL;
 	if (rte->inh && has_subclass(rte->relid))
 		return NULL;
 
 	rel = table_open(rte->relid, NoLock);	/* locked by the parser */
 	tg = guard_trigger(rel->trigdesc, f, InvalidOid);
-	if (tg != NULL && guard_columns(rel, tg, &state_att, &version_att) &&
+	if (tg != NULL && rel->rd_rel->relam == HEAP_TABLE_AM_OID && guard_columns(rel, tg, &state_att, &version_att) &&
 		!(version_att && strcmp(tg->tgargs[3], "strict") == 0 &&
 		  find_tle(parse->targetList, version_att) == NULL))
 	{
@@ -474,15 +523,20 @@ output_source(Plan **plan, int position)
 }
 
 /*
- * Does a planned UPDATE check itself for the guard on its target?  Returns
- * the guard's trigger OID, or InvalidOid.  The state column's new value
- * must be idem_guard_check() over the target's own columns, computed in the
- * scan of the target; the version column's, idem_guard_bump() of its own
- * version; idem_guard_differs() must be one of that scan's quals, which
- * planning (arrange) moves last and execution expects last.
+ * Does a planned UPDATE check itself for the guard on its target?  If so,
+ * fills calls with the guard's trigger OID and the plan's three call nodes
+ * and returns true.  The state column's new value must be
+ * idem_guard_check() over the target's own columns, computed in the scan
+ * of the target; the version column's, idem_guard_bump() of its own
+ * version; idem_guard_differs(), over the target's own row address and
+ * state, must be the only such qual of that scan, which planning
+ * (arrange) moves last and execution expects last.  Other calls of the
+ * three elsewhere in the plan (an inlined function's, say) are not
+ * recorded, so they refuse when they run.
  */
-static Oid
-guarded_plan(PlannedStmt *stmt, Relation rel, TriggerDesc *td, GuardFuncs *f, bool arrange)
+static bool
+guarded_plan(PlannedStmt *stmt, Relation rel, TriggerDesc *td, GuardFuncs *f, bool arrange,
+			 GuardPlanCalls *calls)
 {
 	ModifyTable *mt = (ModifyTable *) stmt->planTree;
 	Oid			relid = RelationGetRelid(rel);
@@ -494,11 +548,12 @@ guarded_plan(PlannedStmt *stmt, Relation rel, TriggerDesc *td, GuardFuncs *f, bo
 	AttrNumber	version_att;
 	FuncExpr   *check = NULL;
 	FuncExpr   *bump = NULL;
+	FuncExpr   *differs = NULL;
 	Oid			tgoid = InvalidOid;
 
 	if (mt == NULL || !IsA(mt, ModifyTable) || mt->operation != CMD_UPDATE ||
 		list_length(mt->resultRelations) != 1 || outerPlan(mt) == NULL)
-		return InvalidOid;
+		return false;
 	rti = linitial_int(mt->resultRelations);
 	colnos = linitial(mt->updateColnosLists);
 
@@ -516,7 +571,7 @@ guarded_plan(PlannedStmt *stmt, Relation rel, TriggerDesc *td, GuardFuncs *f, bo
 	}
 	if (check == NULL || (tg = guard_trigger(td, f, tgoid)) == NULL ||
 		!guard_columns(rel, tg, &state_att, &version_att))
-		return InvalidOid;
+		return false;
 
 	/* The check's output must be the guard's state column. */
 	{
@@ -536,11 +591,11 @@ guarded_plan(PlannedStmt *stmt, Relation rel, TriggerDesc *td, GuardFuncs *f, bo
 				if (bump == NULL)
 					bump = guard_call_expr(e, f->bump8, relid, tgoid);
 				if (bump == NULL || p != scan)
-					return InvalidOid;
+					return false;
 			}
 		}
 		if (!ok || (version_att && bump == NULL))
-			return InvalidOid;
+			return false;
 	}
 
 	/* In the scan of the target, reading the target's own columns. */
@@ -553,7 +608,7 @@ guarded_plan(PlannedStmt *stmt, Relation rel, TriggerDesc *td, GuardFuncs *f, bo
 		case T_TidRangeScan:
 			break;
 		default:
-			return InvalidOid;
+			return false;
 	}
 	if (((Scan *) scan)->scanrelid != rti ||
 		list_length(check->args) != 8 ||
@@ -561,24 +616,40 @@ guarded_plan(PlannedStmt *stmt, Relation rel, TriggerDesc *td, GuardFuncs *f, bo
 		!is_column(list_nth(check->args, ARG_OLD_STATE), rti, state_att) ||
 		(version_att && !is_column(list_nth(check->args, ARG_OLD_VERSION), rti, version_att)) ||
 		(version_att && !is_column(list_nth(bump->args, ARG_BUMP_OLD), rti, version_att)))
-		return InvalidOid;
+		return false;
 
-	/* Repeats must be skipped: idem_guard_differs is the scan's last qual. */
+	/*
+	 * Repeats must be skipped: idem_guard_differs, over the target's row
+	 * address and state, is the scan's last qual, and the only one.
+	 */
 	{
 		ListCell   *lc;
-		Node	   *differs = NULL;
 
 		foreach(lc, scan->qual)
-			if (guard_call_expr(lfirst(lc), f->differs, relid, tgoid) != NULL)
-				differs = lfirst(lc);
-		if (differs == NULL)
-			return InvalidOid;
+		{
+			FuncExpr   *fe = guard_call_expr(lfirst(lc), f->differs, relid, tgoid);
+
+			if (fe == NULL)
+				continue;
+			if (differs != NULL)
+				return false;
+			differs = fe;
+		}
+		if (differs == NULL || list_length(differs->args) < ARG_FIRST_PAIR ||
+			!is_column(list_nth(differs->args, ARG_CTID), rti, SelfItemPointerAttributeNumber) ||
+			!is_column(list_nth(differs->args, ARG_OLD_STATE), rti, state_att))
+			return false;
 		if (arrange)
 			scan->qual = lappend(list_delete_ptr(scan->qual, differs), differs);
 		else if (llast(scan->qual) != differs)
-			return InvalidOid;
+			return false;
 	}
-	return tgoid;
+
+	calls->tgoid = tgoid;
+	calls->check = check;
+	calls->bump = bump;
+	calls->differs = differs;
+	return true;
 }
 
 static PlannedStmt *
@@ -607,10 +678,11 @@ guard_planner(Query *parse, const char *query_string, int cursorOptions,
 		RangeTblEntry *rte = rt_fetch(rewritten->resultRelation, rewritten->rtable);
 		Relation	rel = table_open(rte->relid, NoLock);
 		GuardFuncs *f = guard_funcs();	/* looked up again if pg_proc changed */
-		Oid			tgoid = f ? guarded_plan(stmt, rel, rel->trigdesc, f, true) : InvalidOid;
+		GuardPlanCalls calls;
+		bool		guarded = f && guarded_plan(stmt, rel, rel->trigdesc, f, true, &calls);
 
 		table_close(rel, NoLock);
-		if (OidIsValid(tgoid))
+		if (guarded)
 			return stmt;
 	}
 	return plan_statement(parse, query_string, cursorOptions, boundParams);
@@ -628,7 +700,7 @@ guard_executor_start(QueryDesc *queryDesc, int eflags)
 	ResultRelInfo *rri;
 	TriggerDesc *td;
 	GuardFuncs *f;
-	Oid			tgoid;
+	GuardPlanCalls calls;
 	GuardedStatement *entry;
 
 	if (prev_executor_start)
@@ -646,11 +718,10 @@ guard_executor_start(QueryDesc *queryDesc, int eflags)
 	td = rri->ri_TrigDesc;
 	if (td == NULL || !td->trig_update_before_row || (f = guard_funcs()) == NULL)
 		return;
-	tgoid = guarded_plan(queryDesc->plannedstmt, rri->ri_RelationDesc, td, f, false);
-	if (!OidIsValid(tgoid))
+	if (!guarded_plan(queryDesc->plannedstmt, rri->ri_RelationDesc, td, f, false, &calls))
 		return;
 	for (int i = 0; i < td->numtriggers; i++)
-		if (td->triggers[i].tgoid == tgoid)
+		if (td->triggers[i].tgoid == calls.tgoid)
 			td->triggers[i].tgtype &= ~TRIGGER_TYPE_UPDATE;
 	/* guarded_plan() made sure it was the only BEFORE UPDATE row trigger */
 	td->trig_update_before_row = false;
@@ -658,7 +729,7 @@ guard_executor_start(QueryDesc *queryDesc, int eflags)
 	entry = MemoryContextAlloc(TopTransactionContext, sizeof(GuardedStatement));
 	entry->query = queryDesc;
 	entry->relid = RelationGetRelid(rri->ri_RelationDesc);
-	entry->tgoid = tgoid;
+	entry->calls = calls;
 	entry->cid = queryDesc->estate->es_output_cid;
 	entry->lockmode = ExecUpdateLockMode(queryDesc->estate, rri);
 	entry->subid = GetCurrentSubTransactionId();
@@ -711,6 +782,39 @@ GuardUpdateHooksInit(void)
 }
 
 /*
+ * A second wall behind calling_statement(): the row address must point at
+ * a row of the table (a block it has, a line pointer the page has, in use
+ * for a tuple) before anything is locked there.  Only heap tables are
+ * checked by the statement (rewrite_update), so the page is a heap page.
+ */
+static void
+check_row_address(Relation rel, ItemPointer tid)
+{
+	BlockNumber blkno = ItemPointerGetBlockNumberNoCheck(tid);
+	OffsetNumber off = ItemPointerGetOffsetNumberNoCheck(tid);
+	bool		ok = false;
+
+	if (rel->rd_rel->relam == HEAP_TABLE_AM_OID && ItemPointerIsValid(tid) &&
+		blkno < RelationGetNumberOfBlocks(rel))
+	{
+		Buffer		buf = ReadBuffer(rel, blkno);
+		Page		page;
+
+		LockBuffer(buf, BUFFER_LOCK_SHARE);
+		page = BufferGetPage(buf);
+		ok = !PageIsNew(page) && off >= FirstOffsetNumber &&
+			off <= PageGetMaxOffsetNumber(page) && ItemIdIsNormal(PageGetItemId(page, off));
+		UnlockReleaseBuffer(buf);
+	}
+	if (!ok)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("idempotency guard check was given a row address that is not a row of \"%s\"",
+						RelationGetRelationName(rel)),
+				 errhint("Do not call idem_guard_check(), idem_guard_bump() or idem_guard_differs() yourself; UPDATE the table.")));
+}
+
+/*
  * Is the row at tid the latest version of its row?  Locks it as the UPDATE
  * would, waiting for a transaction updating it, as the trigger's row lock
  * would.  False if another transaction updated or deleted it since the
@@ -721,10 +825,12 @@ static bool
 row_is_current(GuardedStatement *stmt, ItemPointer tid)
 {
 	Relation	rel = table_open(stmt->relid, NoLock);	/* the UPDATE's */
-	TupleTableSlot *slot = table_slot_create(rel, NULL);
+	TupleTableSlot *slot;
 	TM_FailureData tmfd;
 	TM_Result	res;
 
+	check_row_address(rel, tid);
+	slot = table_slot_create(rel, NULL);
 	res = table_tuple_lock(rel, tid, GetActiveSnapshot(), slot, stmt->cid,
 						   stmt->lockmode, LockWaitBlock, 0, &tmfd);
 	ExecDropSingleTupleTableSlot(slot);
@@ -763,38 +869,47 @@ not_in_update(void)
 }
 
 /*
+ * The running self-checking UPDATE whose plan made this call: the one,
+ * innermost first, that recorded the call's expression node.  NULL for a
+ * call from anywhere else.
+ */
+static GuardedStatement *
+calling_statement(FunctionCallInfo fcinfo)
+{
+	Node	   *expr = fcinfo->flinfo->fn_expr;
+
+	if (expr == NULL)
+		return NULL;
+	for (GuardedStatement *stmt = running; stmt != NULL; stmt = stmt->next)
+		if (expr == (Node *) stmt->calls.check || expr == (Node *) stmt->calls.differs ||
+			expr == (Node *) stmt->calls.bump)
+			return stmt;
+	return NULL;
+}
+
+/*
  * The guard of a call, and the running UPDATE it belongs to.  The call
- * must come from the innermost self-checking UPDATE, for its table and
- * guard, with the row's own ctid (a Var, not a value from anywhere else)
- * and arguments of the guard's column types.
+ * must be one of the nodes that UPDATE's plan recorded (whose row address
+ * and old values guarded_plan() checked are the target's own columns),
+ * with arguments of the guard's column types.
  */
 static GuardEntry *
 call_guard(FunctionCallInfo fcinfo, GuardCall **callp, GuardedStatement **stmtp)
 {
 	GuardCall  *c = fcinfo->flinfo->fn_extra;
-	GuardedStatement *stmt = running;
+	GuardedStatement *stmt = calling_statement(fcinfo);
 	GuardEntry *g;
 	GuardFuncs *f = NULL;
 	int			n = PG_NARGS();
 
 	if (stmt == NULL || PG_ARGISNULL(ARG_RELID) || PG_ARGISNULL(ARG_TGOID) ||
-		stmt->relid != PG_GETARG_OID(ARG_RELID) || stmt->tgoid != PG_GETARG_OID(ARG_TGOID))
+		stmt->relid != PG_GETARG_OID(ARG_RELID) ||
+		stmt->calls.tgoid != PG_GETARG_OID(ARG_TGOID))
 		not_in_update();
 	if ((f = guard_funcs()) == NULL)
 		not_in_update();
 	if (c == NULL)
 	{
-		FuncExpr   *fe = (FuncExpr *) fcinfo->flinfo->fn_expr;
-
-		if (fe == NULL || !IsA(fe, FuncExpr) || list_length(fe->args) != n)
-			not_in_update();
-		if (fe->funcid != f->bump4 && fe->funcid != f->bump8)
-		{
-			Var		   *ctid = list_nth(fe->args, ARG_CTID);
-
-			if (!IsA(ctid, Var) || ctid->varattno != SelfItemPointerAttributeNumber)
-				not_in_update();
-		}
 		c = MemoryContextAllocZero(fcinfo->flinfo->fn_mcxt, sizeof(GuardCall));
 		c->typlen = MemoryContextAllocZero(fcinfo->flinfo->fn_mcxt, sizeof(int16) * n);
 		c->typbyval = MemoryContextAllocZero(fcinfo->flinfo->fn_mcxt, sizeof(bool) * n);
