@@ -2,22 +2,72 @@
 
 \echo Use "CREATE EXTENSION idempotency" to load this file. \quit
 
--- The schema is created by CREATE EXTENSION (control file: schema).  Every
--- role may use the types and functions in it that are granted to PUBLIC;
--- the rest are granted through the roles of the extension.
+-- How this script stays safe to run as a superuser: every function and
+-- operator it calls, and every one it binds into a constraint, a default,
+-- an operator or an operator class, is named with its schema, and it
+-- generates no DDL (no EXECUTE of built strings): what it creates is
+-- written out below.  Function bodies are resolved when called, under the
+-- search_path each function pins.
+--
+-- The schema is created by CREATE EXTENSION (control file: schema), owned
+-- by the installing role.  If it existed before, whoever could create
+-- objects in it could have planted functions or operators that this
+-- script, run as a superuser, would pick up, so a schema that a role
+-- other than the installing one or a superuser owns (a restored dump
+-- hands it to its first installer), that grants CREATE to such a role, or
+-- that holds anything already is refused before anything else runs.
+DO $schema$
+DECLARE
+	nsp pg_catalog.pg_namespace;
+BEGIN
+	SELECT * INTO STRICT nsp FROM pg_catalog.pg_namespace n
+	WHERE n.nspname OPERATOR(pg_catalog.=) 'idempotency';
+	IF NOT (SELECT r.rolsuper OR r.rolname OPERATOR(pg_catalog.=) CURRENT_USER
+			FROM pg_catalog.pg_roles r WHERE r.oid OPERATOR(pg_catalog.=) nsp.nspowner) THEN
+		RAISE EXCEPTION 'schema "idempotency" is owned by role "%", which is neither the installing role nor a superuser',
+				pg_catalog.pg_get_userbyid(nsp.nspowner)
+			USING ERRCODE = 'insufficient_privilege',
+				  DETAIL = 'CREATE EXTENSION idempotency runs as a superuser, and would use objects another role could have put into that schema.',
+				  HINT = 'Drop the schema (or rename it) and run CREATE EXTENSION again, or have a superuser take it over with ALTER SCHEMA idempotency OWNER TO its installing role after checking its contents.';
+	END IF;
+	IF EXISTS (SELECT FROM pg_catalog.aclexplode(nsp.nspacl) a
+			LEFT JOIN pg_catalog.pg_roles r ON r.oid OPERATOR(pg_catalog.=) a.grantee
+			WHERE a.privilege_type OPERATOR(pg_catalog.=) 'CREATE'
+			AND a.grantee OPERATOR(pg_catalog.<>) nsp.nspowner
+			AND r.rolsuper IS NOT TRUE) THEN
+		RAISE EXCEPTION 'schema "idempotency" lets roles other than its owner create objects in it'
+			USING ERRCODE = 'insufficient_privilege',
+				  HINT = 'REVOKE CREATE ON SCHEMA idempotency FROM the other roles, check what they created, and run CREATE EXTENSION again.';
+	END IF;
+	IF EXISTS (SELECT FROM pg_catalog.pg_depend d
+			WHERE d.refclassid OPERATOR(pg_catalog.=) 'pg_catalog.pg_namespace'::pg_catalog.regclass
+			AND d.refobjid OPERATOR(pg_catalog.=) nsp.oid
+			AND d.classid OPERATOR(pg_catalog.<>) 'pg_catalog.pg_extension'::pg_catalog.regclass) THEN
+		RAISE EXCEPTION 'schema "idempotency" is not empty'
+			USING ERRCODE = 'object_not_in_prerequisite_state',
+				  DETAIL = 'The extension creates its objects in a schema of its own.',
+				  HINT = 'Move or drop what the schema holds (or drop the schema), and run CREATE EXTENSION again.';
+	END IF;
+END
+$schema$;
+
+-- Every role may use the types and functions in the schema that are
+-- granted to PUBLIC; the rest are granted through the roles of the
+-- extension.
 GRANT USAGE ON SCHEMA idempotency TO PUBLIC;
 
 -- The extension's two roles (see "Privileges" at the end).  Roles belong
 -- to the cluster, not to a database: a second database's CREATE EXTENSION
--- finds them, and DROP EXTENSION leaves them.
+-- finds them, and DROP EXTENSION leaves them.  Creating a role only if it
+-- is missing takes a DO block; the statements in it are written out.
 DO $roles$
 BEGIN
-	IF NOT EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = 'idempotency_user') THEN
+	IF NOT EXISTS (SELECT FROM pg_catalog.pg_roles r WHERE r.rolname OPERATOR(pg_catalog.=) 'idempotency_user') THEN
 		CREATE ROLE idempotency_user NOLOGIN;
 		COMMENT ON ROLE idempotency_user IS
 			'may call the claim, lock, lease and token functions of the idempotency extension';
 	END IF;
-	IF NOT EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = 'idempotency_admin') THEN
+	IF NOT EXISTS (SELECT FROM pg_catalog.pg_roles r WHERE r.rolname OPERATOR(pg_catalog.=) 'idempotency_admin') THEN
 		CREATE ROLE idempotency_admin NOLOGIN;
 		COMMENT ON ROLE idempotency_admin IS
 			'manages machines, guards and policies of the idempotency extension';
@@ -136,48 +186,171 @@ COMMENT ON FUNCTION idempotency.snowflake_smaller(idempotency.snowflake, idempot
 	'the smaller of two snowflakes';
 
 
-DO $$
-DECLARE
-	pair text[];
-	op record;
-BEGIN
-	FOREACH pair SLICE 1 IN ARRAY ARRAY[
-		['idempotency.snowflake', 'idempotency.snowflake'],
-		['idempotency.snowflake', 'bigint'],
-		['bigint', 'idempotency.snowflake']]
-	LOOP
-		EXECUTE format(
-			'CREATE FUNCTION idempotency.snowflake_cmp(%s, %s) RETURNS int '
-			'AS ''btint8cmp'' LANGUAGE internal IMMUTABLE STRICT PARALLEL SAFE LEAKPROOF', pair[1], pair[2]);
-		EXECUTE format('COMMENT ON FUNCTION idempotency.snowflake_cmp(%s, %s) IS %L',
-			pair[1], pair[2], 'btree comparison: -1, 0 or 1');
+-- Comparison: for (snowflake, snowflake), (snowflake, bigint) and
+-- (bigint, snowflake), a btree comparison function and the six operators,
+-- each bound to PostgreSQL's own int8 function.
 
-		FOR op IN SELECT * FROM (VALUES
-			('=',  'eq', '=',  '<>', 'eqsel',       'eqjoinsel',       ', HASHES, MERGES', 'equal'),
-			('<>', 'ne', '<>', '=',  'neqsel',      'neqjoinsel',      '',                 'not equal'),
-			('<',  'lt', '>',  '>=', 'scalarltsel', 'scalarltjoinsel', '',                 'less than'),
-			('<=', 'le', '>=', '>',  'scalarlesel', 'scalarlejoinsel', '',                 'less than or equal'),
-			('>',  'gt', '<',  '<=', 'scalargtsel', 'scalargtjoinsel', '',                 'greater than'),
-			('>=', 'ge', '<=', '<',  'scalargesel', 'scalargejoinsel', '',                 'greater than or equal'))
-			AS t(sym, fn, com, neg, rsel, jsel, extra, meaning)
-		LOOP
-			EXECUTE format(
-				'CREATE FUNCTION idempotency.snowflake_%s(%s, %s) RETURNS bool '
-				'AS %L LANGUAGE internal IMMUTABLE STRICT PARALLEL SAFE LEAKPROOF',
-				op.fn, pair[1], pair[2], 'int8' || op.fn);
-			EXECUTE format('COMMENT ON FUNCTION idempotency.snowflake_%s(%s, %s) IS %L',
-				op.fn, pair[1], pair[2], 'implementation of the ' || op.sym || ' operator');
-			EXECUTE format(
-				'CREATE OPERATOR idempotency.%s (LEFTARG = %s, RIGHTARG = %s, '
-				'FUNCTION = idempotency.snowflake_%s, COMMUTATOR = OPERATOR(idempotency.%s), '
-				'NEGATOR = OPERATOR(idempotency.%s), RESTRICT = %s, JOIN = %s%s)',
-				op.sym, pair[1], pair[2], op.fn, op.com, op.neg, op.rsel, op.jsel, op.extra);
-			EXECUTE format('COMMENT ON OPERATOR idempotency.%s (%s, %s) IS %L',
-				op.sym, pair[1], pair[2], op.meaning);
-		END LOOP;
-	END LOOP;
-END
-$$;
+-- (idempotency.snowflake, idempotency.snowflake)
+CREATE FUNCTION idempotency.snowflake_cmp(idempotency.snowflake, idempotency.snowflake) RETURNS int
+	AS 'btint8cmp' LANGUAGE internal IMMUTABLE STRICT PARALLEL SAFE LEAKPROOF;
+COMMENT ON FUNCTION idempotency.snowflake_cmp(idempotency.snowflake, idempotency.snowflake) IS 'btree comparison: -1, 0 or 1';
+CREATE FUNCTION idempotency.snowflake_eq(idempotency.snowflake, idempotency.snowflake) RETURNS bool
+	AS 'int8eq' LANGUAGE internal IMMUTABLE STRICT PARALLEL SAFE LEAKPROOF;
+COMMENT ON FUNCTION idempotency.snowflake_eq(idempotency.snowflake, idempotency.snowflake) IS 'implementation of the = operator';
+CREATE OPERATOR idempotency.= (
+	LEFTARG = idempotency.snowflake, RIGHTARG = idempotency.snowflake, FUNCTION = idempotency.snowflake_eq,
+	COMMUTATOR = OPERATOR(idempotency.=), NEGATOR = OPERATOR(idempotency.<>),
+	RESTRICT = pg_catalog.eqsel, JOIN = pg_catalog.eqjoinsel,
+	HASHES, MERGES);
+COMMENT ON OPERATOR idempotency.= (idempotency.snowflake, idempotency.snowflake) IS 'equal';
+CREATE FUNCTION idempotency.snowflake_ne(idempotency.snowflake, idempotency.snowflake) RETURNS bool
+	AS 'int8ne' LANGUAGE internal IMMUTABLE STRICT PARALLEL SAFE LEAKPROOF;
+COMMENT ON FUNCTION idempotency.snowflake_ne(idempotency.snowflake, idempotency.snowflake) IS 'implementation of the <> operator';
+CREATE OPERATOR idempotency.<> (
+	LEFTARG = idempotency.snowflake, RIGHTARG = idempotency.snowflake, FUNCTION = idempotency.snowflake_ne,
+	COMMUTATOR = OPERATOR(idempotency.<>), NEGATOR = OPERATOR(idempotency.=),
+	RESTRICT = pg_catalog.neqsel, JOIN = pg_catalog.neqjoinsel);
+COMMENT ON OPERATOR idempotency.<> (idempotency.snowflake, idempotency.snowflake) IS 'not equal';
+CREATE FUNCTION idempotency.snowflake_lt(idempotency.snowflake, idempotency.snowflake) RETURNS bool
+	AS 'int8lt' LANGUAGE internal IMMUTABLE STRICT PARALLEL SAFE LEAKPROOF;
+COMMENT ON FUNCTION idempotency.snowflake_lt(idempotency.snowflake, idempotency.snowflake) IS 'implementation of the < operator';
+CREATE OPERATOR idempotency.< (
+	LEFTARG = idempotency.snowflake, RIGHTARG = idempotency.snowflake, FUNCTION = idempotency.snowflake_lt,
+	COMMUTATOR = OPERATOR(idempotency.>), NEGATOR = OPERATOR(idempotency.>=),
+	RESTRICT = pg_catalog.scalarltsel, JOIN = pg_catalog.scalarltjoinsel);
+COMMENT ON OPERATOR idempotency.< (idempotency.snowflake, idempotency.snowflake) IS 'less than';
+CREATE FUNCTION idempotency.snowflake_le(idempotency.snowflake, idempotency.snowflake) RETURNS bool
+	AS 'int8le' LANGUAGE internal IMMUTABLE STRICT PARALLEL SAFE LEAKPROOF;
+COMMENT ON FUNCTION idempotency.snowflake_le(idempotency.snowflake, idempotency.snowflake) IS 'implementation of the <= operator';
+CREATE OPERATOR idempotency.<= (
+	LEFTARG = idempotency.snowflake, RIGHTARG = idempotency.snowflake, FUNCTION = idempotency.snowflake_le,
+	COMMUTATOR = OPERATOR(idempotency.>=), NEGATOR = OPERATOR(idempotency.>),
+	RESTRICT = pg_catalog.scalarlesel, JOIN = pg_catalog.scalarlejoinsel);
+COMMENT ON OPERATOR idempotency.<= (idempotency.snowflake, idempotency.snowflake) IS 'less than or equal';
+CREATE FUNCTION idempotency.snowflake_gt(idempotency.snowflake, idempotency.snowflake) RETURNS bool
+	AS 'int8gt' LANGUAGE internal IMMUTABLE STRICT PARALLEL SAFE LEAKPROOF;
+COMMENT ON FUNCTION idempotency.snowflake_gt(idempotency.snowflake, idempotency.snowflake) IS 'implementation of the > operator';
+CREATE OPERATOR idempotency.> (
+	LEFTARG = idempotency.snowflake, RIGHTARG = idempotency.snowflake, FUNCTION = idempotency.snowflake_gt,
+	COMMUTATOR = OPERATOR(idempotency.<), NEGATOR = OPERATOR(idempotency.<=),
+	RESTRICT = pg_catalog.scalargtsel, JOIN = pg_catalog.scalargtjoinsel);
+COMMENT ON OPERATOR idempotency.> (idempotency.snowflake, idempotency.snowflake) IS 'greater than';
+CREATE FUNCTION idempotency.snowflake_ge(idempotency.snowflake, idempotency.snowflake) RETURNS bool
+	AS 'int8ge' LANGUAGE internal IMMUTABLE STRICT PARALLEL SAFE LEAKPROOF;
+COMMENT ON FUNCTION idempotency.snowflake_ge(idempotency.snowflake, idempotency.snowflake) IS 'implementation of the >= operator';
+CREATE OPERATOR idempotency.>= (
+	LEFTARG = idempotency.snowflake, RIGHTARG = idempotency.snowflake, FUNCTION = idempotency.snowflake_ge,
+	COMMUTATOR = OPERATOR(idempotency.<=), NEGATOR = OPERATOR(idempotency.<),
+	RESTRICT = pg_catalog.scalargesel, JOIN = pg_catalog.scalargejoinsel);
+COMMENT ON OPERATOR idempotency.>= (idempotency.snowflake, idempotency.snowflake) IS 'greater than or equal';
+
+-- (idempotency.snowflake, bigint)
+CREATE FUNCTION idempotency.snowflake_cmp(idempotency.snowflake, bigint) RETURNS int
+	AS 'btint8cmp' LANGUAGE internal IMMUTABLE STRICT PARALLEL SAFE LEAKPROOF;
+COMMENT ON FUNCTION idempotency.snowflake_cmp(idempotency.snowflake, bigint) IS 'btree comparison: -1, 0 or 1';
+CREATE FUNCTION idempotency.snowflake_eq(idempotency.snowflake, bigint) RETURNS bool
+	AS 'int8eq' LANGUAGE internal IMMUTABLE STRICT PARALLEL SAFE LEAKPROOF;
+COMMENT ON FUNCTION idempotency.snowflake_eq(idempotency.snowflake, bigint) IS 'implementation of the = operator';
+CREATE OPERATOR idempotency.= (
+	LEFTARG = idempotency.snowflake, RIGHTARG = bigint, FUNCTION = idempotency.snowflake_eq,
+	COMMUTATOR = OPERATOR(idempotency.=), NEGATOR = OPERATOR(idempotency.<>),
+	RESTRICT = pg_catalog.eqsel, JOIN = pg_catalog.eqjoinsel,
+	HASHES, MERGES);
+COMMENT ON OPERATOR idempotency.= (idempotency.snowflake, bigint) IS 'equal';
+CREATE FUNCTION idempotency.snowflake_ne(idempotency.snowflake, bigint) RETURNS bool
+	AS 'int8ne' LANGUAGE internal IMMUTABLE STRICT PARALLEL SAFE LEAKPROOF;
+COMMENT ON FUNCTION idempotency.snowflake_ne(idempotency.snowflake, bigint) IS 'implementation of the <> operator';
+CREATE OPERATOR idempotency.<> (
+	LEFTARG = idempotency.snowflake, RIGHTARG = bigint, FUNCTION = idempotency.snowflake_ne,
+	COMMUTATOR = OPERATOR(idempotency.<>), NEGATOR = OPERATOR(idempotency.=),
+	RESTRICT = pg_catalog.neqsel, JOIN = pg_catalog.neqjoinsel);
+COMMENT ON OPERATOR idempotency.<> (idempotency.snowflake, bigint) IS 'not equal';
+CREATE FUNCTION idempotency.snowflake_lt(idempotency.snowflake, bigint) RETURNS bool
+	AS 'int8lt' LANGUAGE internal IMMUTABLE STRICT PARALLEL SAFE LEAKPROOF;
+COMMENT ON FUNCTION idempotency.snowflake_lt(idempotency.snowflake, bigint) IS 'implementation of the < operator';
+CREATE OPERATOR idempotency.< (
+	LEFTARG = idempotency.snowflake, RIGHTARG = bigint, FUNCTION = idempotency.snowflake_lt,
+	COMMUTATOR = OPERATOR(idempotency.>), NEGATOR = OPERATOR(idempotency.>=),
+	RESTRICT = pg_catalog.scalarltsel, JOIN = pg_catalog.scalarltjoinsel);
+COMMENT ON OPERATOR idempotency.< (idempotency.snowflake, bigint) IS 'less than';
+CREATE FUNCTION idempotency.snowflake_le(idempotency.snowflake, bigint) RETURNS bool
+	AS 'int8le' LANGUAGE internal IMMUTABLE STRICT PARALLEL SAFE LEAKPROOF;
+COMMENT ON FUNCTION idempotency.snowflake_le(idempotency.snowflake, bigint) IS 'implementation of the <= operator';
+CREATE OPERATOR idempotency.<= (
+	LEFTARG = idempotency.snowflake, RIGHTARG = bigint, FUNCTION = idempotency.snowflake_le,
+	COMMUTATOR = OPERATOR(idempotency.>=), NEGATOR = OPERATOR(idempotency.>),
+	RESTRICT = pg_catalog.scalarlesel, JOIN = pg_catalog.scalarlejoinsel);
+COMMENT ON OPERATOR idempotency.<= (idempotency.snowflake, bigint) IS 'less than or equal';
+CREATE FUNCTION idempotency.snowflake_gt(idempotency.snowflake, bigint) RETURNS bool
+	AS 'int8gt' LANGUAGE internal IMMUTABLE STRICT PARALLEL SAFE LEAKPROOF;
+COMMENT ON FUNCTION idempotency.snowflake_gt(idempotency.snowflake, bigint) IS 'implementation of the > operator';
+CREATE OPERATOR idempotency.> (
+	LEFTARG = idempotency.snowflake, RIGHTARG = bigint, FUNCTION = idempotency.snowflake_gt,
+	COMMUTATOR = OPERATOR(idempotency.<), NEGATOR = OPERATOR(idempotency.<=),
+	RESTRICT = pg_catalog.scalargtsel, JOIN = pg_catalog.scalargtjoinsel);
+COMMENT ON OPERATOR idempotency.> (idempotency.snowflake, bigint) IS 'greater than';
+CREATE FUNCTION idempotency.snowflake_ge(idempotency.snowflake, bigint) RETURNS bool
+	AS 'int8ge' LANGUAGE internal IMMUTABLE STRICT PARALLEL SAFE LEAKPROOF;
+COMMENT ON FUNCTION idempotency.snowflake_ge(idempotency.snowflake, bigint) IS 'implementation of the >= operator';
+CREATE OPERATOR idempotency.>= (
+	LEFTARG = idempotency.snowflake, RIGHTARG = bigint, FUNCTION = idempotency.snowflake_ge,
+	COMMUTATOR = OPERATOR(idempotency.<=), NEGATOR = OPERATOR(idempotency.<),
+	RESTRICT = pg_catalog.scalargesel, JOIN = pg_catalog.scalargejoinsel);
+COMMENT ON OPERATOR idempotency.>= (idempotency.snowflake, bigint) IS 'greater than or equal';
+
+-- (bigint, idempotency.snowflake)
+CREATE FUNCTION idempotency.snowflake_cmp(bigint, idempotency.snowflake) RETURNS int
+	AS 'btint8cmp' LANGUAGE internal IMMUTABLE STRICT PARALLEL SAFE LEAKPROOF;
+COMMENT ON FUNCTION idempotency.snowflake_cmp(bigint, idempotency.snowflake) IS 'btree comparison: -1, 0 or 1';
+CREATE FUNCTION idempotency.snowflake_eq(bigint, idempotency.snowflake) RETURNS bool
+	AS 'int8eq' LANGUAGE internal IMMUTABLE STRICT PARALLEL SAFE LEAKPROOF;
+COMMENT ON FUNCTION idempotency.snowflake_eq(bigint, idempotency.snowflake) IS 'implementation of the = operator';
+CREATE OPERATOR idempotency.= (
+	LEFTARG = bigint, RIGHTARG = idempotency.snowflake, FUNCTION = idempotency.snowflake_eq,
+	COMMUTATOR = OPERATOR(idempotency.=), NEGATOR = OPERATOR(idempotency.<>),
+	RESTRICT = pg_catalog.eqsel, JOIN = pg_catalog.eqjoinsel,
+	HASHES, MERGES);
+COMMENT ON OPERATOR idempotency.= (bigint, idempotency.snowflake) IS 'equal';
+CREATE FUNCTION idempotency.snowflake_ne(bigint, idempotency.snowflake) RETURNS bool
+	AS 'int8ne' LANGUAGE internal IMMUTABLE STRICT PARALLEL SAFE LEAKPROOF;
+COMMENT ON FUNCTION idempotency.snowflake_ne(bigint, idempotency.snowflake) IS 'implementation of the <> operator';
+CREATE OPERATOR idempotency.<> (
+	LEFTARG = bigint, RIGHTARG = idempotency.snowflake, FUNCTION = idempotency.snowflake_ne,
+	COMMUTATOR = OPERATOR(idempotency.<>), NEGATOR = OPERATOR(idempotency.=),
+	RESTRICT = pg_catalog.neqsel, JOIN = pg_catalog.neqjoinsel);
+COMMENT ON OPERATOR idempotency.<> (bigint, idempotency.snowflake) IS 'not equal';
+CREATE FUNCTION idempotency.snowflake_lt(bigint, idempotency.snowflake) RETURNS bool
+	AS 'int8lt' LANGUAGE internal IMMUTABLE STRICT PARALLEL SAFE LEAKPROOF;
+COMMENT ON FUNCTION idempotency.snowflake_lt(bigint, idempotency.snowflake) IS 'implementation of the < operator';
+CREATE OPERATOR idempotency.< (
+	LEFTARG = bigint, RIGHTARG = idempotency.snowflake, FUNCTION = idempotency.snowflake_lt,
+	COMMUTATOR = OPERATOR(idempotency.>), NEGATOR = OPERATOR(idempotency.>=),
+	RESTRICT = pg_catalog.scalarltsel, JOIN = pg_catalog.scalarltjoinsel);
+COMMENT ON OPERATOR idempotency.< (bigint, idempotency.snowflake) IS 'less than';
+CREATE FUNCTION idempotency.snowflake_le(bigint, idempotency.snowflake) RETURNS bool
+	AS 'int8le' LANGUAGE internal IMMUTABLE STRICT PARALLEL SAFE LEAKPROOF;
+COMMENT ON FUNCTION idempotency.snowflake_le(bigint, idempotency.snowflake) IS 'implementation of the <= operator';
+CREATE OPERATOR idempotency.<= (
+	LEFTARG = bigint, RIGHTARG = idempotency.snowflake, FUNCTION = idempotency.snowflake_le,
+	COMMUTATOR = OPERATOR(idempotency.>=), NEGATOR = OPERATOR(idempotency.>),
+	RESTRICT = pg_catalog.scalarlesel, JOIN = pg_catalog.scalarlejoinsel);
+COMMENT ON OPERATOR idempotency.<= (bigint, idempotency.snowflake) IS 'less than or equal';
+CREATE FUNCTION idempotency.snowflake_gt(bigint, idempotency.snowflake) RETURNS bool
+	AS 'int8gt' LANGUAGE internal IMMUTABLE STRICT PARALLEL SAFE LEAKPROOF;
+COMMENT ON FUNCTION idempotency.snowflake_gt(bigint, idempotency.snowflake) IS 'implementation of the > operator';
+CREATE OPERATOR idempotency.> (
+	LEFTARG = bigint, RIGHTARG = idempotency.snowflake, FUNCTION = idempotency.snowflake_gt,
+	COMMUTATOR = OPERATOR(idempotency.<), NEGATOR = OPERATOR(idempotency.<=),
+	RESTRICT = pg_catalog.scalargtsel, JOIN = pg_catalog.scalargtjoinsel);
+COMMENT ON OPERATOR idempotency.> (bigint, idempotency.snowflake) IS 'greater than';
+CREATE FUNCTION idempotency.snowflake_ge(bigint, idempotency.snowflake) RETURNS bool
+	AS 'int8ge' LANGUAGE internal IMMUTABLE STRICT PARALLEL SAFE LEAKPROOF;
+COMMENT ON FUNCTION idempotency.snowflake_ge(bigint, idempotency.snowflake) IS 'implementation of the >= operator';
+CREATE OPERATOR idempotency.>= (
+	LEFTARG = bigint, RIGHTARG = idempotency.snowflake, FUNCTION = idempotency.snowflake_ge,
+	COMMUTATOR = OPERATOR(idempotency.<=), NEGATOR = OPERATOR(idempotency.<),
+	RESTRICT = pg_catalog.scalargesel, JOIN = pg_catalog.scalargejoinsel);
+COMMENT ON OPERATOR idempotency.>= (bigint, idempotency.snowflake) IS 'greater than or equal';
 
 -- Operator classes.  One btree family and one hash family hold snowflake
 -- and bigint together, so cross-type comparisons can use an index and
@@ -295,15 +468,15 @@ COMMENT ON SEQUENCE idempotency.claim_tokens IS
 CREATE TABLE idempotency.claims (
 	scope text NOT NULL DEFAULT 'default',
 	key text NOT NULL,
-	fingerprint bytea CHECK (octet_length(fingerprint) = 32),
+	fingerprint bytea CHECK (pg_catalog.octet_length(fingerprint) OPERATOR(pg_catalog.=) 32),
 	state idempotency.idem_claim_state NOT NULL,
 	token bigint NOT NULL,
-	attempts int NOT NULL DEFAULT 1 CHECK (attempts > 0),
+	attempts int NOT NULL DEFAULT 1 CHECK (attempts OPERATOR(pg_catalog.>) 0),
 	lease_until timestamptz,
 	recovery_point text,
 	response jsonb,
 	status int,
-	created_at timestamptz NOT NULL DEFAULT now(),
+	created_at timestamptz NOT NULL DEFAULT pg_catalog.now(),
 	expires_at timestamptz NOT NULL,
 	PRIMARY KEY (scope, key)
 );
@@ -330,6 +503,8 @@ RETURNS idempotency.idem_claim_result
 	LANGUAGE C VOLATILE PARALLEL UNSAFE;
 COMMENT ON FUNCTION idempotency.idem_claim(text, interval, bytea, text, interval, boolean) IS
 	'claim an idempotency key: claimed, completed (replay), in_progress, mismatch or reclaimed; ttl and lease default to the scope''s policy';
+REVOKE ALL ON FUNCTION idempotency.idem_claim(text, interval, bytea, text, interval, boolean) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION idempotency.idem_claim(text, interval, bytea, text, interval, boolean) TO idempotency_user;
 
 CREATE FUNCTION idempotency.idem_complete(
 	key text, token bigint, response jsonb, status int, scope text DEFAULT 'default')
@@ -338,6 +513,8 @@ RETURNS boolean
 	LANGUAGE C VOLATILE PARALLEL UNSAFE;
 COMMENT ON FUNCTION idempotency.idem_complete(text, bigint, jsonb, int, text) IS
 	'store the response of a claim; true if completed now, false if this token had already completed it';
+REVOKE ALL ON FUNCTION idempotency.idem_complete(text, bigint, jsonb, int, text) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION idempotency.idem_complete(text, bigint, jsonb, int, text) TO idempotency_user;
 
 CREATE FUNCTION idempotency.idem_fail(
 	key text, token bigint, retryable boolean,
@@ -347,6 +524,8 @@ RETURNS boolean
 	LANGUAGE C VOLATILE PARALLEL UNSAFE;
 COMMENT ON FUNCTION idempotency.idem_fail(text, bigint, boolean, jsonb, int, text) IS
 	'record a failed attempt: retryable frees the key for the next caller (reclaimed), otherwise the response is replayed like a completion';
+REVOKE ALL ON FUNCTION idempotency.idem_fail(text, bigint, boolean, jsonb, int, text) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION idempotency.idem_fail(text, bigint, boolean, jsonb, int, text) TO idempotency_user;
 
 CREATE FUNCTION idempotency.idem_checkpoint(
 	key text, token bigint, recovery_point text, scope text DEFAULT 'default')
@@ -355,6 +534,8 @@ RETURNS boolean
 	LANGUAGE C VOLATILE PARALLEL UNSAFE;
 COMMENT ON FUNCTION idempotency.idem_checkpoint(text, bigint, text, text) IS
 	'record how far the owner got, for whoever takes over';
+REVOKE ALL ON FUNCTION idempotency.idem_checkpoint(text, bigint, text, text) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION idempotency.idem_checkpoint(text, bigint, text, text) TO idempotency_user;
 
 CREATE FUNCTION idempotency.idem_extend(
 	key text, token bigint, lease interval, scope text DEFAULT 'default')
@@ -363,6 +544,8 @@ RETURNS timestamptz
 	LANGUAGE C VOLATILE PARALLEL UNSAFE;
 COMMENT ON FUNCTION idempotency.idem_extend(text, bigint, interval, text) IS
 	'renew the owner''s lease from now; returns the new end of the lease';
+REVOKE ALL ON FUNCTION idempotency.idem_extend(text, bigint, interval, text) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION idempotency.idem_extend(text, bigint, interval, text) TO idempotency_user;
 
 CREATE FUNCTION idempotency.idem_release(key text, token bigint, scope text DEFAULT 'default')
 RETURNS boolean
@@ -370,6 +553,8 @@ RETURNS boolean
 	LANGUAGE C VOLATILE PARALLEL UNSAFE;
 COMMENT ON FUNCTION idempotency.idem_release(text, bigint, text) IS
 	'give a claim up without a result: the key is free again; false if there was no claim';
+REVOKE ALL ON FUNCTION idempotency.idem_release(text, bigint, text) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION idempotency.idem_release(text, bigint, text) TO idempotency_user;
 
 CREATE FUNCTION idempotency.idem_lookup(key text, scope text DEFAULT 'default')
 RETURNS idempotency.claims
@@ -377,6 +562,8 @@ RETURNS idempotency.claims
 	LANGUAGE C STABLE PARALLEL SAFE;
 COMMENT ON FUNCTION idempotency.idem_lookup(text, text) IS
 	'the live claim of a key, or NULL if there is none (or it has expired); changes nothing';
+REVOKE ALL ON FUNCTION idempotency.idem_lookup(text, text) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION idempotency.idem_lookup(text, text) TO idempotency_user;
 
 CREATE FUNCTION idempotency.idem_fingerprint(payload jsonb, paths text[] DEFAULT NULL)
 RETURNS bytea
@@ -399,24 +586,29 @@ CREATE FUNCTION idempotency.idem_interval_forward(i interval) RETURNS boolean
 LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
 SET search_path = pg_catalog, pg_temp
 AS $$
-	SELECT i > interval '0' AND extract(year FROM i) >= 0 AND extract(month FROM i) >= 0
-		AND extract(day FROM i) >= 0 AND i - date_trunc('day', i) >= interval '0'
+	SELECT i OPERATOR(pg_catalog.>) interval '0'
+		AND pg_catalog.extract('year', i) OPERATOR(pg_catalog.>=) 0
+		AND pg_catalog.extract('month', i) OPERATOR(pg_catalog.>=) 0
+		AND pg_catalog.extract('day', i) OPERATOR(pg_catalog.>=) 0
+		AND (i OPERATOR(pg_catalog.-) pg_catalog.date_trunc('day', i)) OPERATOR(pg_catalog.>=) interval '0'
 $$;
 COMMENT ON FUNCTION idempotency.idem_interval_forward(interval) IS
 	'true if the interval is positive with no negative part: what policies accept as a duration';
 
 CREATE TABLE idempotency.policies (
 	scope text PRIMARY KEY
-		CONSTRAINT policies_scope_length CHECK (octet_length(scope) BETWEEN 1 AND 255),
+		CONSTRAINT policies_scope_length CHECK (pg_catalog.octet_length(scope) OPERATOR(pg_catalog.>=) 1
+			AND pg_catalog.octet_length(scope) OPERATOR(pg_catalog.<=) 255),
 	default_ttl interval NOT NULL DEFAULT '24 hours',
 	max_ttl interval NOT NULL DEFAULT '30 days',
 	lease interval NOT NULL DEFAULT '60 seconds',
 	max_key_length int NOT NULL DEFAULT 255
-		CONSTRAINT policies_max_key_length CHECK (max_key_length BETWEEN 1 AND 255),
+		CONSTRAINT policies_max_key_length CHECK (max_key_length OPERATOR(pg_catalog.>=) 1
+			AND max_key_length OPERATOR(pg_catalog.<=) 255),
 	require_fingerprint boolean NOT NULL DEFAULT false,
 	CONSTRAINT policies_positive CHECK (idempotency.idem_interval_forward(default_ttl)
 		AND idempotency.idem_interval_forward(max_ttl) AND idempotency.idem_interval_forward(lease)),
-	CONSTRAINT policies_max_ttl_limit CHECK (max_ttl <= '366 days')
+	CONSTRAINT policies_max_ttl_limit CHECK (max_ttl OPERATOR(pg_catalog.<=) '366 days')
 );
 COMMENT ON TABLE idempotency.policies IS
 	'per-scope limits of claims and tokens; a scope without a row gets the column defaults';
@@ -438,9 +630,9 @@ SELECT pg_catalog.pg_extension_config_dump('idempotency.policies', '');
 --------------------------------------------------------------------------
 
 CREATE TABLE idempotency.machines (
-	name text PRIMARY KEY CHECK (name <> ''),
+	name text PRIMARY KEY CHECK (name OPERATOR(pg_catalog.<>) ''),
 	initial_states text[],
-	created_at timestamptz NOT NULL DEFAULT now()
+	created_at timestamptz NOT NULL DEFAULT pg_catalog.now()
 );
 COMMENT ON TABLE idempotency.machines IS 'state machines for guarded tables';
 COMMENT ON COLUMN idempotency.machines.initial_states IS
@@ -448,8 +640,9 @@ COMMENT ON COLUMN idempotency.machines.initial_states IS
 
 CREATE TABLE idempotency.transitions (
 	machine text NOT NULL REFERENCES idempotency.machines ON UPDATE CASCADE ON DELETE CASCADE,
-	from_state text NOT NULL CHECK (from_state <> ''),
-	to_state text NOT NULL CHECK (to_state <> '' AND to_state <> from_state),
+	from_state text NOT NULL CHECK (from_state OPERATOR(pg_catalog.<>) ''),
+	to_state text NOT NULL
+		CHECK (to_state OPERATOR(pg_catalog.<>) '' AND to_state OPERATOR(pg_catalog.<>) from_state),
 	PRIMARY KEY (machine, from_state, to_state)
 );
 COMMENT ON TABLE idempotency.transitions IS
@@ -477,6 +670,8 @@ CREATE FUNCTION idempotency.idem_guard_trigger() RETURNS trigger
 	LANGUAGE C;
 COMMENT ON FUNCTION idempotency.idem_guard_trigger() IS
 	'trigger installed by idem_guard: enforces a state machine and a version column';
+REVOKE ALL ON FUNCTION idempotency.idem_guard_trigger() FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION idempotency.idem_guard_trigger() TO idempotency_admin;
 
 -- The same rules, placed by the planner into UPDATEs of guarded tables so
 -- that they check themselves without the row trigger (src/guard_update.c).
@@ -584,6 +779,8 @@ END
 $$;
 COMMENT ON FUNCTION idempotency.idem_machine(text, text[]) IS
 	'define or redefine a state machine from transitions written ''from->to''';
+REVOKE ALL ON FUNCTION idempotency.idem_machine(text, text[]) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION idempotency.idem_machine(text, text[]) TO idempotency_admin;
 
 CREATE FUNCTION idempotency.idem_guard(
 	tbl regclass,
@@ -668,6 +865,8 @@ END
 $$;
 COMMENT ON FUNCTION idempotency.idem_guard(regclass, name, text, name, boolean) IS
 	'guard a table: its state column must follow the machine, its version column must match';
+REVOKE ALL ON FUNCTION idempotency.idem_guard(regclass, name, text, name, boolean) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION idempotency.idem_guard(regclass, name, text, name, boolean) TO idempotency_admin;
 
 CREATE FUNCTION idempotency.idem_unguard(tbl regclass)
 RETURNS boolean
@@ -690,6 +889,8 @@ END
 $$;
 COMMENT ON FUNCTION idempotency.idem_unguard(regclass) IS
 	'remove the guard of a table; false if it had none';
+REVOKE ALL ON FUNCTION idempotency.idem_unguard(regclass) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION idempotency.idem_unguard(regclass) TO idempotency_admin;
 
 --
 -- Pessimistic flows: the transition executor, keyed locks, leases with
@@ -723,12 +924,16 @@ RETURNS void
 	LANGUAGE C VOLATILE;
 COMMENT ON FUNCTION idempotency.idem_lock(text, text) IS
 	'take a keyed lock until the end of the transaction, waiting for it';
+REVOKE ALL ON FUNCTION idempotency.idem_lock(text, text) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION idempotency.idem_lock(text, text) TO idempotency_user;
 CREATE FUNCTION idempotency.idem_try_lock(key text, scope text DEFAULT 'default')
 RETURNS boolean
 	AS 'MODULE_PATHNAME', 'idem_try_lock'
 	LANGUAGE C VOLATILE;
 COMMENT ON FUNCTION idempotency.idem_try_lock(text, text) IS
 	'take a keyed lock until the end of the transaction if it is free; false if another transaction holds it';
+REVOKE ALL ON FUNCTION idempotency.idem_try_lock(text, text) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION idempotency.idem_try_lock(text, text) TO idempotency_user;
 CREATE FUNCTION idempotency.idem_lock_id(key text, scope text DEFAULT 'default')
 RETURNS bigint
 	AS 'MODULE_PATHNAME', 'idem_lock_id'
@@ -758,28 +963,36 @@ RETURNS bigint
 	LANGUAGE C VOLATILE;
 COMMENT ON FUNCTION idempotency.idem_lease_acquire(text, text, interval) IS
 	'acquire a lease for ttl: a new fencing token, or NULL while another holder''s lease is live';
+REVOKE ALL ON FUNCTION idempotency.idem_lease_acquire(text, text, interval) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION idempotency.idem_lease_acquire(text, text, interval) TO idempotency_user;
 CREATE FUNCTION idempotency.idem_lease_renew(name text, token bigint, ttl interval)
 RETURNS boolean
 	AS 'MODULE_PATHNAME', 'idem_lease_renew'
 	LANGUAGE C VOLATILE;
 COMMENT ON FUNCTION idempotency.idem_lease_renew(text, bigint, interval) IS
 	'extend a live lease to ttl from now; false if the token is no longer current or the lease ran out';
+REVOKE ALL ON FUNCTION idempotency.idem_lease_renew(text, bigint, interval) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION idempotency.idem_lease_renew(text, bigint, interval) TO idempotency_user;
 CREATE FUNCTION idempotency.idem_lease_release(name text, token bigint)
 RETURNS boolean
 	AS 'MODULE_PATHNAME', 'idem_lease_release'
 	LANGUAGE C VOLATILE;
 COMMENT ON FUNCTION idempotency.idem_lease_release(text, bigint) IS
 	'end a lease; false if the token is no longer current or the lease had run out';
+REVOKE ALL ON FUNCTION idempotency.idem_lease_release(text, bigint) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION idempotency.idem_lease_release(text, bigint) TO idempotency_user;
 CREATE FUNCTION idempotency.idem_lease_check(name text, token bigint)
 RETURNS boolean
 	AS 'MODULE_PATHNAME', 'idem_lease_check'
 	LANGUAGE C VOLATILE;
 COMMENT ON FUNCTION idempotency.idem_lease_check(text, bigint) IS
 	'true if the token holds the live lease (and keeps it from being taken over until commit); raises otherwise';
+REVOKE ALL ON FUNCTION idempotency.idem_lease_check(text, bigint) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION idempotency.idem_lease_check(text, bigint) TO idempotency_user;
 
 CREATE TABLE idempotency.tokens (
 	scope text NOT NULL,
-	digest bytea NOT NULL CHECK (octet_length(digest) = 32),
+	digest bytea NOT NULL CHECK (pg_catalog.octet_length(digest) OPERATOR(pg_catalog.=) 32),
 	created_at timestamptz NOT NULL,
 	expires_at timestamptz NOT NULL,
 	PRIMARY KEY (scope, digest)
@@ -794,12 +1007,16 @@ RETURNS text
 	LANGUAGE C VOLATILE;
 COMMENT ON FUNCTION idempotency.idem_token_issue(text, interval) IS
 	'issue a one-time token: 192 random bits, URL-safe base64, valid for ttl (by default an hour, or the scope''s max_ttl if shorter)';
+REVOKE ALL ON FUNCTION idempotency.idem_token_issue(text, interval) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION idempotency.idem_token_issue(text, interval) TO idempotency_user;
 CREATE FUNCTION idempotency.idem_token_consume(token text, scope text DEFAULT 'default')
 RETURNS boolean
 	AS 'MODULE_PATHNAME', 'idem_token_consume'
 	LANGUAGE C VOLATILE;
 COMMENT ON FUNCTION idempotency.idem_token_consume(text, text) IS
 	'consume a one-time token: true exactly once, false if unknown, consumed or expired';
+REVOKE ALL ON FUNCTION idempotency.idem_token_consume(text, text) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION idempotency.idem_token_consume(text, text) TO idempotency_user;
 
 --
 -- Counters (src/stats.c): cluster-wide, kept in shared memory, since the
@@ -826,6 +1043,8 @@ RETURNS void
 	LANGUAGE C VOLATILE;
 COMMENT ON FUNCTION idempotency.idem_stats_reset() IS
 	'start every counter of idempotency.stats from zero';
+REVOKE ALL ON FUNCTION idempotency.idem_stats_reset() FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION idempotency.idem_stats_reset() TO idempotency_admin;
 
 --------------------------------------------------------------------------
 -- Expiry
@@ -840,6 +1059,8 @@ RETURNS bigint
 	SET search_path = pg_catalog, pg_temp;
 COMMENT ON FUNCTION idempotency.idem_purge() IS
 	'delete every expired claim, one-time token and lease now, in batches of idempotency.purge_batch_size; returns how many rows went';
+REVOKE ALL ON FUNCTION idempotency.idem_purge() FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION idempotency.idem_purge() TO idempotency_admin;
 
 --------------------------------------------------------------------------
 -- Privileges
@@ -857,40 +1078,7 @@ COMMENT ON FUNCTION idempotency.idem_purge() IS
 -- and purging on demand.
 --------------------------------------------------------------------------
 
--- Each function below is taken from PUBLIC and given to its role.
-DO $grants$
-DECLARE
-	fn text;
-	grantee text;
-BEGIN
-	FOR fn, grantee IN VALUES
-		('idem_claim(text, interval, bytea, text, interval, boolean)', 'idempotency_user'),
-		('idem_complete(text, bigint, jsonb, int, text)', 'idempotency_user'),
-		('idem_fail(text, bigint, boolean, jsonb, int, text)', 'idempotency_user'),
-		('idem_checkpoint(text, bigint, text, text)', 'idempotency_user'),
-		('idem_extend(text, bigint, interval, text)', 'idempotency_user'),
-		('idem_release(text, bigint, text)', 'idempotency_user'),
-		('idem_lookup(text, text)', 'idempotency_user'),
-		('idem_lock(text, text)', 'idempotency_user'),
-		('idem_try_lock(text, text)', 'idempotency_user'),
-		('idem_lease_acquire(text, text, interval)', 'idempotency_user'),
-		('idem_lease_renew(text, bigint, interval)', 'idempotency_user'),
-		('idem_lease_release(text, bigint)', 'idempotency_user'),
-		('idem_lease_check(text, bigint)', 'idempotency_user'),
-		('idem_token_issue(text, interval)', 'idempotency_user'),
-		('idem_token_consume(text, text)', 'idempotency_user'),
-		('idem_machine(text, text[])', 'idempotency_admin'),
-		('idem_guard(regclass, name, text, name, boolean)', 'idempotency_admin'),
-		('idem_unguard(regclass)', 'idempotency_admin'),
-		('idem_guard_trigger()', 'idempotency_admin'),
-		('idem_stats_reset()', 'idempotency_admin'),
-		('idem_purge()', 'idempotency_admin')
-	LOOP
-		EXECUTE pg_catalog.format('REVOKE EXECUTE ON FUNCTION idempotency.%s FROM PUBLIC', fn);
-		EXECUTE pg_catalog.format('GRANT EXECUTE ON FUNCTION idempotency.%s TO %I', fn, grantee);
-	END LOOP;
-END
-$grants$;
+-- The functions' own grants stand next to each of them, above.
 GRANT SELECT, INSERT, UPDATE, DELETE
 	ON idempotency.claims, idempotency.leases, idempotency.tokens TO idempotency_user;
 GRANT USAGE ON SEQUENCE idempotency.claim_tokens, idempotency.lease_tokens TO idempotency_user;
