@@ -570,7 +570,7 @@ RETURNS bytea
 	AS 'MODULE_PATHNAME', 'idem_fingerprint'
 	LANGUAGE C IMMUTABLE PARALLEL SAFE;
 COMMENT ON FUNCTION idempotency.idem_fingerprint(jsonb, text[]) IS
-	'SHA-256 of the canonical form of a JSON document, or of the values at the given dotted paths';
+	'SHA-256 of the canonical form of a JSON document, or of the values at the given paths (dotted, or text arrays as #> takes them)';
 
 --------------------------------------------------------------------------
 -- Per-scope policies

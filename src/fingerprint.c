@@ -8,10 +8,21 @@
  * jsonb already drops whitespace and duplicate keys and keeps object keys
  * in one fixed order, so it is left to write numbers without insignificant
  * zeros (1, 1.0 and 1.00 are one number) and to frame every string and
- * key with its length, so that no two documents encode alike.  With paths,
- * only the values at those dotted paths ("customer.id", "items.0.sku")
- * count, in sorted order, each framed with its path; a missing path is
- * encoded apart from a JSON null.
+ * key with its length, so that no two documents encode alike.
+ *
+ * With paths, only the values at those paths count.  A path is written as
+ * dotted steps ("customer.id", "items.0.sku") or, to name keys that hold
+ * dots, braces or anything else, as PostgreSQL's #> operator takes it, a
+ * text array literal ('{a.b}', '{customer,id}').  Each path is encoded by
+ * its steps, each framed with its length, so both spellings of a path
+ * encode alike; paths count in the sorted order of that encoding, each
+ * once.  What a path finds is encoded as one of three things: the value
+ * there; "missing" (an object without that key, an array too short),
+ * which differs from a JSON null; or, when a step cannot be taken at all
+ * (a step into a string, number, boolean or null, or a non-number step
+ * into an array), the value that stopped it, so that documents of another
+ * shape than the paths expect never fingerprint alike unless they are
+ * alike there.
  *
  * The encoding is part of the contract: stored fingerprints must keep
  * matching, so it may never change within a major version.
@@ -131,49 +142,231 @@ put_value(StringInfo buf, JsonbValue *v)
 		put_scalar(buf, v);
 }
 
-/*
- * The value at a dotted path, or NULL.  Each step is an object key, or an
- * array index written in decimal.
- */
-static JsonbValue *
-find_path(JsonbContainer *root, const char *path)
+/* One step of a path: an object key, or an array index written in decimal. */
+typedef struct PathStep
 {
-	JsonbContainer *container = root;
-	JsonbValue *v = NULL;
-	const char *step = path;
+	char	   *name;			/* the step, not terminated */
+	int			len;			/* its length in bytes */
+} PathStep;
 
+/* A path, and its encoding (what is hashed, and sorted by). */
+typedef struct FpPath
+{
+	List	   *steps;			/* of PathStep */
+	StringInfoData enc;			/* each step framed with its length */
+} FpPath;
+
+static void
+bad_path(const char *path, const char *why)
+{
+	ereport(ERROR,
+			(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+			 errmsg("invalid fingerprint path \"%s\"", path),
+			 errdetail("%s", why),
+			 errhint("Write a path as dotted keys, such as 'customer.id', or, for keys with dots in them, as a text array as #> takes it, such as '{customer,\"first.name\"}'.")));
+}
+
+static List *
+add_step(List *steps, const char *name, int len)
+{
+	PathStep   *step = palloc(sizeof(PathStep));
+
+	step->name = pnstrdup(name, len);
+	step->len = len;
+	return lappend(steps, step);
+}
+
+/*
+ * The steps of a path written as a text array literal, '{a,"b.c"}': items
+ * separated by commas, each bare (surrounding white space dropped) or in
+ * double quotes, with backslash escaping the next character in either.
+ */
+static List *
+parse_braced(const char *path)
+{
+	List	   *steps = NIL;
+	const char *p = path + 1;
+	StringInfoData item;
+
+	initStringInfo(&item);
 	for (;;)
 	{
-		const char *dot = strchr(step, '.');
-		int			len = dot ? (int) (dot - step) : (int) strlen(step);
+		bool		quoted = false;
+		int			kept;		/* item.len up to the last escaped or quoted byte */
 
-		if (container == NULL || JsonContainerIsScalar(container))
-			return NULL;
-		if (JsonContainerIsObject(container))
-			v = getKeyJsonValueFromContainer(container, step, len, NULL);
+		resetStringInfo(&item);
+		while (*p == ' ' || *p == '\t' || *p == '\n' || *p == '\r')
+			p++;
+		if (*p == '"')
+		{
+			quoted = true;
+			for (p++; *p != '"'; p++)
+			{
+				if (*p == '\\')
+					p++;
+				if (*p == '\0')
+					bad_path(path, "A quoted step is not closed.");
+				appendStringInfoChar(&item, *p);
+			}
+			p++;
+			while (*p == ' ' || *p == '\t' || *p == '\n' || *p == '\r')
+				p++;
+		}
 		else
+		{
+			kept = 0;
+			for (; *p != ',' && *p != '}' && *p != '\0'; p++)
+			{
+				if (*p == '{' || *p == '"')
+					bad_path(path, "Braces and double quotes inside a step must be escaped with a backslash, or the step quoted.");
+				if (*p == '\\')
+				{
+					if (*++p == '\0')
+						break;
+					appendStringInfoChar(&item, *p);
+					kept = item.len;
+					continue;
+				}
+				appendStringInfoChar(&item, *p);
+				if (*p != ' ' && *p != '\t' && *p != '\n' && *p != '\r')
+					kept = item.len;
+			}
+			item.len = kept;	/* trailing white space is not part of it */
+			item.data[kept] = '\0';
+			if (kept == 0 && *p == '}' && steps == NIL)
+				bad_path(path, "The path has no steps.");
+			if (kept == 0)
+				bad_path(path, "A step is empty; quote it (\"\") to name an empty key.");
+			if (pg_strcasecmp(item.data, "NULL") == 0)
+				bad_path(path, "A step is NULL; quote it (\"NULL\") to name a key spelled NULL.");
+		}
+		steps = add_step(steps, item.data, item.len);
+		if (*p == ',')
+		{
+			p++;
+			continue;
+		}
+		if (*p != '}' || p[1] != '\0')
+			bad_path(path, quoted ? "A quoted step must be followed by a comma or the closing brace." :
+					 "The path must end with its closing brace.");
+		break;
+	}
+	pfree(item.data);
+	return steps;
+}
+
+/* A path element of idem_fingerprint's paths argument, parsed and encoded. */
+static FpPath *
+parse_path(const char *path)
+{
+	FpPath	   *fp = palloc(sizeof(FpPath));
+	ListCell   *lc;
+
+	fp->steps = NIL;
+	if (path[0] == '{')
+		fp->steps = parse_braced(path);
+	else
+	{
+		const char *step = path;
+
+		for (;;)
+		{
+			const char *dot = strchr(step, '.');
+			int			len = dot ? (int) (dot - step) : (int) strlen(step);
+
+			fp->steps = add_step(fp->steps, step, len);
+			if (dot == NULL)
+				break;
+			step = dot + 1;
+		}
+	}
+	initStringInfo(&fp->enc);
+	foreach(lc, fp->steps)
+	{
+		PathStep   *step = lfirst(lc);
+
+		put_framed(&fp->enc, 'k', step->name, step->len);
+	}
+	return fp;
+}
+
+/* What a path finds in a document. */
+typedef enum PathFound
+{
+	PATH_VALUE,					/* the value there */
+	PATH_MISSING,				/* no such key, or an index past the end */
+	PATH_BLOCKED				/* a step into a scalar, or a non-number step
+								 * into an array: the value that stopped it */
+} PathFound;
+
+static PathFound
+find_path(JsonbContainer *root, FpPath *fp, JsonbValue *found)
+{
+	JsonbValue	here;
+	ListCell   *lc;
+
+	/* The document itself, as a value. */
+	if (JsonContainerIsScalar(root))
+	{
+		if (!JsonbExtractScalar(root, &here))
+			elog(ERROR, "could not read a scalar jsonb document");
+	}
+	else
+	{
+		here.type = jbvBinary;
+		here.val.binary.data = root;
+		here.val.binary.len = 0;
+	}
+
+	foreach(lc, fp->steps)
+	{
+		PathStep   *step = lfirst(lc);
+		JsonbContainer *container = here.type == jbvBinary ? here.val.binary.data : NULL;
+		JsonbValue *v;
+
+		if (container != NULL && JsonContainerIsObject(container))
+			v = getKeyJsonValueFromContainer(container, step->name, step->len, NULL);
+		else if (container != NULL && JsonContainerIsArray(container))
 		{
 			char	   *end;
 			long		index;
 
-			if (len == 0 || !isdigit((unsigned char) step[0]))
-				return NULL;
-			index = strtol(step, &end, 10);
-			if (end != step + len || index < 0 || index > PG_INT32_MAX)
-				return NULL;
-			v = getIthJsonbValueFromContainer(container, (uint32) index);
+			if (step->len == 0 || !isdigit((unsigned char) step->name[0]))
+			{
+				*found = here;
+				return PATH_BLOCKED;
+			}
+			errno = 0;
+			index = strtol(step->name, &end, 10);
+			if (end != step->name + step->len)
+			{
+				*found = here;
+				return PATH_BLOCKED;
+			}
+			v = (errno != 0 || index > PG_INT32_MAX) ? NULL :
+				getIthJsonbValueFromContainer(container, (uint32) index);
 		}
-		if (v == NULL || dot == NULL)
-			return v;
-		container = v->type == jbvBinary ? v->val.binary.data : NULL;
-		step = dot + 1;
+		else
+		{
+			*found = here;
+			return PATH_BLOCKED;
+		}
+		if (v == NULL)
+			return PATH_MISSING;
+		here = *v;
 	}
+	*found = here;
+	return PATH_VALUE;
 }
 
 static int
 compare_paths(const void *a, const void *b)
 {
-	return strcmp(*(char *const *) a, *(char *const *) b);
+	const FpPath *pa = *(FpPath *const *) a;
+	const FpPath *pb = *(FpPath *const *) b;
+	int			cmp = memcmp(pa->enc.data, pb->enc.data, Min(pa->enc.len, pb->enc.len));
+
+	return cmp != 0 ? cmp : (pa->enc.len > pb->enc.len) - (pa->enc.len < pb->enc.len);
 }
 
 /*
@@ -215,7 +408,7 @@ idem_fingerprint(PG_FUNCTION_ARGS)
 		Datum	   *elems;
 		bool	   *elem_nulls;
 		int			n;
-		char	  **paths;
+		FpPath	  **paths;
 
 		deconstruct_array(arr, TEXTOID, -1, false, TYPALIGN_INT, &elems, &elem_nulls, &n);
 		if (n == 0)
@@ -223,35 +416,46 @@ idem_fingerprint(PG_FUNCTION_ARGS)
 					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 					 errmsg("paths must not be empty"),
 					 errhint("Name at least one path, or pass NULL to fingerprint the whole document.")));
-		paths = palloc(n * sizeof(char *));
+		paths = palloc(n * sizeof(FpPath *));
 		for (int i = 0; i < n; i++)
 		{
+			char	   *path;
+
 			if (elem_nulls[i])
 				ereport(ERROR,
 						(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
 						 errmsg("paths must not contain null"),
 						 errhint("Write each path as dotted keys, such as 'customer.id'.")));
-			paths[i] = TextDatumGetCString(elems[i]);
-			if (paths[i][0] == '\0')
+			path = TextDatumGetCString(elems[i]);
+			if (path[0] == '\0')
 				ereport(ERROR,
 						(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 						 errmsg("paths must not contain an empty path"),
 						 errhint("Write each path as dotted keys, such as 'customer.id'.")));
+			paths[i] = parse_path(path);
 		}
 		/* The order the caller lists paths in does not matter. */
-		qsort(paths, n, sizeof(char *), compare_paths);
+		qsort(paths, n, sizeof(FpPath *), compare_paths);
 		for (int i = 0; i < n; i++)
 		{
-			JsonbValue *v;
+			JsonbValue	v;
 
-			if (i > 0 && strcmp(paths[i], paths[i - 1]) == 0)
+			if (i > 0 && compare_paths(&paths[i], &paths[i - 1]) == 0)
 				continue;
-			put_framed(&buf, 'p', paths[i], strlen(paths[i]));
-			v = find_path(&payload->root, paths[i]);
-			if (v == NULL)
-				appendStringInfoChar(&buf, 'x');
-			else
-				put_value(&buf, v);
+			put_framed(&buf, 'p', paths[i]->enc.data, paths[i]->enc.len);
+			switch (find_path(&payload->root, paths[i], &v))
+			{
+				case PATH_VALUE:
+					put_value(&buf, &v);
+					break;
+				case PATH_MISSING:
+					appendStringInfoChar(&buf, 'x');
+					break;
+				case PATH_BLOCKED:
+					appendStringInfoChar(&buf, 'b');
+					put_value(&buf, &v);
+					break;
+			}
 		}
 	}
 
