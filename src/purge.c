@@ -15,12 +15,18 @@
  * (In READ COMMITTED, a row renewed by a commit after the batch chose it
  * stays locked until then too, though the recheck leaves it alone.)
  *
+ * A purge (a round of the worker, or idem_purge()) removes what had
+ * expired when it began, taking the three tables in turn, one batch each,
+ * until every table's batch has come back short: a backlog or a stream of
+ * expiring rows in one table (claims with a ttl of a microsecond, say)
+ * neither starves the other two nor keeps the purge going for ever.
+ *
  * The worker (started when the library is preloaded) connects to
- * idempotency.database and, every idempotency.purge_interval, runs batches
- * until one comes back short, each in its own short READ COMMITTED
- * transaction.  Between two full batches (a backlog) it sleeps
- * idempotency.purge_delay, so that working off a backlog takes a bounded
- * share of the machine, as autovacuum's cost delay does.  It does nothing
+ * idempotency.database and, every idempotency.purge_interval, runs such a
+ * purge, each batch in its own short READ COMMITTED transaction.  Between
+ * two full batches (a backlog) it sleeps idempotency.purge_delay, so that
+ * working off a backlog takes a bounded share of the machine, as
+ * autovacuum's cost delay does.  It does nothing
  * while the extension is not installed in that database, rereads its
  * settings on SIGHUP, and leaves (to be started again by the postmaster)
  * when the database setting changes.  An error ends it the same way: the
@@ -66,7 +72,8 @@ int			idem_purge_delay_ms = 50;
 /*
  * One batch per table: the oldest expired rows (through the expires_at
  * index), at most $1 of them, skipping rows another transaction holds.
- * $2 is the moment that counts as now, so that the index can be used.
+ * $2 is the moment the purge began, which counts as now (a constant, so
+ * that the index can be used).
  */
 #define BATCH(table) \
 	"DELETE FROM idempotency." table \
@@ -87,17 +94,18 @@ static const IdemPlanDef batch_defs[NUM_PURGED_TABLES] = {
 static SPIPlanPtr batch_plans[NUM_PURGED_TABLES];
 
 /*
- * Delete one batch of expired rows of table t; returns how many went.
- * The caller has connected to SPI and set a snapshot.
+ * Delete one batch of the rows of table t that had expired at start;
+ * returns how many went.  The caller has connected to SPI and set a
+ * snapshot.
  */
 static uint64
-purge_batch(int t, int batch_size)
+purge_batch(int t, int batch_size, TimestampTz start)
 {
 	Datum		args[2];
 	uint64		n;
 
 	args[0] = Int64GetDatum(batch_size);
-	args[1] = TimestampTzGetDatum(GetCurrentTimestamp());
+	args[1] = TimestampTzGetDatum(start);
 	n = IdemRunPlan(&batch_defs[t], &batch_plans[t], args, NULL, false);
 	if (n > 0)
 		IdemCountN(IDEM_PURGED_ROWS, n);
@@ -112,19 +120,28 @@ Datum
 idem_purge(PG_FUNCTION_ARGS)
 {
 	int64		total = 0;
+	TimestampTz start = GetCurrentTimestamp();
+	bool		more[NUM_PURGED_TABLES];
+	bool		any;
 
 	IdemConnectSPI();
-	for (int t = 0; t < NUM_PURGED_TABLES; t++)
+	memset(more, true, sizeof(more));
+	do
 	{
-		uint64		n;
-
-		do
+		any = false;
+		for (int t = 0; t < NUM_PURGED_TABLES; t++)
 		{
+			uint64		n;
+
+			if (!more[t])
+				continue;
 			CHECK_FOR_INTERRUPTS();
-			n = purge_batch(t, idem_purge_batch_size);
+			n = purge_batch(t, idem_purge_batch_size, start);
 			total += n;
-		} while (n >= (uint64) idem_purge_batch_size);
-	}
+			more[t] = n >= (uint64) idem_purge_batch_size;
+			any |= more[t];
+		}
+	} while (any);
 	SPI_finish();
 	PG_RETURN_INT64(total);
 }
@@ -190,21 +207,29 @@ nap(long timeout_ms)
 }
 
 /*
- * One round: for each table, batches in their own transactions until one
- * comes back short.  Returns false if the extension is not installed.
+ * One round: what had expired when it began, the tables in turn, one batch
+ * each in its own transaction, until every table's batch came back short.
+ * Returns false if the extension is not installed.
  */
 static bool
 purge_round(void)
 {
 	uint64		total = 0;
+	TimestampTz start = GetCurrentTimestamp();
+	bool		more[NUM_PURGED_TABLES];
+	bool		any;
 
-	for (int t = 0; t < NUM_PURGED_TABLES; t++)
+	memset(more, true, sizeof(more));
+	do
 	{
-		for (;;)
+		any = false;
+		for (int t = 0; t < NUM_PURGED_TABLES; t++)
 		{
 			uint64		n;
 			int			batch_size = idem_purge_batch_size;
 
+			if (!more[t])
+				continue;
 			CHECK_FOR_INTERRUPTS();
 			reload_if_asked();
 			if (idem_purge_interval_s == 0)
@@ -220,19 +245,19 @@ purge_round(void)
 			PushActiveSnapshot(GetTransactionSnapshot());
 			pgstat_report_activity(STATE_RUNNING, batch_defs[t].sql);
 			IdemConnectSPI();
-			n = purge_batch(t, batch_size);
+			n = purge_batch(t, batch_size, start);
 			SPI_finish();
 			PopActiveSnapshot();
 			CommitTransactionCommand();
 			pgstat_report_stat(false);
 			total += n;
-			if (n < (uint64) batch_size)
-				break;
+			more[t] = n >= (uint64) batch_size;
+			any |= more[t];
 			/* A backlog: leave the CPU and the WAL to the claims a while. */
-			if (idem_purge_delay_ms > 0)
+			if (more[t] && idem_purge_delay_ms > 0)
 				nap(idem_purge_delay_ms);
 		}
-	}
+	} while (any);
 	if (total > 0)
 		elog(DEBUG1, "idempotency purge worker removed " UINT64_FORMAT " expired rows", total);
 	return true;
