@@ -161,6 +161,16 @@ extern bool IdemInSubtransaction(bool (*fn) (void *arg), void *arg, int swallow,
 extern bool IdemRunContested(const IdemPlanDef *def, SPIPlanPtr *plan, Datum *args,
 							 const char *nulls);
 
+/* The user and security context IdemAsOwner switched from. */
+typedef struct IdemUserSave
+{
+	Oid			userid;			/* the caller's current user */
+	int			sec_context;	/* and its security context */
+} IdemUserSave;
+
+extern void IdemAsOwner(IdemUserSave *save);
+extern void IdemRestoreUser(const IdemUserSave *save);
+
 /* fingerprint.c */
 extern void IdemSha256(const void *data, size_t len, uint8 *digest);
 
