@@ -98,7 +98,7 @@ extern int	idem_test_clock_shift_ms;
 
 extern IdemShared *IdemRequireShared(const char *what);
 
-/* policy.c: a scope's policy (a row of idempotency.policies) */
+/* policy.c: a scope's limits (a row of idempotency.policies) */
 typedef struct IdemPolicy
 {
 	Interval	default_ttl;	/* ttl of a claim that gives none */
@@ -108,7 +108,7 @@ typedef struct IdemPolicy
 	bool		require_fingerprint;	/* claims must carry one */
 } IdemPolicy;
 
-extern void IdemGetPolicy(text *scope, IdemPolicy *p);
+extern void IdemCheckScope(text *scope, IdemPolicy *p);
 extern Interval *IdemPolicyTtlArg(FunctionCallInfo fcinfo, int n, const char *what,
 								  const IdemPolicy *p, text *scope);
 
