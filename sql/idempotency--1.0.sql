@@ -556,10 +556,12 @@ COMMENT ON FUNCTION idempotency.idem_release(text, bigint, text) IS
 REVOKE ALL ON FUNCTION idempotency.idem_release(text, bigint, text) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION idempotency.idem_release(text, bigint, text) TO idempotency_user;
 
+-- Parallel unsafe: a policy not yet cached is read with a snapshot of its
+-- own, which parallel mode does not allow.
 CREATE FUNCTION idempotency.idem_lookup(key text, scope text DEFAULT 'default')
 RETURNS idempotency.claims
 	AS 'MODULE_PATHNAME', 'idem_lookup'
-	LANGUAGE C STABLE PARALLEL SAFE;
+	LANGUAGE C STABLE PARALLEL UNSAFE;
 COMMENT ON FUNCTION idempotency.idem_lookup(text, text) IS
 	'the live claim of a key, or NULL if there is none (or it has expired); changes nothing';
 REVOKE ALL ON FUNCTION idempotency.idem_lookup(text, text) FROM PUBLIC;
@@ -606,17 +608,20 @@ CREATE TABLE idempotency.policies (
 		CONSTRAINT policies_max_key_length CHECK (max_key_length OPERATOR(pg_catalog.>=) 1
 			AND max_key_length OPERATOR(pg_catalog.<=) 255),
 	require_fingerprint boolean NOT NULL DEFAULT false,
+	allowed_roles pg_catalog.regrole[],
 	CONSTRAINT policies_positive CHECK (idempotency.idem_interval_forward(default_ttl)
 		AND idempotency.idem_interval_forward(max_ttl) AND idempotency.idem_interval_forward(lease)),
 	CONSTRAINT policies_max_ttl_limit CHECK (max_ttl OPERATOR(pg_catalog.<=) '366 days')
 );
 COMMENT ON TABLE idempotency.policies IS
-	'per-scope limits of claims and tokens; a scope without a row gets the column defaults';
+	'per-scope limits of claims and tokens, and who may use the scope; a scope without a row gets the column defaults';
 COMMENT ON COLUMN idempotency.policies.default_ttl IS 'ttl of a claim that gives none (max_ttl if that is shorter)';
 COMMENT ON COLUMN idempotency.policies.max_ttl IS 'longest ttl of a claim or token, and longest lease renewal';
 COMMENT ON COLUMN idempotency.policies.lease IS 'lease of a claim that gives none (never longer than its ttl)';
 COMMENT ON COLUMN idempotency.policies.max_key_length IS 'longest key a claim may use, in bytes';
 COMMENT ON COLUMN idempotency.policies.require_fingerprint IS 'claims must pass a payload fingerprint';
+COMMENT ON COLUMN idempotency.policies.allowed_roles IS
+	'roles whose members may use the scope (claims, keyed locks, leases, one-time tokens); NULL: every member of idempotency_user; idempotency_admin members may use every scope';
 SELECT pg_catalog.pg_extension_config_dump('idempotency.policies', '');
 
 --------------------------------------------------------------------------
@@ -895,7 +900,10 @@ GRANT EXECUTE ON FUNCTION idempotency.idem_unguard(regclass) TO idempotency_admi
 --
 -- Pessimistic flows: the transition executor, keyed locks, leases with
 -- fencing tokens, one-time tokens (src/transition.c, lock.c, lease.c,
--- token.c).  Like the claim functions, they run with the caller's rights.
+-- token.c).  idem_transition runs with the caller's rights on the caller's
+-- table; the lock, lease and token functions, like the claim functions,
+-- check the caller's access to the scope and then work on the extension's
+-- tables with its owner's rights.
 --
 
 CREATE TYPE idempotency.idem_transition_outcome AS ENUM
@@ -947,48 +955,57 @@ COMMENT ON SEQUENCE idempotency.lease_tokens IS
 SELECT pg_catalog.pg_extension_config_dump('idempotency.lease_tokens', '');
 
 CREATE TABLE idempotency.leases (
-	name text PRIMARY KEY,
+	scope text NOT NULL DEFAULT 'default',
+	name text NOT NULL,
 	holder text NOT NULL,
 	token bigint NOT NULL,
 	acquired_at timestamptz NOT NULL,
-	expires_at timestamptz NOT NULL
+	expires_at timestamptz NOT NULL,
+	PRIMARY KEY (scope, name)
 );
 CREATE INDEX leases_expires_at ON idempotency.leases (expires_at);
 COMMENT ON TABLE idempotency.leases IS
-	'leases: who holds each name, with which fencing token, until when';
+	'leases: who holds each name of a scope, with which fencing token, until when';
 
-CREATE FUNCTION idempotency.idem_lease_acquire(name text, holder text, ttl interval)
-RETURNS bigint
+CREATE FUNCTION idempotency.idem_lease_acquire(name pg_catalog.text, holder pg_catalog.text,
+	ttl pg_catalog.interval, scope pg_catalog.text DEFAULT 'default')
+RETURNS pg_catalog.int8
 	AS 'MODULE_PATHNAME', 'idem_lease_acquire'
 	LANGUAGE C VOLATILE;
-COMMENT ON FUNCTION idempotency.idem_lease_acquire(text, text, interval) IS
+COMMENT ON FUNCTION idempotency.idem_lease_acquire(pg_catalog.text, pg_catalog.text, pg_catalog.interval, pg_catalog.text) IS
 	'acquire a lease for ttl: a new fencing token, or NULL while another holder''s lease is live';
-REVOKE ALL ON FUNCTION idempotency.idem_lease_acquire(text, text, interval) FROM PUBLIC;
-GRANT EXECUTE ON FUNCTION idempotency.idem_lease_acquire(text, text, interval) TO idempotency_user;
-CREATE FUNCTION idempotency.idem_lease_renew(name text, token bigint, ttl interval)
-RETURNS boolean
+REVOKE ALL ON FUNCTION idempotency.idem_lease_acquire(pg_catalog.text, pg_catalog.text, pg_catalog.interval, pg_catalog.text) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION idempotency.idem_lease_acquire(pg_catalog.text, pg_catalog.text, pg_catalog.interval, pg_catalog.text) TO idempotency_user;
+
+CREATE FUNCTION idempotency.idem_lease_renew(name pg_catalog.text, token pg_catalog.int8,
+	ttl pg_catalog.interval, scope pg_catalog.text DEFAULT 'default')
+RETURNS pg_catalog.bool
 	AS 'MODULE_PATHNAME', 'idem_lease_renew'
 	LANGUAGE C VOLATILE;
-COMMENT ON FUNCTION idempotency.idem_lease_renew(text, bigint, interval) IS
+COMMENT ON FUNCTION idempotency.idem_lease_renew(pg_catalog.text, pg_catalog.int8, pg_catalog.interval, pg_catalog.text) IS
 	'extend a live lease to ttl from now; false if the token is no longer current or the lease ran out';
-REVOKE ALL ON FUNCTION idempotency.idem_lease_renew(text, bigint, interval) FROM PUBLIC;
-GRANT EXECUTE ON FUNCTION idempotency.idem_lease_renew(text, bigint, interval) TO idempotency_user;
-CREATE FUNCTION idempotency.idem_lease_release(name text, token bigint)
-RETURNS boolean
+REVOKE ALL ON FUNCTION idempotency.idem_lease_renew(pg_catalog.text, pg_catalog.int8, pg_catalog.interval, pg_catalog.text) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION idempotency.idem_lease_renew(pg_catalog.text, pg_catalog.int8, pg_catalog.interval, pg_catalog.text) TO idempotency_user;
+
+CREATE FUNCTION idempotency.idem_lease_release(name pg_catalog.text, token pg_catalog.int8,
+	scope pg_catalog.text DEFAULT 'default')
+RETURNS pg_catalog.bool
 	AS 'MODULE_PATHNAME', 'idem_lease_release'
 	LANGUAGE C VOLATILE;
-COMMENT ON FUNCTION idempotency.idem_lease_release(text, bigint) IS
+COMMENT ON FUNCTION idempotency.idem_lease_release(pg_catalog.text, pg_catalog.int8, pg_catalog.text) IS
 	'end a lease; false if the token is no longer current or the lease had run out';
-REVOKE ALL ON FUNCTION idempotency.idem_lease_release(text, bigint) FROM PUBLIC;
-GRANT EXECUTE ON FUNCTION idempotency.idem_lease_release(text, bigint) TO idempotency_user;
-CREATE FUNCTION idempotency.idem_lease_check(name text, token bigint)
-RETURNS boolean
+REVOKE ALL ON FUNCTION idempotency.idem_lease_release(pg_catalog.text, pg_catalog.int8, pg_catalog.text) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION idempotency.idem_lease_release(pg_catalog.text, pg_catalog.int8, pg_catalog.text) TO idempotency_user;
+
+CREATE FUNCTION idempotency.idem_lease_check(name pg_catalog.text, token pg_catalog.int8,
+	scope pg_catalog.text DEFAULT 'default')
+RETURNS pg_catalog.bool
 	AS 'MODULE_PATHNAME', 'idem_lease_check'
 	LANGUAGE C VOLATILE;
-COMMENT ON FUNCTION idempotency.idem_lease_check(text, bigint) IS
+COMMENT ON FUNCTION idempotency.idem_lease_check(pg_catalog.text, pg_catalog.int8, pg_catalog.text) IS
 	'true if the token holds the live lease (and keeps it from being taken over until commit); raises otherwise';
-REVOKE ALL ON FUNCTION idempotency.idem_lease_check(text, bigint) FROM PUBLIC;
-GRANT EXECUTE ON FUNCTION idempotency.idem_lease_check(text, bigint) TO idempotency_user;
+REVOKE ALL ON FUNCTION idempotency.idem_lease_check(pg_catalog.text, pg_catalog.int8, pg_catalog.text) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION idempotency.idem_lease_check(pg_catalog.text, pg_catalog.int8, pg_catalog.text) TO idempotency_user;
 
 CREATE TABLE idempotency.tokens (
 	scope text NOT NULL,
@@ -1066,22 +1083,22 @@ GRANT EXECUTE ON FUNCTION idempotency.idem_purge() TO idempotency_admin;
 -- Privileges
 --
 -- PUBLIC keeps what is harmless: snowflake IDs, idem_fingerprint,
--- idem_lock_id, idem_transition (which needs the caller's own rights on
--- the table it changes), reading machines, transitions, policies and the
--- counters, and the functions that guarded UPDATEs call (they refuse to
--- run outside such an UPDATE).
+-- idem_lock_id (a hash), idem_transition (which needs the caller's own
+-- rights on the table it changes), reading machines, transitions, policies
+-- and the counters, and the functions that guarded UPDATEs call (they
+-- refuse to run outside such an UPDATE).
 --
--- idempotency_user: the claim, lock, lease and token functions, and the
--- table rights they need (they run with the caller's privileges).
+-- idempotency_user: the claim, lock, lease and token functions, and no
+-- right on their tables or sequences: the functions check the caller's
+-- access to the scope (policies.allowed_roles), then read and write the
+-- tables with the extension owner's rights.
 --
--- idempotency_admin: machines, guards and policies, resetting counters
--- and purging on demand.
+-- idempotency_admin: machines, guards and policies, reading claims, leases
+-- and tokens, resetting counters and purging on demand.
 --------------------------------------------------------------------------
 
 -- The functions' own grants stand next to each of them, above.
-GRANT SELECT, INSERT, UPDATE, DELETE
-	ON idempotency.claims, idempotency.leases, idempotency.tokens TO idempotency_user;
-GRANT USAGE ON SEQUENCE idempotency.claim_tokens, idempotency.lease_tokens TO idempotency_user;
+GRANT SELECT ON idempotency.claims, idempotency.leases, idempotency.tokens TO idempotency_admin;
 
 GRANT SELECT ON idempotency.policies TO PUBLIC;
 GRANT INSERT, UPDATE, DELETE

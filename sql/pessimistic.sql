@@ -96,11 +96,12 @@ SET ROLE regress_pessimist;
 SELECT pg_temp.fails($$SELECT idempotency.idem_transition('payments', 1, 'refunded')$$) AS no_column_privilege;
 RESET ROLE;
 GRANT UPDATE (state, version) ON payments TO regress_pessimist;
-GRANT EXECUTE ON FUNCTION idem_lease_acquire(text, text, interval) TO regress_pessimist;
+GRANT EXECUTE ON FUNCTION idem_lease_acquire(text, text, interval, text) TO regress_pessimist;
 SET ROLE regress_pessimist;
 SELECT * FROM idem_transition('payments', 1, 'refunded');
--- An error inside a lease call (here: no rights on idempotency.leases),
--- caught by a PL/pgSQL block, leaves the session as it was.
+-- An error inside a lease call (here: not allowed in the scope, as it is
+-- not in idempotency_user), caught by a PL/pgSQL block, leaves the session
+-- as it was.
 SELECT pg_temp.fails($$SELECT idempotency.idem_lease_acquire('x', 'w', '1 hour')$$) AS lease_without_rights;
 SELECT current_user AS still_usable, now() = statement_timestamp() AS in_its_own_transaction;
 RESET ROLE;
@@ -143,13 +144,22 @@ SELECT regexp_replace(pg_temp.fails(format('SELECT idempotency.idem_lease_check(
 SELECT idem_lease_renew('batch', :short, '1 hour') AS expired_renews;
 SELECT idem_lease_acquire('batch', 'worker-b', '1 hour') AS taken \gset
 SELECT :taken > :short AS taken_over_with_greater_token;
-SELECT name, holder, token = :taken AS current FROM leases ORDER BY name;
+SELECT scope, name, holder, token = :taken AS current FROM leases ORDER BY name;
+-- A name is a lease of its scope: the same name in another scope is another lease.
+SELECT idem_lease_acquire('batch', 'worker-c', '1 hour', 'other') AS other_scope \gset
+SELECT :other_scope > :taken AS other_scope_acquired;
+SELECT idem_lease_check('batch', :taken) AS first_still_holds;
+SELECT pg_temp.fails(format('SELECT idempotency.idem_lease_check(%L, %s, %L)', 'batch', :taken, 'other')) AS token_of_another_scope;
+SELECT idem_lease_release('batch', :taken, 'other') AS released_in_wrong_scope;
+SELECT idem_lease_release('batch', :other_scope, 'other') AS released_in_own_scope;
 SELECT pg_temp.fails($$SELECT idempotency.idem_lease_acquire(NULL, 'w', '1 hour')$$) AS null_name;
 SELECT pg_temp.fails($$SELECT idempotency.idem_lease_acquire('n', '', '1 hour')$$) AS empty_holder;
 SELECT pg_temp.fails($$SELECT idempotency.idem_lease_acquire('n', 'w', '0 seconds')$$) AS zero_ttl;
 SELECT pg_temp.fails($$SELECT idempotency.idem_lease_acquire('n', 'w', '-1 hour')$$) AS negative_ttl;
 SELECT pg_temp.fails($$SELECT idempotency.idem_lease_acquire('n', 'w', '400 days')$$) AS long_ttl;
 SELECT pg_temp.fails($$SELECT idempotency.idem_lease_renew('n', NULL, '1 hour')$$) AS null_token;
+SELECT pg_temp.fails($$SELECT idempotency.idem_lease_acquire('n', 'w', '1 hour', NULL)$$) AS null_scope;
+SELECT pg_temp.fails($$SELECT idempotency.idem_lease_check('n', 1, '')$$) AS empty_scope;
 SELECT count(*) AS nothing_made FROM leases WHERE name = 'n';
 
 -- One-time tokens: 32 URL-safe characters, true exactly once.
@@ -178,7 +188,7 @@ SELECT pg_temp.fails($$SELECT idempotency.idem_token_issue('s', '0 hours')$$) AS
 DROP TABLE payments, unguarded, pairs, keyless, "Odd Tickets" CASCADE;
 DROP TYPE "Ticket State";
 REVOKE USAGE ON SCHEMA public FROM regress_pessimist;
-REVOKE EXECUTE ON FUNCTION idem_lease_acquire(text, text, interval) FROM regress_pessimist;
+REVOKE EXECUTE ON FUNCTION idem_lease_acquire(text, text, interval, text) FROM regress_pessimist;
 DROP ROLE regress_pessimist;
 DELETE FROM machines WHERE name IN ('payment', 'Ticket');
 DELETE FROM leases;

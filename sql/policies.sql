@@ -143,27 +143,120 @@ SELECT idem_purge() AS nothing_more;
 DELETE FROM claims;
 DELETE FROM leases;
 
--- search_path: functions resolve nothing through it.  An operator that
--- would shadow pg_catalog's "=" for text is never called, whatever the
--- caller's search_path.
-CREATE SCHEMA regress_evil;
-CREATE FUNCTION regress_evil.eq(text, text) RETURNS boolean LANGUAGE plpgsql AS $$
-BEGIN RAISE NOTICE 'hijacked'; RETURN $1 OPERATOR(pg_catalog.=) $2; END $$;
-CREATE OPERATOR regress_evil.= (LEFTARG = text, RIGHTARG = text, FUNCTION = regress_evil.eq);
+-- search_path: functions resolve nothing through it.  A role that may
+-- call the functions puts a schema of its own first on its search_path,
+-- with functions, operators and types named like every one the
+-- extension's statements use; the functions switch to the extension
+-- owner's rights, so any of them called would run as the owner.  None is
+-- ever called (each would say "hijacked"), neither when a kept plan is
+-- analysed again under the new search_path nor when it is first prepared
+-- under it (in a new session, below).
+CREATE ROLE regress_mallory IN ROLE idempotency_user;
+CREATE SCHEMA regress_evil AUTHORIZATION regress_mallory;
+SET ROLE regress_mallory;
+CREATE FUNCTION regress_evil.seen(what text) RETURNS boolean LANGUAGE plpgsql AS $$
+BEGIN RAISE NOTICE 'hijacked: %', what; RETURN true; END $$;
+DO $$
+DECLARE
+	o record;
+	t text;
+	n int := 0;
+BEGIN
+	FOR o IN SELECT * FROM (VALUES
+		('=', 'text', 'text', 'boolean'), ('=', 'bigint', 'bigint', 'boolean'),
+		('=', 'integer', 'integer', 'boolean'), ('=', 'bytea', 'bytea', 'boolean'),
+		('=', 'tid', 'tid', 'boolean'), ('=', 'oid', 'oid', 'boolean'),
+		('=', 'idempotency.idem_claim_state', 'idempotency.idem_claim_state', 'boolean'),
+		('<', 'timestamptz', 'timestamptz', 'boolean'), ('<=', 'timestamptz', 'timestamptz', 'boolean'),
+		('>', 'timestamptz', 'timestamptz', 'boolean'), ('>=', 'timestamptz', 'timestamptz', 'boolean'),
+		('+', 'timestamptz', 'interval', 'timestamptz'), ('+', 'integer', 'integer', 'integer'),
+		('+', 'bigint', 'bigint', 'bigint')) AS v(op, l, r, res)
+	LOOP
+		n := n + 1;
+		EXECUTE format('CREATE FUNCTION regress_evil.op%s(%s, %s) RETURNS %s LANGUAGE plpgsql AS %L',
+			n, o.l, o.r, o.res, format('BEGIN PERFORM regress_evil.seen(%L); RETURN $1 OPERATOR(pg_catalog.%s) $2; END',
+				o.op || ' ' || o.l, o.op));
+		EXECUTE format('CREATE OPERATOR regress_evil.%s (LEFTARG = %s, RIGHTARG = %s, FUNCTION = regress_evil.op%s)',
+			o.op, o.l, o.r, n);
+	END LOOP;
+	FOREACH t IN ARRAY ARRAY['text', 'int8', 'int4', 'bool', 'interval', 'timestamptz', 'bytea', 'jsonb',
+		'regclass', 'tid', 'oid', 'name'] LOOP
+		EXECUTE format('CREATE DOMAIN regress_evil.%I AS pg_catalog.%I CHECK (regress_evil.seen(%L))',
+			t, t, 'type ' || t);
+	END LOOP;
+	FOREACH t IN ARRAY ARRAY['idem_claim_state', 'idem_outcome'] LOOP
+		EXECUTE format('CREATE DOMAIN regress_evil.%I AS idempotency.%I CHECK (regress_evil.seen(%L))',
+			t, t, 'type ' || t);
+	END LOOP;
+END $$;
 CREATE FUNCTION regress_evil.now() RETURNS timestamptz LANGUAGE plpgsql AS $$
-BEGIN RAISE NOTICE 'hijacked now'; RETURN pg_catalog.now(); END $$;
+BEGIN PERFORM regress_evil.seen('now'); RETURN pg_catalog.now(); END $$;
+CREATE FUNCTION regress_evil.clock_timestamp() RETURNS timestamptz LANGUAGE plpgsql AS $$
+BEGIN PERFORM regress_evil.seen('clock_timestamp'); RETURN pg_catalog.clock_timestamp(); END $$;
+CREATE FUNCTION regress_evil.nextval(regclass) RETURNS bigint LANGUAGE plpgsql AS $$
+BEGIN PERFORM regress_evil.seen('nextval'); RETURN pg_catalog.nextval($1); END $$;
+CREATE FUNCTION regress_evil.unnest(text[]) RETURNS SETOF text LANGUAGE plpgsql AS $$
+BEGIN PERFORM regress_evil.seen('unnest'); RETURN QUERY SELECT pg_catalog.unnest($1); END $$;
+RESET ROLE;
+-- Every path of every claim, lock, lease and token function.  Written
+-- with qualified names only and no operator, so that it resolves nothing
+-- through the search_path itself; it runs with its caller's.
+CREATE FUNCTION public.regress_call_everything(k text, sc text) RETURNS text LANGUAGE plpgsql AS $$
+DECLARE
+	c idempotency.idem_claim_result;
+	k2 pg_catalog.text := pg_catalog.concat(k, '-2');
+	k3 pg_catalog.text := pg_catalog.concat(k, '-3');
+	l pg_catalog.int8;
+	r pg_catalog.text;
+BEGIN
+	c := idempotency.idem_claim(k, '1 hour', idempotency.idem_fingerprint('{"a": 1}', '{a}'), sc);
+	r := c.outcome;
+	PERFORM idempotency.idem_checkpoint(k, c.token, 'half', sc);
+	PERFORM idempotency.idem_extend(k, c.token, '1 minute', sc);
+	PERFORM idempotency.idem_complete(k, c.token, '{"done": true}', 200, sc);
+	PERFORM idempotency.idem_complete(k, c.token, '{"done": true}', 200, sc);
+	r := pg_catalog.concat_ws(' ', r, (idempotency.idem_claim(k, '1 hour', idempotency.idem_fingerprint('{"a": 1, "b": 2}', '{a}'), sc)).outcome);
+	r := pg_catalog.concat_ws(' ', r, (idempotency.idem_claim(k, '1 hour', idempotency.idem_fingerprint('{"a": 2}'), sc)).outcome);
+	r := pg_catalog.concat_ws(' ', r, (idempotency.idem_lookup(k, sc)).state);
+	c := idempotency.idem_claim(k2, '1 hour', NULL, sc, wait => false);
+	PERFORM idempotency.idem_fail(k2, c.token, true, NULL, NULL, sc);
+	c := idempotency.idem_claim(k2, '1 hour', NULL, sc);
+	r := pg_catalog.concat_ws(' ', r, c.outcome, idempotency.idem_release(k2, c.token, sc));
+	PERFORM idempotency.idem_claim(k3, '10 milliseconds', NULL, sc);
+	PERFORM pg_catalog.pg_sleep(0.02);
+	r := pg_catalog.concat_ws(' ', r, (idempotency.idem_claim(k3, '1 hour', NULL, sc, wait => false)).outcome);
+	PERFORM idempotency.idem_lock(k, sc);
+	r := pg_catalog.concat_ws(' ', r, idempotency.idem_try_lock(k, sc));
+	PERFORM idempotency.idem_lock_id(k, sc);
+	l := idempotency.idem_lease_acquire(k, 'w', '1 minute', sc);
+	r := pg_catalog.concat_ws(' ', r, idempotency.idem_lease_renew(k, l, '1 minute', sc),
+		idempotency.idem_lease_check(k, l, sc), idempotency.idem_lease_release(k, l, sc));
+	r := pg_catalog.concat_ws(' ', r, idempotency.idem_token_consume(idempotency.idem_token_issue(sc, '1 minute'), sc));
+	RETURN r;
+END $$;
+INSERT INTO idempotency.policies (scope, allowed_roles) VALUES ('evil', '{regress_mallory}');
 SET search_path = regress_evil, pg_catalog, idempotency, public;
 SELECT 'a' = 'a' AS shadowing_works;
-SELECT outcome FROM idem_claim('evil', '1 hour');
-SELECT (idem_lookup('evil')).state;
-SELECT idem_release('evil', (idem_lookup('evil')).token);
-SELECT idem_machine('regress_evil_m', 'a->b');
-CREATE TABLE regress_evil.t (id int PRIMARY KEY, state text NOT NULL);
+SELECT public.regress_call_everything('evil-1', 'evil') AS as_superuser;
+SET ROLE regress_mallory;
+SELECT public.regress_call_everything('evil-2', 'evil') AS as_caller;
+RESET ROLE;
+SELECT idem_machine('regress_evil_m', 'a->b', 'b->c');
+CREATE TABLE regress_evil.t (id pg_catalog.int4 PRIMARY KEY, state pg_catalog.text NOT NULL);
 SELECT idem_guard('regress_evil.t', machine => 'regress_evil_m');
 INSERT INTO regress_evil.t VALUES (1, 'a');
 UPDATE regress_evil.t SET state = 'b';
-SELECT idem_lease_acquire('evil', 'w', '1 minute') > 0 AS leased;
-SELECT idem_token_consume(idem_token_issue('evil'), 'evil') AS consumed;
+SELECT outcome FROM idem_transition('regress_evil.t', 1, 'c');
+SELECT idem_purge() AS purged;
+SELECT claims_claimed IS NOT NULL AS counters FROM stats;
+-- A new session: every plan is prepared under the hostile search_path.
+\c -
+SET search_path = regress_evil, pg_catalog, idempotency, public;
+SET ROLE regress_mallory;
+SELECT public.regress_call_everything('evil-3', 'evil') AS fresh_as_caller;
+RESET ROLE;
+SELECT public.regress_call_everything('evil-4', 'evil') AS fresh_as_superuser;
+SELECT outcome FROM idem_transition('regress_evil.t', 1, 'c');
 SELECT idem_purge() AS purged;
 SET search_path = public, idempotency;
 -- Every function of the extension written in SQL or PL/pgSQL pins its
@@ -174,7 +267,11 @@ JOIN pg_language l ON l.oid = p.prolang
 WHERE e.extname = 'idempotency' AND d.deptype = 'e' AND l.lanname NOT IN ('c', 'internal')
 	AND NOT coalesce(p.proconfig @> '{"search_path=pg_catalog, pg_temp"}', false)
 ORDER BY 1;
+SET client_min_messages = warning;
 DROP SCHEMA regress_evil CASCADE;
+RESET client_min_messages;
+DROP FUNCTION public.regress_call_everything(text, text);
+DROP ROLE regress_mallory;
 DELETE FROM machines WHERE name = 'regress_evil_m';
 DELETE FROM policies;
 DELETE FROM claims;

@@ -29,11 +29,15 @@
  * subtransaction rolled back when it changes nothing, so that a caller who
  * only reports someone else's claim keeps no lock on its row.
  *
- * Reading the key's row, every call's first step, goes straight through
- * the primary key (with the privilege and row-level-security checks the
- * executor would have made); writes run through SPI plans prepared once per
- * backend and kept.  Every name in them is schema-qualified, operators
- * included, so that the caller's search_path cannot redirect them; no SQL
+ * Rights.  Every call first checks that the caller may use the scope
+ * (IdemCheckScope), before it reads anything; then it reads and writes
+ * idempotency.claims with the extension owner's rights (IdemAsOwner), the
+ * caller having none on the table.  Reading the key's row, every call's
+ * first step after that, goes straight through the primary key; writes
+ * run through SPI plans prepared once per backend and kept.  Every name in
+ * them is schema-qualified, types and operators included, so that the
+ * caller's search_path cannot redirect them (a kept plan is analysed
+ * again under the search_path of the call that revalidates it); no SQL
  * text is built per call.
  *
  *-------------------------------------------------------------------------
@@ -51,14 +55,12 @@
 #include "executor/spi.h"
 #include "funcapi.h"
 #include "miscadmin.h"
-#include "utils/acl.h"
 #include "utils/builtins.h"
 #include "utils/fmgroids.h"
 #include "utils/jsonb.h"
 #include "utils/lsyscache.h"
 #include "utils/rel.h"
 #include "utils/resowner.h"
-#include "utils/rls.h"
 #include "utils/snapmgr.h"
 #include "utils/timestamp.h"
 
@@ -284,38 +286,31 @@ claim_key_args(FunctionCallInfo fcinfo, int key_arg, int scope_arg, ClaimKey *k)
 /*
  * Open idempotency.claims; the lock is kept to the end of the transaction.
  * Looked up by name each time (a few cache lookups), so that a recreated
- * extension is simply found again.  Reading it directly bypasses the
- * executor's privilege checks, so check here, up front, everything a claim
- * may need: without them a caller must not see stored responses.
+ * extension is simply found again.  The caller has checked the scope and
+ * switched to the owner's rights.  Row-level security on the table could
+ * filter nothing here (the read goes through the primary key, and the
+ * owner's statements bypass it), so rather than seem to, it is refused.
  */
 static Relation
 open_claims(void)
 {
 	Oid			nsp = get_namespace_oid("idempotency", false);
 	Oid			relid = get_relname_relid("claims", nsp);
-	Oid			seqid = get_relname_relid("claim_tokens", nsp);
+	Relation	rel;
 
-	if (!OidIsValid(relid) || !OidIsValid(seqid))
+	if (!OidIsValid(relid))
 		ereport(ERROR,
 				(errcode(ERRCODE_UNDEFINED_TABLE),
 				 errmsg("table \"idempotency.claims\" does not exist"),
 				 errhint("Reinstall the extension: DROP EXTENSION idempotency; CREATE EXTENSION idempotency;")));
-	if (pg_class_aclmask(relid, GetUserId(), ACL_SELECT | ACL_INSERT | ACL_UPDATE | ACL_DELETE,
-						 ACLMASK_ALL) != (ACL_SELECT | ACL_INSERT | ACL_UPDATE | ACL_DELETE) ||
-		pg_class_aclcheck(seqid, GetUserId(), ACL_USAGE) != ACLCHECK_OK)
-		ereport(ERROR,
-				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
-				 errmsg("permission denied for table idempotency.claims"),
-				 errdetail("Claims are read and written with the privileges of the calling role."),
-				 errhint("GRANT idempotency_user TO the role.")));
-	/* The read below goes around row-level security; refuse rather than leak. */
-	if (check_enable_rls(relid, InvalidOid, true) == RLS_ENABLED)
+	rel = table_open(relid, AccessShareLock);
+	if (rel->rd_rel->relrowsecurity)
 		ereport(ERROR,
 				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
 				 errmsg("row-level security on idempotency.claims is not supported"),
-				 errdetail("Claims are read through the primary key, which row-level security policies would not filter."),
-				 errhint("Separate tenants with the scope argument, and disable row-level security on the table.")));
-	return table_open(relid, AccessShareLock);
+				 errdetail("Claims are read and written with the extension owner's rights, which row-level security policies would not filter."),
+				 errhint("Separate tenants by scope, with allowed_roles in idempotency.policies, and disable row-level security on the table.")));
+	return rel;
 }
 
 /*
@@ -500,9 +495,10 @@ idem_claim(PG_FUNCTION_ARGS)
 	Datum		args[6];
 	char		argnulls[6];
 	HeapTupleHeader result;
+	IdemUserSave save;
 
 	claim_key_args(fcinfo, 0, 3, &k);
-	IdemGetPolicy(k.scope, &policy);
+	IdemCheckScope(k.scope, &policy);
 	if ((int) VARSIZE_ANY_EXHDR(k.key) > policy.max_key_length)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
@@ -543,9 +539,11 @@ idem_claim(PG_FUNCTION_ARGS)
 	tupdesc = cache->tupdesc;
 	memset(nulls, true, sizeof(nulls));
 
+	IdemAsOwner(&save);
 	if (!wait && key_busy_elsewhere(&k))
 	{
 		/* Another transaction is claiming or finishing this key right now. */
+		IdemRestoreUser(&save);
 		values[RES_OUTCOME] = cache->outcomes[OUTCOME_IN_PROGRESS];
 		nulls[RES_OUTCOME] = false;
 		IdemCount(IDEM_CLAIMS_IN_PROGRESS);
@@ -646,6 +644,7 @@ idem_claim(PG_FUNCTION_ARGS)
 	IdemCount(outcome_counters[outcome]);
 	result = SPI_returntuple(heap_form_tuple(tupdesc, values, nulls), tupdesc);
 	SPI_finish();
+	IdemRestoreUser(&save);
 	PG_RETURN_DATUM(PointerGetDatum(result));
 }
 
@@ -698,20 +697,19 @@ owner_write(const ClaimKey *k, int64 token, ClaimPlan plan, Datum *args,
 					 errdetail("The claim expired, was released, or was never made."),
 					 errhint("Call idem_claim again.")));
 		}
+		/* Neither refusal shows the current token: it is the owner's. */
 		if (token < row.token)
 			ereport(ERROR,
 					(errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
 					 errmsg("fencing token %lld of idempotency key \"%s\" is stale",
 							(long long) token, text_to_cstring(k->key)),
-					 errdetail("The key was taken over after the lease ran out; its current token is %lld.",
-							   (long long) row.token),
+					 errdetail("The key was taken over after the lease ran out."),
 					 errhint("Stop working on this key; call idem_claim again to learn its outcome.")));
 		if (token > row.token)
 			ereport(ERROR,
 					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 					 errmsg("fencing token %lld was not issued for idempotency key \"%s\"",
 							(long long) token, text_to_cstring(k->key)),
-					 errdetail("Its current token is %lld.", (long long) row.token),
 					 errhint("Pass the token that idem_claim returned.")));
 		if (done_state && strcmp(row.state, done_state) == 0)
 			return OWNER_ALREADY_DONE;
@@ -725,22 +723,39 @@ owner_write(const ClaimKey *k, int64 token, ClaimPlan plan, Datum *args,
 }
 
 /*
- * Read the key, scope and token arguments of an owner's call, connect to
- * SPI, and fill the first three statement arguments.
+ * Read the key, scope and token arguments of an owner's call, check that
+ * the caller may use the scope (its policy into *policy), and fill the
+ * first three statement arguments.
  */
 static int64
-owner_args(FunctionCallInfo fcinfo, int scope_arg, ClaimKey *k, Datum *args)
+owner_args(FunctionCallInfo fcinfo, int scope_arg, ClaimKey *k, Datum *args,
+		   IdemPolicy *policy)
 {
 	int64		token;
 
 	claim_key_args(fcinfo, 0, scope_arg, k);
 	IdemRequireArg(fcinfo, 1, "token");
 	token = PG_GETARG_INT64(1);
-	IdemConnectSPI();
+	IdemCheckScope(k->scope, policy);
 	args[0] = PointerGetDatum(k->scope);
 	args[1] = PointerGetDatum(k->key);
 	args[2] = Int64GetDatum(token);
 	return token;
+}
+
+/* With the arguments checked: the owner's rights, and SPI. */
+static void
+owner_begin(IdemUserSave *save)
+{
+	IdemAsOwner(save);
+	IdemConnectSPI();
+}
+
+static void
+owner_end(const IdemUserSave *save)
+{
+	SPI_finish();
+	IdemRestoreUser(save);
 }
 
 /*
@@ -757,14 +772,16 @@ finish(FunctionCallInfo fcinfo, int scope_arg, bool failed, int response_arg, in
 	char		argnulls[6];
 	OwnerResult result;
 	ClaimRow	row;
+	IdemUserSave save;
 
-	token = owner_args(fcinfo, scope_arg, &k, args);
+	token = owner_args(fcinfo, scope_arg, &k, args, NULL);
 	memset(argnulls, ' ', sizeof(argnulls));
 	args[3] = PG_ARGISNULL(response_arg) ? (Datum) 0 : PG_GETARG_DATUM(response_arg);
 	argnulls[3] = PG_ARGISNULL(response_arg) ? 'n' : ' ';
 	args[4] = PG_ARGISNULL(status_arg) ? (Datum) 0 : PG_GETARG_DATUM(status_arg);
 	argnulls[4] = PG_ARGISNULL(status_arg) ? 'n' : ' ';
 	args[5] = BoolGetDatum(failed);
+	owner_begin(&save);
 	result = owner_write(&k, token, PLAN_FINISH, args, argnulls,
 						 failed ? "failed" : "completed", false, &row);
 
@@ -786,7 +803,7 @@ finish(FunctionCallInfo fcinfo, int scope_arg, bool failed, int response_arg, in
 						text_to_cstring(k.key)),
 				 errdetail("Its stored response and status are kept."),
 				 errhint("Call idem_claim to read the stored response.")));
-	SPI_finish();
+	owner_end(&save);
 	return result == OWNER_CHANGED;
 }
 
@@ -822,12 +839,14 @@ idem_checkpoint(PG_FUNCTION_ARGS)
 	ClaimKey	k;
 	int64		token;
 	Datum		args[4];
+	IdemUserSave save;
 
 	IdemRequireArg(fcinfo, 2, "recovery_point");
-	token = owner_args(fcinfo, 3, &k, args);
+	token = owner_args(fcinfo, 3, &k, args, NULL);
 	args[3] = PG_GETARG_DATUM(2);
+	owner_begin(&save);
 	owner_write(&k, token, PLAN_CHECKPOINT, args, NULL, NULL, false, NULL);
-	SPI_finish();
+	owner_end(&save);
 	PG_RETURN_BOOL(true);
 }
 
@@ -846,13 +865,15 @@ idem_extend(PG_FUNCTION_ARGS)
 	Datum		until;
 	bool		isnull;
 	IdemPolicy	policy;
+	IdemUserSave save;
 
-	token = owner_args(fcinfo, 3, &k, args);
-	IdemGetPolicy(k.scope, &policy);
+	token = owner_args(fcinfo, 3, &k, args, &policy);
 	args[3] = IntervalPGetDatum(IdemPolicyTtlArg(fcinfo, 2, "lease", &policy, k.scope));
+	owner_begin(&save);
 	owner_write(&k, token, PLAN_EXTEND, args, NULL, NULL, false, NULL);
+	/* A timestamptz is passed by value: it outlives SPI_finish. */
 	until = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
-	SPI_finish();
+	owner_end(&save);
 	PG_RETURN_DATUM(until);
 }
 
@@ -869,10 +890,12 @@ idem_release(PG_FUNCTION_ARGS)
 	int64		token;
 	Datum		args[3];
 	OwnerResult result;
+	IdemUserSave save;
 
-	token = owner_args(fcinfo, 2, &k, args);
+	token = owner_args(fcinfo, 2, &k, args, NULL);
+	owner_begin(&save);
 	result = owner_write(&k, token, PLAN_RELEASE, args, NULL, NULL, true, NULL);
-	SPI_finish();
+	owner_end(&save);
 	PG_RETURN_BOOL(result == OWNER_CHANGED);
 }
 
@@ -887,8 +910,11 @@ idem_lookup(PG_FUNCTION_ARGS)
 	Datum		args[2];
 	Datum		result = (Datum) 0;
 	bool		isnull = true;
+	IdemUserSave save;
 
 	claim_key_args(fcinfo, 0, 1, &k);
+	IdemCheckScope(k.scope, NULL);
+	IdemAsOwner(&save);
 	IdemConnectSPI();
 	args[0] = PointerGetDatum(k.scope);
 	args[1] = PointerGetDatum(k.key);
@@ -899,6 +925,7 @@ idem_lookup(PG_FUNCTION_ARGS)
 			result = SPI_datumTransfer(result, false, -1);
 	}
 	SPI_finish();
+	IdemRestoreUser(&save);
 	if (isnull)
 		PG_RETURN_NULL();
 	PG_RETURN_DATUM(result);

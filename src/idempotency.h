@@ -98,7 +98,7 @@ extern int	idem_test_clock_shift_ms;
 
 extern IdemShared *IdemRequireShared(const char *what);
 
-/* policy.c: a scope's policy (a row of idempotency.policies) */
+/* policy.c: a scope's limits (a row of idempotency.policies) */
 typedef struct IdemPolicy
 {
 	Interval	default_ttl;	/* ttl of a claim that gives none */
@@ -108,7 +108,7 @@ typedef struct IdemPolicy
 	bool		require_fingerprint;	/* claims must carry one */
 } IdemPolicy;
 
-extern void IdemGetPolicy(text *scope, IdemPolicy *p);
+extern void IdemCheckScope(text *scope, IdemPolicy *p);
 extern Interval *IdemPolicyTtlArg(FunctionCallInfo fcinfo, int n, const char *what,
 								  const IdemPolicy *p, text *scope);
 
@@ -160,6 +160,16 @@ extern bool IdemInSubtransaction(bool (*fn) (void *arg), void *arg, int swallow,
 								 bool *swallowed);
 extern bool IdemRunContested(const IdemPlanDef *def, SPIPlanPtr *plan, Datum *args,
 							 const char *nulls);
+
+/* The user and security context IdemAsOwner switched from. */
+typedef struct IdemUserSave
+{
+	Oid			userid;			/* the caller's current user */
+	int			sec_context;	/* and its security context */
+} IdemUserSave;
+
+extern void IdemAsOwner(IdemUserSave *save);
+extern void IdemRestoreUser(const IdemUserSave *save);
 
 /* fingerprint.c */
 extern void IdemSha256(const void *data, size_t len, uint8 *digest);

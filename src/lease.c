@@ -4,11 +4,16 @@
  *	  Leases with fencing tokens: idem_lease_acquire, idem_lease_renew,
  *	  idem_lease_release, idem_lease_check.
  *
- * A lease is a row of idempotency.leases: a name, its holder, a fencing
- * token and an expiry.  Acquiring takes a new token from one sequence,
- * drawn while holding the name's row, so the tokens of a name only grow,
- * also across releases and purges; time is the database's clock,
- * clock_timestamp(), when the call runs.
+ * A lease is a row of idempotency.leases: a scope and a name, its holder,
+ * a fencing token and an expiry.  Acquiring takes a new token from one
+ * sequence, drawn while holding the name's row, so the tokens of a name
+ * only grow, also across releases and purges; time is the database's
+ * clock, clock_timestamp(), when the call runs.
+ *
+ * Rights.  Every call checks first that the caller may use the scope
+ * (IdemCheckScope), then reads and writes the table with the extension
+ * owner's rights (IdemAsOwner).  A refusal of a holder names its own
+ * token, never the current one or another holder.
  *
  * Concurrency.  Acquire is one INSERT ... ON CONFLICT DO UPDATE whose
  * WHERE admits only an expired lease or the same holder: two acquirers of
@@ -41,11 +46,14 @@ PG_FUNCTION_INFO_V1(idem_lease_release);
 PG_FUNCTION_INFO_V1(idem_lease_check);
 
 #define LEASE_MAX_NAME_BYTES	255
+#define LEASE_MAX_SCOPE_BYTES	255
 #define LEASE_MAX_TTL_DAYS		366
 
 #define CLOCK	"pg_catalog.clock_timestamp()"
 #define EQ		" OPERATOR(pg_catalog.=) "
 #define LIVE	" AND expires_at OPERATOR(pg_catalog.>) " CLOCK
+/* The lease: $1 is its scope, $2 its name. */
+#define NAME_IS	" WHERE scope" EQ "$1 AND name" EQ "$2"
 
 typedef enum LeasePlan
 {
@@ -55,34 +63,34 @@ typedef enum LeasePlan
 static const IdemPlanDef plan_defs[NUM_PLANS] = {
 	/* Take the name (token still to come)... */
 	[PLAN_ACQUIRE] = {
-		"INSERT INTO idempotency.leases AS l (name, holder, token, acquired_at, expires_at)"
-		" VALUES ($1, $2, 0, " CLOCK ", " CLOCK " OPERATOR(pg_catalog.+) $3)"
-		" ON CONFLICT (name) DO UPDATE SET holder = excluded.holder,"
+		"INSERT INTO idempotency.leases AS l (scope, name, holder, token, acquired_at, expires_at)"
+		" VALUES ($1, $2, $3, 0, " CLOCK ", " CLOCK " OPERATOR(pg_catalog.+) $4)"
+		" ON CONFLICT (scope, name) DO UPDATE SET holder = excluded.holder,"
 		" acquired_at = excluded.acquired_at, expires_at = excluded.expires_at"
 		" WHERE l.expires_at OPERATOR(pg_catalog.<=) " CLOCK
 		" OR l.holder" EQ "excluded.holder",
-		3, {TEXTOID, TEXTOID, INTERVALOID}
+		4, {TEXTOID, TEXTOID, TEXTOID, INTERVALOID}
 	},
 	/* ...then draw the token while holding its row. */
 	[PLAN_TOKEN] = {
 		"UPDATE idempotency.leases"
 		" SET token = pg_catalog.nextval('idempotency.lease_tokens'::pg_catalog.regclass)"
-		" WHERE name" EQ "$1 RETURNING token",
-		1, {TEXTOID}
+		NAME_IS " RETURNING token",
+		2, {TEXTOID, TEXTOID}
 	},
 	[PLAN_RENEW] = {
-		"UPDATE idempotency.leases SET expires_at = " CLOCK " OPERATOR(pg_catalog.+) $3"
-		" WHERE name" EQ "$1 AND token" EQ "$2" LIVE,
-		3, {TEXTOID, INT8OID, INTERVALOID}
+		"UPDATE idempotency.leases SET expires_at = " CLOCK " OPERATOR(pg_catalog.+) $4"
+		NAME_IS " AND token" EQ "$3" LIVE,
+		4, {TEXTOID, TEXTOID, INT8OID, INTERVALOID}
 	},
 	[PLAN_RELEASE] = {
-		"DELETE FROM idempotency.leases WHERE name" EQ "$1 AND token" EQ "$2" LIVE,
-		2, {TEXTOID, INT8OID}
+		"DELETE FROM idempotency.leases" NAME_IS " AND token" EQ "$3" LIVE,
+		3, {TEXTOID, TEXTOID, INT8OID}
 	},
 	[PLAN_CHECK] = {
-		"SELECT token, holder, expires_at, expires_at OPERATOR(pg_catalog.>) " CLOCK
-		" FROM idempotency.leases WHERE name" EQ "$1 FOR SHARE",
-		1, {TEXTOID}
+		"SELECT token, expires_at, expires_at OPERATOR(pg_catalog.>) " CLOCK
+		" FROM idempotency.leases" NAME_IS " FOR SHARE",
+		2, {TEXTOID, TEXTOID}
 	},
 };
 
@@ -93,6 +101,20 @@ lease_name(FunctionCallInfo fcinfo)
 {
 	return IdemNameArg(fcinfo, 0, "name", LEASE_MAX_NAME_BYTES,
 					   "Name what the lease is for, such as 'nightly-report'.");
+}
+
+/*
+ * The scope (argument n, the last), checked: the caller may use it.  Of
+ * the scope's policy, only allowed_roles applies to leases.
+ */
+static text *
+lease_scope(FunctionCallInfo fcinfo, int n)
+{
+	text	   *scope = IdemNameArg(fcinfo, n, "scope", LEASE_MAX_SCOPE_BYTES,
+									"Name the kind of job, or leave scope out for 'default'.");
+
+	IdemCheckScope(scope, NULL);
+	return scope;
 }
 
 static Interval *
@@ -140,24 +162,28 @@ acquire(void *arg)
 }
 
 /*
- * idem_lease_acquire(name, holder, ttl) → bigint: a new token, or NULL
- * while another holder's lease is live.
+ * idem_lease_acquire(name, holder, ttl, scope) → bigint: a new token, or
+ * NULL while another holder's lease is live.
  */
 Datum
 idem_lease_acquire(PG_FUNCTION_ARGS)
 {
-	Datum		args[3];
+	Datum		args[4];
 	Acquire		a = {args, 0};
 	bool		acquired;
+	IdemUserSave save;
 
-	args[0] = PointerGetDatum(lease_name(fcinfo));
-	args[1] = PointerGetDatum(IdemNameArg(fcinfo, 1, "holder", LEASE_MAX_NAME_BYTES,
+	args[1] = PointerGetDatum(lease_name(fcinfo));
+	args[2] = PointerGetDatum(IdemNameArg(fcinfo, 1, "holder", LEASE_MAX_NAME_BYTES,
 										  "Name the process asking, such as its host name and process id."));
-	args[2] = IntervalPGetDatum(lease_ttl(fcinfo, 2));
+	args[3] = IntervalPGetDatum(lease_ttl(fcinfo, 2));
+	args[0] = PointerGetDatum(lease_scope(fcinfo, 3));
+	IdemAsOwner(&save);
 	IdemConnectSPI();
 	/* A subtransaction, so that a caller who loses keeps no lock. */
 	acquired = IdemInSubtransaction(acquire, &a, 0, NULL);
 	SPI_finish();
+	IdemRestoreUser(&save);
 	if (!acquired)
 		PG_RETURN_NULL();
 	PG_RETURN_INT64(a.token);
@@ -165,60 +191,70 @@ idem_lease_acquire(PG_FUNCTION_ARGS)
 
 /*
  * A holder's write (renew with the ttl in argument 2, or release), which
- * changes nothing unless its token holds the live lease.
+ * changes nothing unless its token holds the live lease; scope_arg is the
+ * scope's argument.
  */
 static bool
-holder_write(FunctionCallInfo fcinfo, LeasePlan which)
+holder_write(FunctionCallInfo fcinfo, LeasePlan which, int scope_arg)
 {
-	Datum		args[3];
+	Datum		args[4];
 	bool		changed;
+	IdemUserSave save;
 
-	args[0] = PointerGetDatum(lease_name(fcinfo));
-	args[1] = Int64GetDatum(lease_token(fcinfo));
+	args[1] = PointerGetDatum(lease_name(fcinfo));
+	args[2] = Int64GetDatum(lease_token(fcinfo));
 	if (which == PLAN_RENEW)
-		args[2] = IntervalPGetDatum(lease_ttl(fcinfo, 2));
+		args[3] = IntervalPGetDatum(lease_ttl(fcinfo, 2));
+	args[0] = PointerGetDatum(lease_scope(fcinfo, scope_arg));
+	IdemAsOwner(&save);
 	IdemConnectSPI();
 	changed = IdemRunContested(&plan_defs[which], &plans[which], args, NULL);
 	SPI_finish();
+	IdemRestoreUser(&save);
 	return changed;
 }
 
 /*
- * idem_lease_renew(name, token, ttl) → boolean
+ * idem_lease_renew(name, token, ttl, scope) → boolean
  */
 Datum
 idem_lease_renew(PG_FUNCTION_ARGS)
 {
-	PG_RETURN_BOOL(holder_write(fcinfo, PLAN_RENEW));
+	PG_RETURN_BOOL(holder_write(fcinfo, PLAN_RENEW, 3));
 }
 
 /*
- * idem_lease_release(name, token) → boolean
+ * idem_lease_release(name, token, scope) → boolean
  */
 Datum
 idem_lease_release(PG_FUNCTION_ARGS)
 {
-	PG_RETURN_BOOL(holder_write(fcinfo, PLAN_RELEASE));
+	PG_RETURN_BOOL(holder_write(fcinfo, PLAN_RELEASE, 2));
 }
 
 /*
- * idem_lease_check(name, token) → true, or an error if the token does not
- * hold the live lease.
+ * idem_lease_check(name, token, scope) → true, or an error if the token
+ * does not hold the live lease.  The errors name the caller's token and
+ * never the current one or its holder.
  */
 Datum
 idem_lease_check(PG_FUNCTION_ARGS)
 {
 	text	   *name = lease_name(fcinfo);
 	int64		token = lease_token(fcinfo);
-	Datum		arg = PointerGetDatum(name);
+	Datum		args[2];
 	bool		isnull;
 	int64		current;
 	bool		live;
 	HeapTuple	row;
 	TupleDesc	desc;
+	IdemUserSave save;
 
+	args[0] = PointerGetDatum(lease_scope(fcinfo, 2));
+	args[1] = PointerGetDatum(name);
+	IdemAsOwner(&save);
 	IdemConnectSPI();
-	if (IdemRunPlan(&plan_defs[PLAN_CHECK], &plans[PLAN_CHECK], &arg, NULL, false) == 0)
+	if (IdemRunPlan(&plan_defs[PLAN_CHECK], &plans[PLAN_CHECK], args, NULL, false) == 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 				 errmsg("lease \"%s\" is not held", text_to_cstring(name)),
@@ -228,20 +264,21 @@ idem_lease_check(PG_FUNCTION_ARGS)
 	row = SPI_tuptable->vals[0];
 	desc = SPI_tuptable->tupdesc;
 	current = DatumGetInt64(SPI_getbinval(row, desc, 1, &isnull));
-	live = DatumGetBool(SPI_getbinval(row, desc, 4, &isnull));
+	live = DatumGetBool(SPI_getbinval(row, desc, 3, &isnull));
 	if (current != token)
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 				 errmsg("lease \"%s\" is held by a newer token", text_to_cstring(name)),
-				 errdetail("Token %lld was superseded by token %lld of holder \"%s\".",
-						   (long long) token, (long long) current, SPI_getvalue(row, desc, 2)),
+				 errdetail("Token %lld was superseded.", (long long) token),
 				 errhint("Stop acting on the lease; acquire it again for a new token.")));
+	/* The token is the caller's own: so is the expiry. */
 	if (!live)
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 				 errmsg("lease \"%s\" has run out", text_to_cstring(name)),
-				 errdetail("Token %lld expired at %s.", (long long) token, SPI_getvalue(row, desc, 3)),
+				 errdetail("Token %lld expired at %s.", (long long) token, SPI_getvalue(row, desc, 2)),
 				 errhint("Stop acting on the lease; acquire it again for a new token.")));
 	SPI_finish();
+	IdemRestoreUser(&save);
 	PG_RETURN_BOOL(true);
 }

@@ -17,6 +17,11 @@
  * subtransaction, a keyed lock taken after a savepoint goes with ROLLBACK
  * TO SAVEPOINT.
  *
+ * idem_lock and idem_try_lock check first that the caller may use the
+ * scope (IdemCheckScope), so a role cannot take, or learn by waiting who
+ * holds, a lock of a scope it may not use.  idem_lock_id only computes the
+ * hash, and is PUBLIC.
+ *
  *-------------------------------------------------------------------------
  */
 #include "postgres.h"
@@ -40,25 +45,29 @@ PG_FUNCTION_INFO_V1(idem_lock_id);
 
 /*
  * The 64-bit id of (scope, key): the key's hash seeded with the scope's, so
- * that ("ab", "c") and ("a", "bc") differ.
+ * that ("ab", "c") and ("a", "bc") differ.  With check_scope, the caller
+ * must be allowed to use the scope.
  */
 static uint64
-lock_id(FunctionCallInfo fcinfo)
+lock_id(FunctionCallInfo fcinfo, bool check_scope)
 {
 	text	   *key = IdemNameArg(fcinfo, 0, "key", LOCK_MAX_KEY_BYTES,
 								  "Name what the lock protects, such as 'invoice:42'.");
 	text	   *scope = IdemNameArg(fcinfo, 1, "scope", LOCK_MAX_KEY_BYTES,
 									"Name the kind of resource, or leave scope out for 'default'.");
-	uint64		seed = hash_bytes_extended((unsigned char *) VARDATA_ANY(scope),
-										   VARSIZE_ANY_EXHDR(scope), LOCK_HASH_SEED);
+	uint64		seed;
 
+	if (check_scope)
+		IdemCheckScope(scope, NULL);
+	seed = hash_bytes_extended((unsigned char *) VARDATA_ANY(scope),
+							   VARSIZE_ANY_EXHDR(scope), LOCK_HASH_SEED);
 	return hash_bytes_extended((unsigned char *) VARDATA_ANY(key), VARSIZE_ANY_EXHDR(key), seed);
 }
 
 static LockAcquireResult
 acquire(FunctionCallInfo fcinfo, bool dont_wait)
 {
-	uint64		id = lock_id(fcinfo);
+	uint64		id = lock_id(fcinfo, true);
 	LOCKTAG		tag;
 
 	SET_LOCKTAG_ADVISORY(tag, MyDatabaseId, (uint32) (id >> 32), (uint32) id,
@@ -94,5 +103,5 @@ idem_try_lock(PG_FUNCTION_ARGS)
 Datum
 idem_lock_id(PG_FUNCTION_ARGS)
 {
-	PG_RETURN_INT64((int64) lock_id(fcinfo));
+	PG_RETURN_INT64((int64) lock_id(fcinfo, false));
 }

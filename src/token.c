@@ -16,6 +16,11 @@
  * exactly once by a committed transaction, and a consumption rolled back
  * with its transaction leaves the token usable.
  *
+ * Rights.  Both functions check first that the caller may use the scope
+ * (IdemCheckScope), then write the table with the extension owner's
+ * rights (IdemAsOwner): no caller can store a token nobody issued, or
+ * consume one of a scope it may not use.
+ *
  *-------------------------------------------------------------------------
  */
 #include "postgres.h"
@@ -86,8 +91,9 @@ idem_token_issue(PG_FUNCTION_ARGS)
 	uint8		raw[TOKEN_RANDOM_BYTES];
 	char		out[TOKEN_CHARS + 1];
 	Datum		args[3];
+	IdemUserSave save;
 
-	IdemGetPolicy(scope, &policy);
+	IdemCheckScope(scope, &policy);
 	if (PG_ARGISNULL(1))
 	{
 		/* An hour, unless the scope's max_ttl is shorter. */
@@ -118,9 +124,11 @@ idem_token_issue(PG_FUNCTION_ARGS)
 	args[0] = PointerGetDatum(scope);
 	args[1] = PointerGetDatum(token_digest(raw));
 	args[2] = IntervalPGetDatum(ttl);
+	IdemAsOwner(&save);
 	IdemConnectSPI();
 	IdemRunPlan(&insert_def, &insert_plan, args, NULL, false);
 	SPI_finish();
+	IdemRestoreUser(&save);
 	PG_RETURN_TEXT_P(cstring_to_text(out));
 }
 
@@ -137,10 +145,12 @@ idem_token_consume(PG_FUNCTION_ARGS)
 	Datum		args[2];
 	bool		consumed;
 	bool		well_formed;
+	IdemUserSave save;
 
 	IdemRequireArg(fcinfo, 0, "token");
 	token = PG_GETARG_TEXT_PP(0);
 	scope = scope_arg(fcinfo, 1);
+	IdemCheckScope(scope, NULL);
 	s = VARDATA_ANY(token);
 	well_formed = VARSIZE_ANY_EXHDR(token) == TOKEN_CHARS;
 	for (int i = 0; well_formed && i < TOKEN_CHARS; i++)
@@ -164,8 +174,10 @@ idem_token_consume(PG_FUNCTION_ARGS)
 
 	args[0] = PointerGetDatum(scope);
 	args[1] = PointerGetDatum(token_digest(raw));
+	IdemAsOwner(&save);
 	IdemConnectSPI();
 	consumed = IdemRunPlan(&consume_def, &consume_plan, args, NULL, false) == 1;
 	SPI_finish();
+	IdemRestoreUser(&save);
 	PG_RETURN_BOOL(consumed);
 }

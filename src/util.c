@@ -2,21 +2,44 @@
  *
  * util.c
  *	  Helpers shared by the SQL-callable functions: argument checks that
- *	  raise the same errors everywhere, and SPI plans prepared once per
- *	  backend and kept.
+ *	  raise the same errors everywhere, SPI plans prepared once per backend
+ *	  and kept, and the switch to the extension owner's rights.
+ *
+ * Rights.  The claim, lease and token functions read and write their
+ * tables with the rights of the extension's owner, not the caller's
+ * (who has none on them): each checks first that the caller may use the
+ * scope (policy.c), then switches with IdemAsOwner around its table work
+ * and back with IdemRestoreUser.  The switch is the one a SECURITY DEFINER
+ * function makes, marked also as a security-restricted operation (as
+ * VACUUM and ANALYZE mark theirs), so that nothing run inside may SET ROLE
+ * or create temporary objects.  An error raised while switched needs no
+ * cleanup here: aborting the transaction, or the subtransaction of a
+ * PL/pgSQL block that catches it, restores the user and security context
+ * that were current when it began.  An internal subtransaction begun
+ * after the switch (IdemInSubtransaction) restores the owner when it is
+ * rolled back, which is right too: its caller switches back afterwards.
  *
  *-------------------------------------------------------------------------
  */
 #include "postgres.h"
 
+#include "access/genam.h"
+#include "access/htup_details.h"
+#include "access/table.h"
 #include "access/xact.h"
+#include "catalog/indexing.h"
+#include "catalog/pg_extension.h"
 #include "datatype/timestamp.h"
 #include "executor/spi.h"
 #include "fmgr.h"
 #include "funcapi.h"
+#include "miscadmin.h"
 #include "utils/builtins.h"
+#include "utils/fmgroids.h"
+#include "utils/inval.h"
 #include "utils/resowner.h"
 #include "utils/snapmgr.h"
+#include "utils/syscache.h"
 #include "utils/timestamp.h"
 
 #include "idempotency.h"
@@ -283,4 +306,90 @@ IdemRunContested(const IdemPlanDef *def, SPIPlanPtr *plan, Datum *args, const ch
 	ContestedWrite w = {def, plan, args, nulls};
 
 	return IdemInSubtransaction(contested_write, &w, 0, NULL);
+}
+
+/*
+ * The owner of the extension (pg_extension.extowner), looked up once and
+ * kept until an invalidation may have changed it.  PostgreSQL 15 keeps no
+ * cache of pg_extension whose invalidations could be watched.  The owner
+ * changes only through REASSIGN OWNED (which also reassigns the tables
+ * the extension created, queuing relcache invalidations of them) or by
+ * dropping and creating the extension again (new tables, the same), and
+ * a role that goes away is a pg_authid change: so any relcache
+ * invalidation, or a change of a role, makes the next call look again.
+ * Both are rare in a running system; the look-up is one index probe.
+ */
+static Oid	owner_id = InvalidOid;
+static bool owner_callbacks = false;
+
+static void
+owner_relcache_callback(Datum arg, Oid relid)
+{
+	owner_id = InvalidOid;
+}
+
+static void
+owner_syscache_callback(Datum arg, int cacheid, uint32 hashvalue)
+{
+	owner_id = InvalidOid;
+}
+
+static Oid
+extension_owner(void)
+{
+	Relation	rel;
+	ScanKeyData key;
+	SysScanDesc scan;
+	HeapTuple	tup;
+	Oid			owner = InvalidOid;
+
+	if (OidIsValid(owner_id))
+		return owner_id;
+	if (!owner_callbacks)
+	{
+		CacheRegisterRelcacheCallback(owner_relcache_callback, (Datum) 0);
+		CacheRegisterSyscacheCallback(AUTHOID, owner_syscache_callback, (Datum) 0);
+		owner_callbacks = true;
+	}
+	rel = table_open(ExtensionRelationId, AccessShareLock);
+	ScanKeyInit(&key, Anum_pg_extension_extname, BTEqualStrategyNumber, F_NAMEEQ,
+				CStringGetDatum("idempotency"));
+	scan = systable_beginscan(rel, ExtensionNameIndexId, true, NULL, 1, &key);
+	tup = systable_getnext(scan);
+	if (HeapTupleIsValid(tup))
+		owner = ((Form_pg_extension) GETSTRUCT(tup))->extowner;
+	systable_endscan(scan);
+	table_close(rel, AccessShareLock);
+	if (!OidIsValid(owner))
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("extension \"idempotency\" is not installed in this database"),
+				 errhint("Run CREATE EXTENSION idempotency; in this database.")));
+	owner_id = owner;
+	return owner;
+}
+
+/*
+ * Switch to the extension owner's rights, saving the current user and
+ * security context in *save for IdemRestoreUser.  Call it only after the
+ * caller's checks (the scope's access list above all), since everything
+ * after it runs with the owner's rights; every statement run then names
+ * each table, function, type and operator with its schema, as the SQL of
+ * this extension always does.
+ */
+void
+IdemAsOwner(IdemUserSave *save)
+{
+	Oid			owner = extension_owner();
+
+	GetUserIdAndSecContext(&save->userid, &save->sec_context);
+	SetUserIdAndSecContext(owner, save->sec_context | SECURITY_LOCAL_USERID_CHANGE |
+						   SECURITY_RESTRICTED_OPERATION);
+}
+
+/* Switch back to the user and security context IdemAsOwner saved. */
+void
+IdemRestoreUser(const IdemUserSave *save)
+{
+	SetUserIdAndSecContext(save->userid, save->sec_context);
 }

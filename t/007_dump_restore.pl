@@ -1,7 +1,8 @@
 # pg_dump and restore keep state machines, guards and policies: the machine
 # and policy tables are extension configuration (pg_extension_config_dump),
 # and a guard is a trigger on the user's table, dumped with it.  The
-# restored guard must enforce the same machine, the restored policy bind.
+# restored guard must enforce the same machine, the restored policy bind,
+# its allowed_roles (restored by role name) included.
 use strict;
 use warnings;
 use PostgreSQL::Test::Cluster;
@@ -22,6 +23,9 @@ $node->safe_psql('postgres', q{
 	UPDATE orders SET state = 'paid', version = 1 WHERE id = 1;
 	INSERT INTO policies (scope, max_ttl, max_key_length, require_fingerprint)
 	VALUES ('payments', '2 hours', 12, true);
+	CREATE ROLE tap_tenant IN ROLE idempotency_user;
+	CREATE ROLE tap_other IN ROLE idempotency_user;
+	INSERT INTO policies (scope, allowed_roles) VALUES ('tenant', '{tap_tenant}');
 });
 
 my $dump = $node->basedir . '/dump.sql';
@@ -50,13 +54,19 @@ is($node->safe_psql('restored', q{
 	'shipped:3', 'and lets a legal transition through, bumping the version');
 
 is($node->safe_psql('restored', q{SELECT scope || ' ' || max_ttl || ' ' || max_key_length || ' '
-	|| require_fingerprint FROM idempotency.policies}),
+	|| require_fingerprint FROM idempotency.policies WHERE scope = 'payments'}),
 	'payments 02:00:00 12 true', 'policies are restored');
 ($ret, $out, $err) = $node->psql('restored', q{SELECT idempotency.idem_claim('a-key-too-long', scope => 'payments',
 	fingerprint => idempotency.idem_fingerprint('{}'))});
 like($err, qr/key is too long for scope "payments"/, 'and the restored policy binds');
 ($ret, $out, $err) = $node->psql('restored', q{SELECT idempotency.idem_claim('k', scope => 'payments')});
 like($err, qr/scope "payments" requires a fingerprint/, 'all of it');
+is($node->safe_psql('restored', q{SELECT allowed_roles FROM idempotency.policies WHERE scope = 'tenant'}),
+	'{tap_tenant}', 'allowed_roles are restored');
+($ret, $out, $err) = $node->psql('restored', q{SET ROLE tap_other; SELECT idempotency.idem_lookup('k', 'tenant')});
+like($err, qr/permission denied for idempotency scope "tenant"/, 'and keep other roles out');
+is($node->safe_psql('restored', q{SET ROLE tap_tenant; SELECT idempotency.idem_lookup('k', 'tenant') IS NULL}),
+	't', 'and let the listed role in');
 
 $node->stop;
 done_testing();
