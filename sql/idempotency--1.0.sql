@@ -971,7 +971,7 @@ CREATE FUNCTION idempotency.idem_lease_acquire(name pg_catalog.text, holder pg_c
 	ttl pg_catalog.interval, scope pg_catalog.text DEFAULT 'default')
 RETURNS pg_catalog.int8
 	AS 'MODULE_PATHNAME', 'idem_lease_acquire'
-	LANGUAGE C VOLATILE;
+	LANGUAGE C VOLATILE PARALLEL UNSAFE;
 COMMENT ON FUNCTION idempotency.idem_lease_acquire(pg_catalog.text, pg_catalog.text, pg_catalog.interval, pg_catalog.text) IS
 	'acquire a lease for ttl: a new fencing token, or NULL while another holder''s lease is live';
 REVOKE ALL ON FUNCTION idempotency.idem_lease_acquire(pg_catalog.text, pg_catalog.text, pg_catalog.interval, pg_catalog.text) FROM PUBLIC;
@@ -981,7 +981,7 @@ CREATE FUNCTION idempotency.idem_lease_renew(name pg_catalog.text, token pg_cata
 	ttl pg_catalog.interval, scope pg_catalog.text DEFAULT 'default')
 RETURNS pg_catalog.bool
 	AS 'MODULE_PATHNAME', 'idem_lease_renew'
-	LANGUAGE C VOLATILE;
+	LANGUAGE C VOLATILE PARALLEL UNSAFE;
 COMMENT ON FUNCTION idempotency.idem_lease_renew(pg_catalog.text, pg_catalog.int8, pg_catalog.interval, pg_catalog.text) IS
 	'extend a live lease to ttl from now; false if the token is no longer current or the lease ran out';
 REVOKE ALL ON FUNCTION idempotency.idem_lease_renew(pg_catalog.text, pg_catalog.int8, pg_catalog.interval, pg_catalog.text) FROM PUBLIC;
@@ -991,7 +991,7 @@ CREATE FUNCTION idempotency.idem_lease_release(name pg_catalog.text, token pg_ca
 	scope pg_catalog.text DEFAULT 'default')
 RETURNS pg_catalog.bool
 	AS 'MODULE_PATHNAME', 'idem_lease_release'
-	LANGUAGE C VOLATILE;
+	LANGUAGE C VOLATILE PARALLEL UNSAFE;
 COMMENT ON FUNCTION idempotency.idem_lease_release(pg_catalog.text, pg_catalog.int8, pg_catalog.text) IS
 	'end a lease; false if the token is no longer current or the lease had run out';
 REVOKE ALL ON FUNCTION idempotency.idem_lease_release(pg_catalog.text, pg_catalog.int8, pg_catalog.text) FROM PUBLIC;
@@ -1001,7 +1001,7 @@ CREATE FUNCTION idempotency.idem_lease_check(name pg_catalog.text, token pg_cata
 	scope pg_catalog.text DEFAULT 'default')
 RETURNS pg_catalog.bool
 	AS 'MODULE_PATHNAME', 'idem_lease_check'
-	LANGUAGE C VOLATILE;
+	LANGUAGE C VOLATILE PARALLEL UNSAFE;
 COMMENT ON FUNCTION idempotency.idem_lease_check(pg_catalog.text, pg_catalog.int8, pg_catalog.text) IS
 	'true if the token holds the live lease (and keeps it from being taken over until commit); raises otherwise';
 REVOKE ALL ON FUNCTION idempotency.idem_lease_check(pg_catalog.text, pg_catalog.int8, pg_catalog.text) FROM PUBLIC;
