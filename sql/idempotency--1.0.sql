@@ -660,7 +660,7 @@ GRANT SELECT ON idempotency.machines, idempotency.transitions TO PUBLIC;
 -- Tell every session, at commit, that machines, transitions or policies changed.
 CREATE FUNCTION idempotency.idem_config_changed() RETURNS trigger
 	AS 'MODULE_PATHNAME', 'idem_config_changed'
-	LANGUAGE C;
+	LANGUAGE C VOLATILE PARALLEL UNSAFE;
 COMMENT ON FUNCTION idempotency.idem_config_changed() IS
 	'trigger: invalidate what every session cached of machines, transitions or policies when they change';
 CREATE TRIGGER machines_changed AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE
@@ -672,7 +672,7 @@ CREATE TRIGGER policies_changed AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE
 
 CREATE FUNCTION idempotency.idem_guard_trigger() RETURNS trigger
 	AS 'MODULE_PATHNAME', 'idem_guard_trigger'
-	LANGUAGE C;
+	LANGUAGE C VOLATILE PARALLEL UNSAFE;
 COMMENT ON FUNCTION idempotency.idem_guard_trigger() IS
 	'trigger installed by idem_guard: enforces a state machine and a version column';
 REVOKE ALL ON FUNCTION idempotency.idem_guard_trigger() FROM PUBLIC;
@@ -686,28 +686,28 @@ CREATE FUNCTION idempotency.idem_guard_check(tbl oid, guard oid, row_id tid,
 	old_version "any", new_version "any")
 RETURNS anyelement
 	AS 'MODULE_PATHNAME', 'idem_guard_check'
-	LANGUAGE C VOLATILE;
+	LANGUAGE C VOLATILE PARALLEL UNSAFE;
 COMMENT ON FUNCTION idempotency.idem_guard_check(oid, oid, tid, anyelement, anyelement, boolean, "any", "any") IS
 	'internal: the new state of a row in a guarded UPDATE, if its machine allows it';
 CREATE FUNCTION idempotency.idem_guard_bump(tbl oid, guard oid, old_version integer,
 	version_set boolean, new_version integer)
 RETURNS integer
 	AS 'MODULE_PATHNAME', 'idem_guard_bump'
-	LANGUAGE C VOLATILE;
+	LANGUAGE C VOLATILE PARALLEL UNSAFE;
 COMMENT ON FUNCTION idempotency.idem_guard_bump(oid, oid, integer, boolean, integer) IS
 	'internal: the next version of a row in a guarded UPDATE';
 CREATE FUNCTION idempotency.idem_guard_bump(tbl oid, guard oid, old_version bigint,
 	version_set boolean, new_version bigint)
 RETURNS bigint
 	AS 'MODULE_PATHNAME', 'idem_guard_bump'
-	LANGUAGE C VOLATILE;
+	LANGUAGE C VOLATILE PARALLEL UNSAFE;
 COMMENT ON FUNCTION idempotency.idem_guard_bump(oid, oid, bigint, boolean, bigint) IS
 	'internal: the next version of a row in a guarded UPDATE';
 CREATE FUNCTION idempotency.idem_guard_differs(tbl oid, guard oid, row_id tid,
 	old_state anyelement, new_state anyelement, VARIADIC "any")
 RETURNS boolean
 	AS 'MODULE_PATHNAME', 'idem_guard_differs'
-	LANGUAGE C VOLATILE;
+	LANGUAGE C VOLATILE PARALLEL UNSAFE;
 COMMENT ON FUNCTION idempotency.idem_guard_differs(oid, oid, tid, anyelement, anyelement, "any") IS
 	'internal: false when a guarded UPDATE repeats the state of the current row and changes nothing else';
 
@@ -922,14 +922,14 @@ CREATE FUNCTION idempotency.idem_transition(tbl regclass, id anycompatible, to_s
 	expected_version bigint DEFAULT NULL, lock text DEFAULT 'wait')
 RETURNS idempotency.idem_transition_result
 	AS 'MODULE_PATHNAME', 'idem_transition'
-	LANGUAGE C VOLATILE;
+	LANGUAGE C VOLATILE PARALLEL UNSAFE;
 COMMENT ON FUNCTION idempotency.idem_transition(regclass, anycompatible, text, bigint, text) IS
 	'lock a guarded row by primary key (wait, nowait or skip), check its machine and version, and move it to a new state';
 
 CREATE FUNCTION idempotency.idem_lock(key text, scope text DEFAULT 'default')
 RETURNS void
 	AS 'MODULE_PATHNAME', 'idem_lock'
-	LANGUAGE C VOLATILE;
+	LANGUAGE C VOLATILE PARALLEL UNSAFE;
 COMMENT ON FUNCTION idempotency.idem_lock(text, text) IS
 	'take a keyed lock until the end of the transaction, waiting for it';
 REVOKE ALL ON FUNCTION idempotency.idem_lock(text, text) FROM PUBLIC;
@@ -937,7 +937,7 @@ GRANT EXECUTE ON FUNCTION idempotency.idem_lock(text, text) TO idempotency_user;
 CREATE FUNCTION idempotency.idem_try_lock(key text, scope text DEFAULT 'default')
 RETURNS boolean
 	AS 'MODULE_PATHNAME', 'idem_try_lock'
-	LANGUAGE C VOLATILE;
+	LANGUAGE C VOLATILE PARALLEL UNSAFE;
 COMMENT ON FUNCTION idempotency.idem_try_lock(text, text) IS
 	'take a keyed lock until the end of the transaction if it is free; false if another transaction holds it';
 REVOKE ALL ON FUNCTION idempotency.idem_try_lock(text, text) FROM PUBLIC;
@@ -945,7 +945,7 @@ GRANT EXECUTE ON FUNCTION idempotency.idem_try_lock(text, text) TO idempotency_u
 CREATE FUNCTION idempotency.idem_lock_id(key text, scope text DEFAULT 'default')
 RETURNS bigint
 	AS 'MODULE_PATHNAME', 'idem_lock_id'
-	LANGUAGE C IMMUTABLE;
+	LANGUAGE C IMMUTABLE PARALLEL SAFE;
 COMMENT ON FUNCTION idempotency.idem_lock_id(text, text) IS
 	'the 64-bit lock id of a key: classid << 32 | objid of its advisory lock in pg_locks, where objsubid is 73';
 
@@ -1021,7 +1021,7 @@ COMMENT ON TABLE idempotency.tokens IS
 CREATE FUNCTION idempotency.idem_token_issue(scope text DEFAULT 'default', ttl interval DEFAULT NULL)
 RETURNS text
 	AS 'MODULE_PATHNAME', 'idem_token_issue'
-	LANGUAGE C VOLATILE;
+	LANGUAGE C VOLATILE PARALLEL UNSAFE;
 COMMENT ON FUNCTION idempotency.idem_token_issue(text, interval) IS
 	'issue a one-time token: 192 random bits, URL-safe base64, valid for ttl (by default an hour, or the scope''s max_ttl if shorter)';
 REVOKE ALL ON FUNCTION idempotency.idem_token_issue(text, interval) FROM PUBLIC;
@@ -1029,7 +1029,7 @@ GRANT EXECUTE ON FUNCTION idempotency.idem_token_issue(text, interval) TO idempo
 CREATE FUNCTION idempotency.idem_token_consume(token text, scope text DEFAULT 'default')
 RETURNS boolean
 	AS 'MODULE_PATHNAME', 'idem_token_consume'
-	LANGUAGE C VOLATILE;
+	LANGUAGE C VOLATILE PARALLEL UNSAFE;
 COMMENT ON FUNCTION idempotency.idem_token_consume(text, text) IS
 	'consume a one-time token: true exactly once, false if unknown, consumed or expired';
 REVOKE ALL ON FUNCTION idempotency.idem_token_consume(text, text) FROM PUBLIC;
@@ -1046,7 +1046,7 @@ CREATE FUNCTION idempotency.idem_stats(
 	OUT clock_regressions bigint, OUT stats_reset timestamptz)
 RETURNS record
 	AS 'MODULE_PATHNAME', 'idem_stats'
-	LANGUAGE C VOLATILE;
+	LANGUAGE C VOLATILE PARALLEL UNSAFE;
 COMMENT ON FUNCTION idempotency.idem_stats() IS
 	'the counters of idempotency.stats';
 CREATE VIEW idempotency.stats AS SELECT * FROM idempotency.idem_stats();
@@ -1057,7 +1057,7 @@ GRANT SELECT ON idempotency.stats TO PUBLIC;
 CREATE FUNCTION idempotency.idem_stats_reset()
 RETURNS void
 	AS 'MODULE_PATHNAME', 'idem_stats_reset'
-	LANGUAGE C VOLATILE;
+	LANGUAGE C VOLATILE PARALLEL UNSAFE;
 COMMENT ON FUNCTION idempotency.idem_stats_reset() IS
 	'start every counter of idempotency.stats from zero';
 REVOKE ALL ON FUNCTION idempotency.idem_stats_reset() FROM PUBLIC;
@@ -1072,7 +1072,7 @@ GRANT EXECUTE ON FUNCTION idempotency.idem_stats_reset() TO idempotency_admin;
 CREATE FUNCTION idempotency.idem_purge()
 RETURNS bigint
 	AS 'MODULE_PATHNAME', 'idem_purge'
-	LANGUAGE C VOLATILE SECURITY DEFINER
+	LANGUAGE C VOLATILE PARALLEL UNSAFE SECURITY DEFINER
 	SET search_path = pg_catalog, pg_temp;
 COMMENT ON FUNCTION idempotency.idem_purge() IS
 	'delete every expired claim, one-time token and lease now, in batches of idempotency.purge_batch_size; returns how many rows went';
