@@ -464,6 +464,12 @@ COMMENT ON TYPE idempotency.idem_claim_result IS 'result of idem_claim';
 CREATE SEQUENCE idempotency.claim_tokens AS bigint NO CYCLE;
 COMMENT ON SEQUENCE idempotency.claim_tokens IS
 	'source of fencing tokens: one sequence for all keys, so a token is never reused, even after its claim was purged';
+-- Idempotency state is data, not configuration: pg_dump keeps the live
+-- claims, one-time tokens and leases and the position of both token
+-- sequences, so that a database moved by dump and restore answers every
+-- retry as before (replay, mismatch, fencing, exactly once).  Expired rows
+-- count as absent and are left out.
+SELECT pg_catalog.pg_extension_config_dump('idempotency.claim_tokens', '');
 
 CREATE TABLE idempotency.claims (
 	scope text NOT NULL DEFAULT 'default',
@@ -490,6 +496,8 @@ COMMENT ON COLUMN idempotency.claims.recovery_point IS 'where the last owner got
 COMMENT ON COLUMN idempotency.claims.response IS 'stored response, replayed to later callers';
 COMMENT ON COLUMN idempotency.claims.status IS 'stored status (for example an HTTP status), replayed with the response';
 CREATE INDEX claims_expires_at ON idempotency.claims (expires_at);
+SELECT pg_catalog.pg_extension_config_dump('idempotency.claims',
+	'WHERE expires_at OPERATOR(pg_catalog.>) pg_catalog.now()');
 
 CREATE FUNCTION idempotency.idem_claim(
 	key text,
@@ -964,6 +972,8 @@ CREATE TABLE idempotency.leases (
 	PRIMARY KEY (scope, name)
 );
 CREATE INDEX leases_expires_at ON idempotency.leases (expires_at);
+SELECT pg_catalog.pg_extension_config_dump('idempotency.leases',
+	'WHERE expires_at OPERATOR(pg_catalog.>) pg_catalog.now()');
 COMMENT ON TABLE idempotency.leases IS
 	'leases: who holds each name of a scope, with which fencing token, until when';
 
@@ -1015,6 +1025,8 @@ CREATE TABLE idempotency.tokens (
 	PRIMARY KEY (scope, digest)
 );
 CREATE INDEX tokens_expires_at ON idempotency.tokens (expires_at);
+SELECT pg_catalog.pg_extension_config_dump('idempotency.tokens',
+	'WHERE expires_at OPERATOR(pg_catalog.>) pg_catalog.now()');
 COMMENT ON TABLE idempotency.tokens IS
 	'one-time tokens not yet consumed, by SHA-256 digest: the tokens themselves are never stored';
 

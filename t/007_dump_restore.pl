@@ -2,7 +2,12 @@
 # and policy tables are extension configuration (pg_extension_config_dump),
 # and a guard is a trigger on the user's table, dumped with it.  The
 # restored guard must enforce the same machine, the restored policy bind,
-# its allowed_roles (restored by role name) included.
+# its allowed_roles (restored by role name) included.  They keep the
+# idempotency state too: live claims, one-time tokens and leases, and the
+# position of both token sequences, so that after the move a retry is
+# replayed, a changed payload is a mismatch, a claim in progress stays the
+# owner's, tokens keep growing, a one-time token is good exactly once more
+# (and a consumed one never), and a lease stays fenced.
 use strict;
 use warnings;
 use PostgreSQL::Test::Cluster;
@@ -27,6 +32,18 @@ $node->safe_psql('postgres', q{
 	CREATE ROLE tap_other IN ROLE idempotency_user;
 	INSERT INTO policies (scope, allowed_roles) VALUES ('tenant', '{tap_tenant}');
 });
+
+# Idempotency state, taken with the caller's own eyes before the move.
+my ($done_token, $live_token, $lease_token, $one_time, $used) = split /\|/, $node->safe_psql('postgres', q{
+	SET search_path = public, idempotency;
+	SELECT (idem_claim('done', '1 day', idem_fingerprint('{"amount": 10}'))).token AS t \gset
+	SELECT idem_complete('done', :t, '{"paid": 10}', 201);
+	SELECT (idem_claim('live', '1 day', lease => '1 hour')).token AS l \gset
+	INSERT INTO claims (scope, key, state, token, expires_at)
+	VALUES ('default', 'expired', 'completed', 1, now() - interval '1 minute');
+	SELECT idem_token_issue() AS used \gset
+	SELECT idem_token_consume(:'used');
+	SELECT :t, :l, idem_lease_acquire('job', 'worker-1', '1 hour'), idem_token_issue(), :'used'});
 
 my $dump = $node->basedir . '/dump.sql';
 command_ok([ 'pg_dump', '-d', $node->connstr('postgres'), '-f', $dump ], 'pg_dump');
@@ -67,6 +84,40 @@ is($node->safe_psql('restored', q{SELECT allowed_roles FROM idempotency.policies
 like($err, qr/permission denied for idempotency scope "tenant"/, 'and keep other roles out');
 is($node->safe_psql('restored', q{SET ROLE tap_tenant; SELECT idempotency.idem_lookup('k', 'tenant') IS NULL}),
 	't', 'and let the listed role in');
+
+# The idempotency state.
+is($node->safe_psql('restored', q{
+	SELECT outcome || ' ' || response::text || ' ' || status
+	FROM idempotency.idem_claim('done', '1 day', idempotency.idem_fingerprint('{"amount": 10.0}'))}),
+	'completed {"paid": 10} 201', 'a completed claim is replayed after the move');
+is($node->safe_psql('restored', q{
+	SELECT outcome FROM idempotency.idem_claim('done', '1 day', idempotency.idem_fingerprint('{"amount": 11}'))}),
+	'mismatch', 'and a changed payload is a mismatch');
+is($node->safe_psql('restored', q{
+	SELECT outcome FROM idempotency.idem_claim('live', '1 day', wait => false)}),
+	'in_progress', 'a claim in progress is still in progress');
+is($node->safe_psql('restored', qq{
+	SELECT idempotency.idem_complete('live', $live_token, '{"ok": true}', 200)}),
+	't', 'and its owner completes it with the token it had');
+is($node->safe_psql('restored', q{
+	SELECT count(*) FROM idempotency.claims WHERE key = 'expired'}),
+	'0', 'an expired claim is not carried over');
+cmp_ok($node->safe_psql('restored', q{SELECT (idempotency.idem_claim('new', '1 day')).token}),
+	'>', $live_token, 'a new claim gets a greater token than any before the move');
+is($node->safe_psql('restored', qq{
+	SELECT idempotency.idem_token_consume('$one_time')::text || ' '
+		|| idempotency.idem_token_consume('$one_time')::text || ' '
+		|| idempotency.idem_token_consume('$used')::text}),
+	'true false false', 'a one-time token is good once after the move, a consumed one never');
+is($node->safe_psql('restored', q{
+	SELECT idempotency.idem_lease_acquire('job', 'worker-2', '1 hour') IS NULL}),
+	't', 'a lease held before the move is still held');
+is($node->safe_psql('restored', qq{SELECT idempotency.idem_lease_check('job', $lease_token)}),
+	't', 'by the same token');
+cmp_ok($node->safe_psql('restored', qq{
+	SELECT idempotency.idem_lease_release('job', $lease_token) \\g /dev/null
+	SELECT idempotency.idem_lease_acquire('job', 'worker-2', '1 hour')}),
+	'>', $lease_token, 'and the next holder\'s token is greater');
 
 $node->stop;
 done_testing();

@@ -146,7 +146,7 @@ $by_hand =~ s/^\\echo.*$//m;
 $by_hand =~ s/^DO \$schema\$.*?^\$schema\$;$//ms
   or die 'the schema check is not where this test expects it';
 $by_hand =~ s/MODULE_PATHNAME/$libdir/g;
-$by_hand =~ s/^SELECT pg_catalog\.pg_extension_config_dump\(.*?\);$//mg;
+$by_hand =~ s/^SELECT pg_catalog\.pg_extension_config_dump\(.*?\);$//msg;
 ($ret, $out, $err) = $node->psql('planted', qq{
 	SET search_path = idempotency, pg_temp;
 	\\set ON_ERROR_STOP on
