@@ -21,6 +21,13 @@
  * guards too.  So a DBA's edit takes effect in every session without a
  * reconnect, and the per-row cost is a hash lookup and two short scans.
  *
+ * Memory.  An invalidation never frees anything by itself: dropped guards
+ * are freed, and a dropped cache reset, at the start of the next
+ * GuardGet().  A caller that holds a guard across code that may build
+ * guards (idem_transition, across its SELECT ... FOR UPDATE) pins it: a
+ * pinned guard, and the machine it points to, outlive their removal from
+ * the cache until unpinned, which an aborted (sub)transaction does too.
+ *
  * Most UPDATEs do not reach the trigger: guard_update.c plans them to
  * apply the same rules (GuardJudge) themselves.  The trigger remains for
  * INSERT and COPY and for every UPDATE that cannot check itself.
@@ -31,6 +38,7 @@
 
 #include "access/htup_details.h"
 #include "access/table.h"
+#include "access/xact.h"
 #include "catalog/namespace.h"
 #include "catalog/pg_type.h"
 #include "commands/trigger.h"
@@ -52,12 +60,35 @@
 PG_FUNCTION_INFO_V1(idem_guard_trigger);
 PG_FUNCTION_INFO_V1(idem_config_changed);
 
+/* A slot of the guard cache; the guard lives apart, so a pinned one can outlive it. */
+typedef struct GuardSlot
+{
+	Oid			tgoid;			/* hash key: the trigger */
+	GuardEntry *entry;			/* its guard */
+} GuardSlot;
+
+/* A pin: a guard held by a call, and the subtransaction that took it. */
+typedef struct GuardPinRef
+{
+	GuardEntry *entry;			/* the pinned guard */
+	SubTransactionId subid;		/* where the pin was taken */
+} GuardPinRef;
+
 static MemoryContext guard_cxt = NULL;
 static HTAB *machine_cache = NULL;
 static HTAB *guard_cache = NULL;
 static Oid	machines_relid = InvalidOid;
 static Oid	transitions_relid = InvalidOid;
-static bool callback_registered = false;
+static bool callbacks_registered = false;
+
+/* Guards dropped from the cache, freed at the next GuardGet() unless pinned. */
+static GuardEntry *dead_guards = NULL;
+
+/* Pins held now, and the caches dropped while some were held. */
+static GuardPinRef *pin_refs = NULL;
+static int	npins = 0;
+static int	max_pins = 0;
+static MemoryContext retired_cxt = NULL;
 
 /*
  * Bumped whenever the callback drops anything.  Building a cache entry
@@ -73,6 +104,17 @@ static uint64 cache_generation = 0;
  * under its feet by an invalidation taken in midway.
  */
 static bool cache_stale = false;
+
+/* Take a guard out of the cache; it is freed later (drop_dead_guards). */
+static void
+drop_guard(GuardSlot *slot)
+{
+	GuardEntry *entry = slot->entry;
+
+	hash_search(guard_cache, &slot->tgoid, HASH_REMOVE, NULL);
+	entry->next_dead = dead_guards;
+	dead_guards = entry;
+}
 
 /*
  * Relcache invalidation: machines or transitions changed (or everything
@@ -92,13 +134,68 @@ guard_relcache_callback(Datum arg, Oid relid)
 	if (guard_cache != NULL && !cache_stale)
 	{
 		HASH_SEQ_STATUS status;
-		GuardEntry *entry;
+		GuardSlot  *slot;
 
 		hash_seq_init(&status, guard_cache);
-		while ((entry = hash_seq_search(&status)) != NULL)
-			if (entry->relid == relid)
-				hash_search(guard_cache, &entry->tgoid, HASH_REMOVE, NULL);
+		while ((slot = hash_seq_search(&status)) != NULL)
+			if (slot->entry->relid == relid)
+				drop_guard(slot);
 	}
+}
+
+/* Free the dropped guards nobody pins; the pinned wait for GuardUnpin(). */
+static void
+drop_dead_guards(void)
+{
+	GuardEntry **link = &dead_guards;
+
+	while (*link != NULL)
+	{
+		GuardEntry *entry = *link;
+
+		if (entry->pins > 0)
+		{
+			link = &entry->next_dead;
+			continue;
+		}
+		*link = entry->next_dead;
+		if (entry->state_enum)
+			pfree(entry->state_enum);
+		pfree(entry);
+	}
+}
+
+/* Release pins: all of them, or those taken in subtransaction subid or below. */
+static void
+release_pins(SubTransactionId subid)
+{
+	int			kept = 0;
+
+	for (int i = 0; i < npins; i++)
+	{
+		if (subid == InvalidSubTransactionId || pin_refs[i].subid >= subid)
+			pin_refs[i].entry->pins--;
+		else
+			pin_refs[kept++] = pin_refs[i];
+	}
+	npins = kept;
+	if (npins == 0 && retired_cxt != NULL)
+		MemoryContextDeleteChildren(retired_cxt);
+}
+
+/* A call that pinned a guard failed: its pins go with its (sub)transaction. */
+static void
+guard_xact_callback(XactEvent event, void *arg)
+{
+	release_pins(InvalidSubTransactionId);
+}
+
+static void
+guard_subxact_callback(SubXactEvent event, SubTransactionId mySubid,
+					   SubTransactionId parentSubid, void *arg)
+{
+	if (event == SUBXACT_EVENT_ABORT_SUB)
+		release_pins(mySubid);
 }
 
 static void
@@ -108,15 +205,31 @@ ensure_caches(void)
 
 	if (cache_stale)
 	{
-		MemoryContextReset(guard_cxt);
+		if (npins == 0)
+			MemoryContextReset(guard_cxt);
+		else
+		{
+			/* Pinned guards point into it: keep it until they are unpinned. */
+			if (retired_cxt == NULL)
+				retired_cxt = AllocSetContextCreate(TopMemoryContext,
+													"idempotency retired guards",
+													ALLOCSET_SMALL_SIZES);
+			MemoryContextSetParent(guard_cxt, retired_cxt);
+			guard_cxt = NULL;
+		}
 		machine_cache = NULL;
 		guard_cache = NULL;
+		dead_guards = NULL;
 		cache_stale = false;
 	}
-	if (!callback_registered)
+	else if (dead_guards != NULL)
+		drop_dead_guards();
+	if (!callbacks_registered)
 	{
 		CacheRegisterRelcacheCallback(guard_relcache_callback, (Datum) 0);
-		callback_registered = true;
+		RegisterXactCallback(guard_xact_callback, NULL);
+		RegisterSubXactCallback(guard_subxact_callback, NULL);
+		callbacks_registered = true;
 	}
 	if (guard_cxt == NULL)
 		guard_cxt = AllocSetContextCreate(TopMemoryContext, "idempotency guards",
@@ -134,11 +247,49 @@ ensure_caches(void)
 	{
 		memset(&ctl, 0, sizeof(ctl));
 		ctl.keysize = sizeof(Oid);
-		ctl.entrysize = sizeof(GuardEntry);
+		ctl.entrysize = sizeof(GuardSlot);
 		ctl.hcxt = guard_cxt;
 		guard_cache = hash_create("idempotency guards", 16, &ctl,
 								  HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
 	}
+}
+
+/*
+ * Keep a guard, and its machine, alive across code that may rebuild the
+ * cache (user code run by a query, say) until GuardUnpin() or the end of
+ * the (sub)transaction that pinned it.
+ */
+void
+GuardPin(GuardEntry *g)
+{
+	if (npins == max_pins)
+	{
+		max_pins = Max(8, max_pins * 2);
+		pin_refs = pin_refs == NULL ?
+			MemoryContextAlloc(TopMemoryContext, sizeof(GuardPinRef) * max_pins) :
+			repalloc(pin_refs, sizeof(GuardPinRef) * max_pins);
+	}
+	pin_refs[npins].entry = g;
+	pin_refs[npins].subid = GetCurrentSubTransactionId();
+	npins++;
+	g->pins++;
+}
+
+/* Let go of a pinned guard (the most recent pin of it). */
+void
+GuardUnpin(GuardEntry *g)
+{
+	for (int i = npins - 1; i >= 0; i--)
+		if (pin_refs[i].entry == g)
+		{
+			memmove(&pin_refs[i], &pin_refs[i + 1], sizeof(GuardPinRef) * (npins - i - 1));
+			npins--;
+			g->pins--;
+			if (npins == 0 && retired_cxt != NULL)
+				MemoryContextDeleteChildren(retired_cxt);
+			return;
+		}
+	elog(ERROR, "guard %u is not pinned", g->tgoid);
 }
 
 /* Index of a state name, or -1. */
@@ -308,14 +459,15 @@ column_number(Relation rel, const char *name, const char *what)
 GuardEntry *
 GuardGet(Trigger *tg, Relation rel)
 {
-	GuardEntry *g;
+	GuardSlot  *slot;
 	bool		found;
 	GuardEntry	built;
+	GuardEntry *g;
 
 	ensure_caches();
-	g = hash_search(guard_cache, &tg->tgoid, HASH_FIND, NULL);
-	if (g != NULL)
-		return g;
+	slot = hash_search(guard_cache, &tg->tgoid, HASH_FIND, NULL);
+	if (slot != NULL)
+		return slot->entry;
 
 	if (tg->tgnargs != 4)
 		ereport(ERROR,
@@ -333,6 +485,7 @@ GuardGet(Trigger *tg, Relation rel)
 
 		ensure_caches();		/* a reset in a previous pass dropped them */
 		memset(&built, 0, sizeof(built));
+		built.tgoid = tg->tgoid;
 		built.relid = RelationGetRelid(rel);
 		built.tgenabled = tg->tgenabled;
 		built.machine = load_machine(tg->tgargs[0]);
@@ -381,9 +534,10 @@ GuardGet(Trigger *tg, Relation rel)
 		/* Invalidated while building: what we hold may be gone. */
 	}
 
-	g = hash_search(guard_cache, &tg->tgoid, HASH_ENTER, &found);
-	built.tgoid = tg->tgoid;
+	g = MemoryContextAlloc(guard_cxt, sizeof(GuardEntry));
 	*g = built;
+	slot = hash_search(guard_cache, &tg->tgoid, HASH_ENTER, &found);
+	slot->entry = g;
 	return g;
 }
 
@@ -394,14 +548,15 @@ GuardGet(Trigger *tg, Relation rel)
 GuardEntry *
 GuardGetByOid(Oid relid, Oid tgoid)
 {
-	GuardEntry *g;
+	GuardSlot  *slot;
+	GuardEntry *g = NULL;
 	Relation	rel;
 	TriggerDesc *td;
 
 	ensure_caches();
-	g = hash_search(guard_cache, &tgoid, HASH_FIND, NULL);
-	if (g != NULL)
-		return g;
+	slot = hash_search(guard_cache, &tgoid, HASH_FIND, NULL);
+	if (slot != NULL)
+		return slot->entry;
 	rel = table_open(relid, AccessShareLock);
 	td = rel->trigdesc;
 	for (int i = 0; td != NULL && i < td->numtriggers; i++)

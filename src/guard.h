@@ -25,10 +25,13 @@ typedef struct GuardMachine
 	bool	   *edges;			/* nstates x nstates: edges[from * n + to] */
 } GuardMachine;
 
-/* A guard (one trigger), keyed by trigger OID. */
+/*
+ * A guard (one trigger), cached by trigger OID.  A pointer to one stays
+ * good while GuardGeneration() does not move, or while it is pinned.
+ */
 typedef struct GuardEntry
 {
-	Oid			tgoid;			/* hash key */
+	Oid			tgoid;			/* its trigger */
 	Oid			relid;			/* the guarded table */
 	char		tgenabled;		/* the trigger's pg_trigger.tgenabled */
 	GuardMachine *machine;		/* its machine */
@@ -39,6 +42,8 @@ typedef struct GuardEntry
 	AttrNumber	version_att;	/* version column, or 0 */
 	Oid			version_type;	/* INT4OID or INT8OID */
 	bool		strict_version; /* the UPDATE must set the version */
+	int			pins;			/* calls holding it across user code (GuardPin) */
+	struct GuardEntry *next_dead;	/* once dropped from the cache: the next dropped */
 } GuardEntry;
 
 /* One row update, as the rules see it. */
@@ -68,6 +73,8 @@ typedef enum GuardVerdict
 
 extern GuardEntry *GuardGet(Trigger *tg, Relation rel);
 extern GuardEntry *GuardGetByOid(Oid relid, Oid tgoid);
+extern void GuardPin(GuardEntry *g);
+extern void GuardUnpin(GuardEntry *g);
 extern Trigger *GuardFindTrigger(Relation rel);
 extern int	GuardStateByName(GuardEntry *g, const char *s);
 extern uint64 GuardGeneration(void);
