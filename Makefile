@@ -29,9 +29,9 @@ OBJS = \
 DATA = $(wildcard sql/idempotency--*.sql)
 DOCS = README.md
 
-REGRESS = snowflake_type snowflake claims guard guard_update pessimistic transition_cache stats policies
+REGRESS = snowflake_type snowflake claims guard guard_update guard_schema pessimistic transition_cache stats policies
 REGRESS_OPTS = --load-extension=idempotency
-ISOLATION = snowflake_order claim_race claim_takeover guard_race transition_race keyed_lock lease_race token_race purge_race
+ISOLATION = snowflake_order claim_race claim_takeover guard_race guard_ddl transition_race keyed_lock lease_race token_race purge_race
 ISOLATION_OPTS = --load-extension=idempotency
 TAP_TESTS = 1
 

@@ -12,14 +12,20 @@
  *
  * Caching.  Each backend keeps what a row check needs: per machine, its
  * states, which are initial, which terminal, and the allowed edges as a
- * matrix; per trigger, the column numbers and, for an enum state column,
- * the enum value of every state.  Any change to machines or transitions
- * fires a statement trigger (idem_config_changed) that queues a relcache
- * invalidation of that table, delivered to every session at commit; the
- * callback then drops the whole cache.  ALTER TABLE or DROP/CREATE TRIGGER
- * on a guarded table invalidates its relcache entry, which drops its
- * guards too.  So a DBA's edit takes effect in every session without a
- * reconnect, and the per-row cost is a hash lookup and two short scans.
+ * matrix; per trigger, the column numbers and types and, for an enum state
+ * column, the enum value of every state that is a label of the type.  Any
+ * change to machines or transitions fires a statement trigger
+ * (idem_config_changed) that queues a relcache invalidation of that table,
+ * delivered to every session at commit; the callback then drops the whole
+ * cache.  ALTER TABLE or DROP/CREATE TRIGGER on a guarded table
+ * invalidates its relcache entry, which drops its guards too; a change to
+ * any enum (ALTER TYPE ... RENAME VALUE, ADD VALUE) drops the guards of
+ * enum columns, which map states to values by label again.  So a DBA's
+ * edit takes effect in every session without a reconnect, every session
+ * reads the same labels, and the per-row cost is a hash lookup and two
+ * short scans.  Column types are checked whenever a guard is built: a
+ * retyped or dropped column is reported at the next write, never read as
+ * the type it used to have.
  *
  * Memory.  An invalidation never frees anything by itself: dropped guards
  * are freed, and a dropped cache reset, at the start of the next
@@ -40,6 +46,7 @@
 #include "access/table.h"
 #include "access/xact.h"
 #include "catalog/namespace.h"
+#include "catalog/pg_enum.h"
 #include "catalog/pg_type.h"
 #include "commands/trigger.h"
 #include "executor/spi.h"
@@ -53,6 +60,7 @@
 #include "utils/memutils.h"
 #include "utils/rel.h"
 #include "utils/snapmgr.h"
+#include "utils/syscache.h"
 
 #include "guard.h"
 #include "idempotency.h"
@@ -143,6 +151,25 @@ guard_relcache_callback(Datum arg, Oid relid)
 	}
 }
 
+/*
+ * pg_enum changed (a label renamed or added, a type created or dropped):
+ * guards of enum columns map their states to labels again.
+ */
+static void
+guard_enum_callback(Datum arg, int cacheid, uint32 hashvalue)
+{
+	HASH_SEQ_STATUS status;
+	GuardSlot  *slot;
+
+	if (guard_cxt == NULL || guard_cache == NULL || cache_stale)
+		return;
+	cache_generation++;
+	hash_seq_init(&status, guard_cache);
+	while ((slot = hash_seq_search(&status)) != NULL)
+		if (slot->entry->state_is_enum)
+			drop_guard(slot);
+}
+
 /* Free the dropped guards nobody pins; the pinned wait for GuardUnpin(). */
 static void
 drop_dead_guards(void)
@@ -227,6 +254,7 @@ ensure_caches(void)
 	if (!callbacks_registered)
 	{
 		CacheRegisterRelcacheCallback(guard_relcache_callback, (Datum) 0);
+		CacheRegisterSyscacheCallback(ENUMOID, guard_enum_callback, (Datum) 0);
 		RegisterXactCallback(guard_xact_callback, NULL);
 		RegisterSubXactCallback(guard_subxact_callback, NULL);
 		callbacks_registered = true;
@@ -439,18 +467,54 @@ load_machine(const char *name)
 	return m;
 }
 
+/*
+ * A column a guard names, which must still exist with a type the guard can
+ * read (the table may have been altered since idem_guard(), or the trigger
+ * attached by hand): anything else is refused here, before a value of the
+ * column is ever looked at.
+ */
 static AttrNumber
-column_number(Relation rel, const char *name, const char *what)
+guarded_column(Relation rel, Trigger *tg, bool state, Oid *type)
 {
+	const char *name = tg->tgargs[state ? 1 : 2];
 	AttrNumber	att = attnameAttNum(rel, name, false);
 
 	if (att == InvalidAttrNumber)
 		ereport(ERROR,
 				(errcode(ERRCODE_UNDEFINED_COLUMN),
 				 errmsg("%s column \"%s\" of guarded table \"%s\" does not exist",
-						what, name, RelationGetRelationName(rel)),
+						state ? "state" : "version", name, RelationGetRelationName(rel)),
 				 errhint("Guard the table again with idem_guard(), naming its columns.")));
+	*type = TupleDescAttr(RelationGetDescr(rel), att - 1)->atttypid;
+	if (state ? !(*type == TEXTOID || *type == VARCHAROID || type_is_enum(*type)) :
+		!(*type == INT4OID || *type == INT8OID))
+		ereport(ERROR,
+				(errcode(ERRCODE_DATATYPE_MISMATCH),
+				 errmsg("%s column \"%s\" of guarded table \"%s\" has type %s",
+						state ? "state" : "version", name, RelationGetRelationName(rel),
+						format_type_be(*type)),
+				 errhint(state ?
+						 "A state column must be text, varchar or an enum: change the column back, or remove the guard with idem_unguard()." :
+						 "A version column must be int or bigint: change the column back, or guard the table again with idem_guard().")));
 	return att;
+}
+
+/* The value of an enum label, or InvalidOid if the type has no such label. */
+static Oid
+enum_label(Oid type, const char *label)
+{
+	HeapTuple	tup;
+	Oid			value = InvalidOid;
+
+	if (strlen(label) >= NAMEDATALEN)
+		return InvalidOid;
+	tup = SearchSysCache2(ENUMTYPOIDNAME, ObjectIdGetDatum(type), CStringGetDatum(label));
+	if (HeapTupleIsValid(tup))
+	{
+		value = ((Form_pg_enum) GETSTRUCT(tup))->oid;
+		ReleaseSysCache(tup);
+	}
+	return value;
 }
 
 /*
@@ -479,7 +543,6 @@ GuardGet(Trigger *tg, Relation rel)
 	for (;;)
 	{
 		uint64		generation = cache_generation;
-
 		int			n;
 		char	  **names;
 
@@ -488,6 +551,11 @@ GuardGet(Trigger *tg, Relation rel)
 		built.tgoid = tg->tgoid;
 		built.relid = RelationGetRelid(rel);
 		built.tgenabled = tg->tgenabled;
+		built.state_att = guarded_column(rel, tg, true, &built.state_type);
+		built.state_is_enum = built.state_type != TEXTOID && built.state_type != VARCHAROID;
+		if (tg->tgargs[2][0] != '\0')
+			built.version_att = guarded_column(rel, tg, false, &built.version_type);
+		built.strict_version = strcmp(tg->tgargs[3], "strict") == 0;
 		built.machine = load_machine(tg->tgargs[0]);
 
 		/*
@@ -500,33 +568,20 @@ GuardGet(Trigger *tg, Relation rel)
 		for (int i = 0; i < n; i++)
 			names[i] = pstrdup(built.machine->states[i]);
 
-		built.state_att = column_number(rel, tg->tgargs[1], "state");
-		built.state_type = TupleDescAttr(RelationGetDescr(rel), built.state_att - 1)->atttypid;
-		built.state_is_enum = type_is_enum(built.state_type);
-		if (tg->tgargs[2][0] != '\0')
-		{
-			built.version_att = column_number(rel, tg->tgargs[2], "version");
-			built.version_type = TupleDescAttr(RelationGetDescr(rel), built.version_att - 1)->atttypid;
-			if (built.version_type != INT4OID && built.version_type != INT8OID)
-				ereport(ERROR,
-						(errcode(ERRCODE_DATATYPE_MISMATCH),
-						 errmsg("version column \"%s\" of \"%s\" must be int or bigint",
-								tg->tgargs[2], RelationGetRelationName(rel)),
-						 errhint("Guard the table again with idem_guard().")));
-		}
-		built.strict_version = strcmp(tg->tgargs[3], "strict") == 0;
+		/*
+		 * Enum states by label: a state the type has no label for (renamed
+		 * away, say) matches no value; a label the machine lacks is no state.
+		 */
 		if (built.state_is_enum)
 		{
-			Oid		   *oids = palloc(sizeof(Oid) * n);
+			Oid		   *values = palloc(sizeof(Oid) * n);
 
 			for (int i = 0; i < n; i++)
-				oids[i] = DatumGetObjectId(
-					DirectFunctionCall2(enum_in, CStringGetDatum(names[i]),
-										ObjectIdGetDatum(built.state_type)));
+				values[i] = enum_label(built.state_type, names[i]);
 			if (generation == cache_generation)
 			{
 				built.state_enum = MemoryContextAlloc(guard_cxt, sizeof(Oid) * n);
-				memcpy(built.state_enum, oids, sizeof(Oid) * n);
+				memcpy(built.state_enum, values, sizeof(Oid) * n);
 			}
 		}
 		if (generation == cache_generation)
@@ -805,6 +860,20 @@ GuardJudge(const GuardEntry *g, const GuardRow *r)
 	return GUARD_PASS;
 }
 
+/* The detail of an illegal transition: what is allowed, or what is no state. */
+static int
+errdetail_illegal(GuardEntry *g, const GuardRow *r, const char *from_name, const char *to_name)
+{
+	if (r->from_null)
+		return errdetail("The row has no state.");
+	if (r->from < 0)
+		return errdetail("\"%s\" is not a state of machine \"%s\".", from_name, g->machine->name);
+	if (r->to < 0)
+		return errdetail("\"%s\" is not a state of machine \"%s\"; from \"%s\" it allows: %s.",
+						 to_name, g->machine->name, from_name, allowed_from(g->machine, r->from));
+	return errdetail("From \"%s\" it allows: %s.", from_name, allowed_from(g->machine, r->from));
+}
+
 /* Raise the error for a verdict other than GUARD_PASS. */
 void
 GuardRefuse(GuardEntry *g, const GuardRow *r, GuardVerdict v)
@@ -814,6 +883,7 @@ GuardRefuse(GuardEntry *g, const GuardRow *r, GuardVerdict v)
 	const char *version_col = g->version_att ? get_attname(g->relid, g->version_att, false) : NULL;
 	const char *from_name = state_name(g, r->from, r->from_null ? "(null)" : r->from_label);
 	const char *to_name = state_name(g, r->to, r->to_label);
+	bool		unknown_label = (r->from < 0 && !r->from_null) || r->to < 0;
 
 	IdemCount(v == GUARD_STALE ? IDEM_STALE_VERSIONS : IDEM_GUARD_REJECTIONS);
 	switch (v)
@@ -852,9 +922,10 @@ GuardRefuse(GuardEntry *g, const GuardRow *r, GuardVerdict v)
 					(errcode(ERRCODE_CHECK_VIOLATION),
 					 errmsg("transition of \"%s\" from \"%s\" to \"%s\" is not allowed by machine \"%s\"",
 							table, from_name, to_name, g->machine->name),
-					 r->from >= 0 ? errdetail("From \"%s\" it allows: %s.", from_name,
-											 allowed_from(g->machine, r->from)) :
-					 errdetail("\"%s\" is not a state of the machine.", from_name),
+					 errdetail_illegal(g, r, from_name, to_name),
+					 unknown_label && g->state_is_enum ?
+					 errhint("Use a state of the machine; if a label of type %s was renamed with ALTER TYPE ... RENAME VALUE, rename the state in the machine too (idem_machine()).",
+							 format_type_be(g->state_type)) :
 					 errhint("Move the row through the states the machine allows, or change the machine with idem_machine().")));
 			break;
 		case GUARD_PASS:
@@ -995,6 +1066,8 @@ idem_guard_trigger(PG_FUNCTION_ARGS)
 					(errcode(ERRCODE_CHECK_VIOLATION),
 					 errmsg("new row of \"%s\" must start in an initial state of machine \"%s\"",
 							table, g->machine->name),
+					 to < 0 ?
+					 errdetail("The row starts in \"%s\", which is not a state of the machine.", unknown) :
 					 errdetail("The row starts in \"%s\".", state_name(g, to, unknown)),
 					 errhint("Initial states: %s.", initial_states(g->machine))));
 		if (g->version_att)

@@ -38,7 +38,7 @@ typedef struct GuardEntry
 	AttrNumber	state_att;		/* state column */
 	Oid			state_type;		/* its type */
 	bool		state_is_enum;	/* enum (compare OIDs) or text */
-	Oid		   *state_enum;		/* per machine state, its enum value */
+	Oid		   *state_enum;		/* per machine state, its enum value (InvalidOid: no such label) */
 	AttrNumber	version_att;	/* version column, or 0 */
 	Oid			version_type;	/* INT4OID or INT8OID */
 	bool		strict_version; /* the UPDATE must set the version */

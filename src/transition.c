@@ -607,6 +607,12 @@ idem_transition(PG_FUNCTION_ARGS)
 			}
 			else
 			{
+				if (g->state_is_enum && !OidIsValid(g->state_enum[r.to]))
+					ereport(ERROR,
+							(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+							 errmsg("state \"%s\" of machine \"%s\" is not a label of type %s",
+									to_state, g->machine->name, format_type_be(g->state_type)),
+							 errhint("Add the label with ALTER TYPE ... ADD VALUE, or, if it was renamed with ALTER TYPE ... RENAME VALUE, rename the state in the machine too (idem_machine()).")));
 				args[1] = convert(CStringGetTextDatum(to_state), TEXTOID, p->state_type);
 				if (g->version_att)
 				{
