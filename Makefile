@@ -15,6 +15,7 @@ OBJS = \
 	src/fingerprint.o \
 	src/guard.o \
 	src/guard_update.o \
+	src/guard_move.o \
 	src/util.o \
 	src/transition.o \
 	src/lock.o \
@@ -29,7 +30,7 @@ OBJS = \
 DATA = $(wildcard sql/idempotency--*.sql)
 DOCS = README.md
 
-REGRESS = snowflake_type snowflake claims guard guard_update guard_schema pessimistic transition_cache stats policies
+REGRESS = snowflake_type snowflake claims guard guard_update guard_schema guard_partitions pessimistic transition_cache stats policies
 REGRESS_OPTS = --load-extension=idempotency
 ISOLATION = snowflake_order claim_race claim_takeover guard_race guard_ddl transition_race keyed_lock lease_race token_race purge_race
 ISOLATION_OPTS = --load-extension=idempotency

@@ -1051,7 +1051,15 @@ idem_guard_trigger(PG_FUNCTION_ARGS)
 	{
 		HeapTuple	newtup = td->tg_trigtuple;
 
+		/*
+		 * The second half of a row's move to another partition: judged, and
+		 * its version bumped, by the guard of the partition it left.
+		 */
+		if (GuardMoveTake(td))
+			return PointerGetDatum(newtup);
+
 		to = row_state(g, td->tg_trigslot, &isnull, &unknown);
+
 		if (isnull || to < 0 || !g->machine->initial[to])
 			IdemCount(IDEM_GUARD_REJECTIONS);
 		if (isnull)
@@ -1081,6 +1089,7 @@ idem_guard_trigger(PG_FUNCTION_ARGS)
 		GuardRow	r;
 		GuardVerdict v;
 
+		GuardMoveClear();
 		memset(&r, 0, sizeof(r));
 		r.from = row_state(g, oldslot, &r.from_null, &r.from_label);
 		r.to = row_state(g, newslot, &r.to_null, &r.to_label);
@@ -1100,6 +1109,14 @@ idem_guard_trigger(PG_FUNCTION_ARGS)
 		v = GuardJudge(g, &r);
 		if (v != GUARD_PASS)
 			GuardRefuse(g, &r, v);
+
+		/*
+		 * A partition's row may be on its way to another partition (if the
+		 * new row does not fit this one): say what was allowed, so that the
+		 * INSERT there recognises the row instead of judging it afresh.
+		 */
+		if (td->tg_relation->rd_rel->relispartition)
+			GuardMoveNote(td);
 		if (g->version_att)
 			return PointerGetDatum(bump_version(g, td, desc, r.old_version + 1));
 		return PointerGetDatum(td->tg_newtuple);

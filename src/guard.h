@@ -86,6 +86,11 @@ extern GuardVerdict GuardJudge(const GuardEntry *g, const GuardRow *r);
 extern void GuardRefuse(GuardEntry *g, const GuardRow *r, GuardVerdict v) pg_attribute_noreturn();
 extern void GuardCheckVersionRange(const GuardEntry *g, int64 version);
 
+/* guard_move.c */
+extern void GuardMoveNote(TriggerData *td);
+extern void GuardMoveClear(void);
+extern bool GuardMoveTake(TriggerData *td);
+
 /* guard_update.c */
 extern bool idem_guard_rewrite;
 extern void GuardUpdateHooksInit(void);
