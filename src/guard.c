@@ -46,19 +46,23 @@
 #include "access/table.h"
 #include "access/xact.h"
 #include "catalog/namespace.h"
+#include "catalog/partition.h"
 #include "catalog/pg_enum.h"
 #include "catalog/pg_type.h"
 #include "commands/trigger.h"
 #include "executor/spi.h"
 #include "fmgr.h"
+#include "miscadmin.h"
 #include "parser/parse_relation.h"
 #include "utils/builtins.h"
 #include "utils/datum.h"
+#include "utils/acl.h"
 #include "utils/hsearch.h"
 #include "utils/inval.h"
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
 #include "utils/rel.h"
+#include "utils/rls.h"
 #include "utils/snapmgr.h"
 #include "utils/syscache.h"
 
@@ -860,6 +864,69 @@ GuardJudge(const GuardEntry *g, const GuardRow *r)
 	return GUARD_PASS;
 }
 
+/*
+ * May the current role read column att of table relid?  Decided as
+ * PostgreSQL decides what a constraint error may show of a row
+ * (ExecBuildSlotValueDescription): SELECT on the table or on the column,
+ * and no row-level security in force for the role.  A partition's rows can
+ * also be read through its ancestors, where the column may have another
+ * number.  Only refusals ask, so the catalog lookups cost nothing that
+ * matters.
+ */
+static bool
+column_readable(Oid relid, AttrNumber att)
+{
+	List	   *rels = list_make1_oid(relid);
+	const char *name = get_attname(relid, att, false);
+	ListCell   *lc;
+
+	if (get_rel_relispartition(relid))
+		rels = list_concat(rels, get_partition_ancestors(relid));
+	foreach(lc, rels)
+	{
+		Oid			rel = lfirst_oid(lc);
+		AttrNumber	a = rel == relid ? att : get_attnum(rel, name);
+
+		if (a == InvalidAttrNumber || check_enable_rls(rel, InvalidOid, true) == RLS_ENABLED)
+			continue;
+		if (pg_class_aclcheck(rel, GetUserId(), ACL_SELECT) == ACLCHECK_OK ||
+			pg_attribute_aclcheck(rel, a, GetUserId(), ACL_SELECT) == ACLCHECK_OK)
+			return true;
+	}
+	return false;
+}
+
+/* Why a refusal names no state: the caller may not read the column. */
+static int
+errdetail_state_unreadable(const char *state_col)
+{
+	return errdetail("The row's state is left out: the current role may not read column \"%s\" of the row.",
+					 state_col);
+}
+
+/*
+ * A refused transition of a row whose state the caller may not read: the
+ * message leaves the row's state out (and whether it is terminal), and
+ * names the new state only if the statement set it.
+ */
+static void
+refuse_unreadable(GuardEntry *g, const GuardRow *r, const char *table, const char *state_col)
+{
+	if (r->state_set)
+		ereport(ERROR,
+				(errcode(ERRCODE_CHECK_VIOLATION),
+				 errmsg("transition of \"%s\" to \"%s\" is not allowed by machine \"%s\"",
+						table, state_name(g, r->to, r->to_label), g->machine->name),
+				 errdetail_state_unreadable(state_col),
+				 errhint("Move the row through the states the machine allows, or change the machine with idem_machine().")));
+	ereport(ERROR,
+			(errcode(ERRCODE_CHECK_VIOLATION),
+			 errmsg("update of a row of \"%s\" is not allowed by machine \"%s\"",
+					table, g->machine->name),
+			 errdetail_state_unreadable(state_col),
+			 errhint("Move the row through the states the machine allows, or change the machine with idem_machine().")));
+}
+
 /* The detail of an illegal transition: what is allowed, or what is no state. */
 static int
 errdetail_illegal(GuardEntry *g, const GuardRow *r, const char *from_name, const char *to_name)
@@ -874,7 +941,11 @@ errdetail_illegal(GuardEntry *g, const GuardRow *r, const char *from_name, const
 	return errdetail("From \"%s\" it allows: %s.", from_name, allowed_from(g->machine, r->from));
 }
 
-/* Raise the error for a verdict other than GUARD_PASS. */
+/*
+ * Raise the error for a verdict other than GUARD_PASS.  Values of the row
+ * that the caller may not read are left out; the statement's own values
+ * (the version it expected, the state it set) are shown.
+ */
 void
 GuardRefuse(GuardEntry *g, const GuardRow *r, GuardVerdict v)
 {
@@ -899,8 +970,11 @@ GuardRefuse(GuardEntry *g, const GuardRow *r, GuardVerdict v)
 			ereport(ERROR,
 					(errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
 					 errmsg("row of \"%s\" has changed since it was read", table),
+					 column_readable(g->relid, g->version_att) ?
 					 errdetail("The update expected version %lld; the row is at version %lld.",
-							   (long long) r->expected, (long long) r->old_version),
+							   (long long) r->expected, (long long) r->old_version) :
+					 errdetail("The update expected version %lld; the row is at another version.",
+							   (long long) r->expected),
 					 errhint("Read the row again and retry with its current version.")));
 			break;
 		case GUARD_VERSION_UNSET:
@@ -910,6 +984,8 @@ GuardRefuse(GuardEntry *g, const GuardRow *r, GuardVerdict v)
 					 errhint("Add SET %s = <the version you read> to the UPDATE.", version_col)));
 			break;
 		case GUARD_TERMINAL:
+			if (!column_readable(g->relid, g->state_att))
+				refuse_unreadable(g, r, table, state_col);
 			ereport(ERROR,
 					(errcode(ERRCODE_CHECK_VIOLATION),
 					 errmsg("row of \"%s\" is in terminal state \"%s\" of machine \"%s\"",
@@ -918,6 +994,8 @@ GuardRefuse(GuardEntry *g, const GuardRow *r, GuardVerdict v)
 					 errhint("A terminal state has no transitions out; add one to the machine if it should.")));
 			break;
 		case GUARD_ILLEGAL:
+			if (!column_readable(g->relid, g->state_att))
+				refuse_unreadable(g, r, table, state_col);
 			ereport(ERROR,
 					(errcode(ERRCODE_CHECK_VIOLATION),
 					 errmsg("transition of \"%s\" from \"%s\" to \"%s\" is not allowed by machine \"%s\"",
@@ -1069,6 +1147,14 @@ idem_guard_trigger(PG_FUNCTION_ARGS)
 					 errdetail("Column \"%s\" is null.", NameStr(TupleDescAttr(desc, g->state_att - 1)->attname)),
 					 errhint("Insert rows in an initial state of machine \"%s\": %s.",
 							 g->machine->name, initial_states(g->machine))));
+		if ((to < 0 || !g->machine->initial[to]) &&
+			!column_readable(g->relid, g->state_att))
+			ereport(ERROR,
+					(errcode(ERRCODE_CHECK_VIOLATION),
+					 errmsg("new row of \"%s\" must start in an initial state of machine \"%s\"",
+							table, g->machine->name),
+					 errdetail_state_unreadable(NameStr(TupleDescAttr(desc, g->state_att - 1)->attname)),
+					 errhint("Initial states: %s.", initial_states(g->machine))));
 		if (to < 0 || !g->machine->initial[to])
 			ereport(ERROR,
 					(errcode(ERRCODE_CHECK_VIOLATION),
@@ -1097,6 +1183,8 @@ idem_guard_trigger(PG_FUNCTION_ARGS)
 		/* A repeat of the current state changing nothing else: skip it. */
 		if (GuardIsRepeat(&r) && !row_changed(g, oldslot, newslot, desc))
 			return PointerGetDatum(NULL);
+		r.state_set = bms_is_member(g->state_att - FirstLowInvalidHeapAttributeNumber,
+									td->tg_updatedcols);
 
 		if (g->version_att)
 		{

@@ -55,6 +55,7 @@ typedef struct GuardRow
 	int			to;				/* the same for the new row */
 	bool		to_null;
 	char	   *to_label;
+	bool		state_set;		/* the statement set the state (the new one is its own) */
 	bool		version_set;	/* the statement sets the version column */
 	int64		old_version;	/* the row's version (NULL counts as 0) */
 	int64		expected;		/* the version the statement set */
