@@ -299,7 +299,7 @@ open_claims(void)
 		ereport(ERROR,
 				(errcode(ERRCODE_UNDEFINED_TABLE),
 				 errmsg("table \"idempotency.claims\" does not exist"),
-				 errhint("Reinstall the extension: DROP EXTENSION idempotency; CREATE EXTENSION idempotency;")));
+				 errhint(IDEM_HINT_MISSING_TABLE)));
 	if (pg_class_aclmask(relid, GetUserId(), ACL_SELECT | ACL_INSERT | ACL_UPDATE | ACL_DELETE,
 						 ACLMASK_ALL) != (ACL_SELECT | ACL_INSERT | ACL_UPDATE | ACL_DELETE) ||
 		pg_class_aclcheck(seqid, GetUserId(), ACL_USAGE) != ACLCHECK_OK)
