@@ -346,6 +346,15 @@ static const IdemPlanDef initial_def = {
 static SPIPlanPtr edges_plan = NULL;
 static SPIPlanPtr initial_plan = NULL;
 
+/* A string made inside SPI, copied to the memory of SPI's caller. */
+static char *
+spi_copy(const char *s)
+{
+	size_t		len = strlen(s) + 1;
+
+	return memcpy(SPI_palloc(len), s, len);
+}
+
 /*
  * Load a machine from idempotency.machines and idempotency.transitions.
  * Everything is read first; the cache entry is made last, with no catalog
@@ -402,8 +411,9 @@ load_machine(const char *name)
 	local.state_lens = SPI_palloc(sizeof(int) * nedges * 2);
 	for (uint64 i = 0; i < nedges; i++)
 	{
-		from[i] = SPI_getvalue(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1);
-		to[i] = SPI_getvalue(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 2);
+		/* Copied out of SPI's memory, which SPI_finish frees. */
+		from[i] = spi_copy(SPI_getvalue(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1));
+		to[i] = spi_copy(SPI_getvalue(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 2));
 		for (int c = 0; c < 2; c++)
 		{
 			char	   *st = c == 0 ? from[i] : to[i];
