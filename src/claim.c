@@ -302,7 +302,7 @@ open_claims(void)
 		ereport(ERROR,
 				(errcode(ERRCODE_UNDEFINED_TABLE),
 				 errmsg("table \"idempotency.claims\" does not exist"),
-				 errhint("Reinstall the extension: DROP EXTENSION idempotency; CREATE EXTENSION idempotency;")));
+				 errhint(IDEM_HINT_MISSING_TABLE)));
 	rel = table_open(relid, AccessShareLock);
 	if (rel->rd_rel->relrowsecurity)
 		ereport(ERROR,

@@ -12,14 +12,27 @@
  *
  * Caching.  Each backend keeps what a row check needs: per machine, its
  * states, which are initial, which terminal, and the allowed edges as a
- * matrix; per trigger, the column numbers and, for an enum state column,
- * the enum value of every state.  Any change to machines or transitions
- * fires a statement trigger (idem_config_changed) that queues a relcache
- * invalidation of that table, delivered to every session at commit; the
- * callback then drops the whole cache.  ALTER TABLE or DROP/CREATE TRIGGER
- * on a guarded table invalidates its relcache entry, which drops its
- * guards too.  So a DBA's edit takes effect in every session without a
- * reconnect, and the per-row cost is a hash lookup and two short scans.
+ * matrix; per trigger, the column numbers and types and, for an enum state
+ * column, the enum value of every state that is a label of the type.  Any
+ * change to machines or transitions fires a statement trigger
+ * (idem_config_changed) that queues a relcache invalidation of that table,
+ * delivered to every session at commit; the callback then drops the whole
+ * cache.  ALTER TABLE or DROP/CREATE TRIGGER on a guarded table
+ * invalidates its relcache entry, which drops its guards too; a change to
+ * any enum (ALTER TYPE ... RENAME VALUE, ADD VALUE) drops the guards of
+ * enum columns, which map states to values by label again.  So a DBA's
+ * edit takes effect in every session without a reconnect, every session
+ * reads the same labels, and the per-row cost is a hash lookup and two
+ * short scans.  Column types are checked whenever a guard is built: a
+ * retyped or dropped column is reported at the next write, never read as
+ * the type it used to have.
+ *
+ * Memory.  An invalidation never frees anything by itself: dropped guards
+ * are freed, and a dropped cache reset, at the start of the next
+ * GuardGet().  A caller that holds a guard across code that may build
+ * guards (idem_transition, across its SELECT ... FOR UPDATE) pins it: a
+ * pinned guard, and the machine it points to, outlive their removal from
+ * the cache until unpinned, which an aborted (sub)transaction does too.
  *
  * Most UPDATEs do not reach the trigger: guard_update.c plans them to
  * apply the same rules (GuardJudge) themselves.  The trigger remains for
@@ -31,20 +44,27 @@
 
 #include "access/htup_details.h"
 #include "access/table.h"
+#include "access/xact.h"
 #include "catalog/namespace.h"
+#include "catalog/partition.h"
+#include "catalog/pg_enum.h"
 #include "catalog/pg_type.h"
 #include "commands/trigger.h"
 #include "executor/spi.h"
 #include "fmgr.h"
+#include "miscadmin.h"
 #include "parser/parse_relation.h"
 #include "utils/builtins.h"
 #include "utils/datum.h"
+#include "utils/acl.h"
 #include "utils/hsearch.h"
 #include "utils/inval.h"
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
 #include "utils/rel.h"
+#include "utils/rls.h"
 #include "utils/snapmgr.h"
+#include "utils/syscache.h"
 
 #include "guard.h"
 #include "idempotency.h"
@@ -52,12 +72,35 @@
 PG_FUNCTION_INFO_V1(idem_guard_trigger);
 PG_FUNCTION_INFO_V1(idem_config_changed);
 
+/* A slot of the guard cache; the guard lives apart, so a pinned one can outlive it. */
+typedef struct GuardSlot
+{
+	Oid			tgoid;			/* hash key: the trigger */
+	GuardEntry *entry;			/* its guard */
+} GuardSlot;
+
+/* A pin: a guard held by a call, and the subtransaction that took it. */
+typedef struct GuardPinRef
+{
+	GuardEntry *entry;			/* the pinned guard */
+	SubTransactionId subid;		/* where the pin was taken */
+} GuardPinRef;
+
 static MemoryContext guard_cxt = NULL;
 static HTAB *machine_cache = NULL;
 static HTAB *guard_cache = NULL;
 static Oid	machines_relid = InvalidOid;
 static Oid	transitions_relid = InvalidOid;
-static bool callback_registered = false;
+static bool callbacks_registered = false;
+
+/* Guards dropped from the cache, freed at the next GuardGet() unless pinned. */
+static GuardEntry *dead_guards = NULL;
+
+/* Pins held now, and the caches dropped while some were held. */
+static GuardPinRef *pin_refs = NULL;
+static int	npins = 0;
+static int	max_pins = 0;
+static MemoryContext retired_cxt = NULL;
 
 /*
  * Bumped whenever the callback drops anything.  Building a cache entry
@@ -73,6 +116,17 @@ static uint64 cache_generation = 0;
  * under its feet by an invalidation taken in midway.
  */
 static bool cache_stale = false;
+
+/* Take a guard out of the cache; it is freed later (drop_dead_guards). */
+static void
+drop_guard(GuardSlot *slot)
+{
+	GuardEntry *entry = slot->entry;
+
+	hash_search(guard_cache, &slot->tgoid, HASH_REMOVE, NULL);
+	entry->next_dead = dead_guards;
+	dead_guards = entry;
+}
 
 /*
  * Relcache invalidation: machines or transitions changed (or everything
@@ -92,13 +146,87 @@ guard_relcache_callback(Datum arg, Oid relid)
 	if (guard_cache != NULL && !cache_stale)
 	{
 		HASH_SEQ_STATUS status;
-		GuardEntry *entry;
+		GuardSlot  *slot;
 
 		hash_seq_init(&status, guard_cache);
-		while ((entry = hash_seq_search(&status)) != NULL)
-			if (entry->relid == relid)
-				hash_search(guard_cache, &entry->tgoid, HASH_REMOVE, NULL);
+		while ((slot = hash_seq_search(&status)) != NULL)
+			if (slot->entry->relid == relid)
+				drop_guard(slot);
 	}
+}
+
+/*
+ * pg_enum changed (a label renamed or added, a type created or dropped):
+ * guards of enum columns map their states to labels again.
+ */
+static void
+guard_enum_callback(Datum arg, int cacheid, uint32 hashvalue)
+{
+	HASH_SEQ_STATUS status;
+	GuardSlot  *slot;
+
+	if (guard_cxt == NULL || guard_cache == NULL || cache_stale)
+		return;
+	cache_generation++;
+	hash_seq_init(&status, guard_cache);
+	while ((slot = hash_seq_search(&status)) != NULL)
+		if (slot->entry->state_is_enum)
+			drop_guard(slot);
+}
+
+/* Free the dropped guards nobody pins; the pinned wait for GuardUnpin(). */
+static void
+drop_dead_guards(void)
+{
+	GuardEntry **link = &dead_guards;
+
+	while (*link != NULL)
+	{
+		GuardEntry *entry = *link;
+
+		if (entry->pins > 0)
+		{
+			link = &entry->next_dead;
+			continue;
+		}
+		*link = entry->next_dead;
+		if (entry->state_enum)
+			pfree(entry->state_enum);
+		pfree(entry);
+	}
+}
+
+/* Release pins: all of them, or those taken in subtransaction subid or below. */
+static void
+release_pins(SubTransactionId subid)
+{
+	int			kept = 0;
+
+	for (int i = 0; i < npins; i++)
+	{
+		if (subid == InvalidSubTransactionId || pin_refs[i].subid >= subid)
+			pin_refs[i].entry->pins--;
+		else
+			pin_refs[kept++] = pin_refs[i];
+	}
+	npins = kept;
+	if (npins == 0 && retired_cxt != NULL)
+		MemoryContextDeleteChildren(retired_cxt);
+}
+
+/* A call that pinned a guard failed: its pins go with its (sub)transaction. */
+static void
+guard_xact_callback(XactEvent event, void *arg)
+{
+	release_pins(InvalidSubTransactionId);
+}
+
+static void
+guard_subxact_callback(SubXactEvent event, SubTransactionId mySubid,
+					   SubTransactionId parentSubid, void *arg)
+{
+	if (event == SUBXACT_EVENT_ABORT_SUB)
+		release_pins(mySubid);
 }
 
 static void
@@ -108,15 +236,32 @@ ensure_caches(void)
 
 	if (cache_stale)
 	{
-		MemoryContextReset(guard_cxt);
+		if (npins == 0)
+			MemoryContextReset(guard_cxt);
+		else
+		{
+			/* Pinned guards point into it: keep it until they are unpinned. */
+			if (retired_cxt == NULL)
+				retired_cxt = AllocSetContextCreate(TopMemoryContext,
+													"idempotency retired guards",
+													ALLOCSET_SMALL_SIZES);
+			MemoryContextSetParent(guard_cxt, retired_cxt);
+			guard_cxt = NULL;
+		}
 		machine_cache = NULL;
 		guard_cache = NULL;
+		dead_guards = NULL;
 		cache_stale = false;
 	}
-	if (!callback_registered)
+	else if (dead_guards != NULL)
+		drop_dead_guards();
+	if (!callbacks_registered)
 	{
 		CacheRegisterRelcacheCallback(guard_relcache_callback, (Datum) 0);
-		callback_registered = true;
+		CacheRegisterSyscacheCallback(ENUMOID, guard_enum_callback, (Datum) 0);
+		RegisterXactCallback(guard_xact_callback, NULL);
+		RegisterSubXactCallback(guard_subxact_callback, NULL);
+		callbacks_registered = true;
 	}
 	if (guard_cxt == NULL)
 		guard_cxt = AllocSetContextCreate(TopMemoryContext, "idempotency guards",
@@ -134,11 +279,49 @@ ensure_caches(void)
 	{
 		memset(&ctl, 0, sizeof(ctl));
 		ctl.keysize = sizeof(Oid);
-		ctl.entrysize = sizeof(GuardEntry);
+		ctl.entrysize = sizeof(GuardSlot);
 		ctl.hcxt = guard_cxt;
 		guard_cache = hash_create("idempotency guards", 16, &ctl,
 								  HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
 	}
+}
+
+/*
+ * Keep a guard, and its machine, alive across code that may rebuild the
+ * cache (user code run by a query, say) until GuardUnpin() or the end of
+ * the (sub)transaction that pinned it.
+ */
+void
+GuardPin(GuardEntry *g)
+{
+	if (npins == max_pins)
+	{
+		max_pins = Max(8, max_pins * 2);
+		pin_refs = pin_refs == NULL ?
+			MemoryContextAlloc(TopMemoryContext, sizeof(GuardPinRef) * max_pins) :
+			repalloc(pin_refs, sizeof(GuardPinRef) * max_pins);
+	}
+	pin_refs[npins].entry = g;
+	pin_refs[npins].subid = GetCurrentSubTransactionId();
+	npins++;
+	g->pins++;
+}
+
+/* Let go of a pinned guard (the most recent pin of it). */
+void
+GuardUnpin(GuardEntry *g)
+{
+	for (int i = npins - 1; i >= 0; i--)
+		if (pin_refs[i].entry == g)
+		{
+			memmove(&pin_refs[i], &pin_refs[i + 1], sizeof(GuardPinRef) * (npins - i - 1));
+			npins--;
+			g->pins--;
+			if (npins == 0 && retired_cxt != NULL)
+				MemoryContextDeleteChildren(retired_cxt);
+			return;
+		}
+	elog(ERROR, "guard %u is not pinned", g->tgoid);
 }
 
 /* Index of a state name, or -1. */
@@ -162,6 +345,15 @@ static const IdemPlanDef initial_def = {
 };
 static SPIPlanPtr edges_plan = NULL;
 static SPIPlanPtr initial_plan = NULL;
+
+/* A string made inside SPI, copied to the memory of SPI's caller. */
+static char *
+spi_copy(const char *s)
+{
+	size_t		len = strlen(s) + 1;
+
+	return memcpy(SPI_palloc(len), s, len);
+}
 
 /*
  * Load a machine from idempotency.machines and idempotency.transitions.
@@ -219,8 +411,9 @@ load_machine(const char *name)
 	local.state_lens = SPI_palloc(sizeof(int) * nedges * 2);
 	for (uint64 i = 0; i < nedges; i++)
 	{
-		from[i] = SPI_getvalue(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1);
-		to[i] = SPI_getvalue(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 2);
+		/* Copied out of SPI's memory, which SPI_finish frees. */
+		from[i] = spi_copy(SPI_getvalue(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1));
+		to[i] = spi_copy(SPI_getvalue(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 2));
 		for (int c = 0; c < 2; c++)
 		{
 			char	   *st = c == 0 ? from[i] : to[i];
@@ -288,18 +481,54 @@ load_machine(const char *name)
 	return m;
 }
 
+/*
+ * A column a guard names, which must still exist with a type the guard can
+ * read (the table may have been altered since idem_guard(), or the trigger
+ * attached by hand): anything else is refused here, before a value of the
+ * column is ever looked at.
+ */
 static AttrNumber
-column_number(Relation rel, const char *name, const char *what)
+guarded_column(Relation rel, Trigger *tg, bool state, Oid *type)
 {
+	const char *name = tg->tgargs[state ? 1 : 2];
 	AttrNumber	att = attnameAttNum(rel, name, false);
 
 	if (att == InvalidAttrNumber)
 		ereport(ERROR,
 				(errcode(ERRCODE_UNDEFINED_COLUMN),
 				 errmsg("%s column \"%s\" of guarded table \"%s\" does not exist",
-						what, name, RelationGetRelationName(rel)),
+						state ? "state" : "version", name, RelationGetRelationName(rel)),
 				 errhint("Guard the table again with idem_guard(), naming its columns.")));
+	*type = TupleDescAttr(RelationGetDescr(rel), att - 1)->atttypid;
+	if (state ? !(*type == TEXTOID || *type == VARCHAROID || type_is_enum(*type)) :
+		!(*type == INT4OID || *type == INT8OID))
+		ereport(ERROR,
+				(errcode(ERRCODE_DATATYPE_MISMATCH),
+				 errmsg("%s column \"%s\" of guarded table \"%s\" has type %s",
+						state ? "state" : "version", name, RelationGetRelationName(rel),
+						format_type_be(*type)),
+				 errhint(state ?
+						 "A state column must be text, varchar or an enum: change the column back, or remove the guard with idem_unguard()." :
+						 "A version column must be int or bigint: change the column back, or guard the table again with idem_guard().")));
 	return att;
+}
+
+/* The value of an enum label, or InvalidOid if the type has no such label. */
+static Oid
+enum_label(Oid type, const char *label)
+{
+	HeapTuple	tup;
+	Oid			value = InvalidOid;
+
+	if (strlen(label) >= NAMEDATALEN)
+		return InvalidOid;
+	tup = SearchSysCache2(ENUMTYPOIDNAME, ObjectIdGetDatum(type), CStringGetDatum(label));
+	if (HeapTupleIsValid(tup))
+	{
+		value = ((Form_pg_enum) GETSTRUCT(tup))->oid;
+		ReleaseSysCache(tup);
+	}
+	return value;
 }
 
 /*
@@ -308,14 +537,15 @@ column_number(Relation rel, const char *name, const char *what)
 GuardEntry *
 GuardGet(Trigger *tg, Relation rel)
 {
-	GuardEntry *g;
+	GuardSlot  *slot;
 	bool		found;
 	GuardEntry	built;
+	GuardEntry *g;
 
 	ensure_caches();
-	g = hash_search(guard_cache, &tg->tgoid, HASH_FIND, NULL);
-	if (g != NULL)
-		return g;
+	slot = hash_search(guard_cache, &tg->tgoid, HASH_FIND, NULL);
+	if (slot != NULL)
+		return slot->entry;
 
 	if (tg->tgnargs != 4)
 		ereport(ERROR,
@@ -327,14 +557,19 @@ GuardGet(Trigger *tg, Relation rel)
 	for (;;)
 	{
 		uint64		generation = cache_generation;
-
 		int			n;
 		char	  **names;
 
 		ensure_caches();		/* a reset in a previous pass dropped them */
 		memset(&built, 0, sizeof(built));
+		built.tgoid = tg->tgoid;
 		built.relid = RelationGetRelid(rel);
 		built.tgenabled = tg->tgenabled;
+		built.state_att = guarded_column(rel, tg, true, &built.state_type);
+		built.state_is_enum = built.state_type != TEXTOID && built.state_type != VARCHAROID;
+		if (tg->tgargs[2][0] != '\0')
+			built.version_att = guarded_column(rel, tg, false, &built.version_type);
+		built.strict_version = strcmp(tg->tgargs[3], "strict") == 0;
 		built.machine = load_machine(tg->tgargs[0]);
 
 		/*
@@ -347,33 +582,20 @@ GuardGet(Trigger *tg, Relation rel)
 		for (int i = 0; i < n; i++)
 			names[i] = pstrdup(built.machine->states[i]);
 
-		built.state_att = column_number(rel, tg->tgargs[1], "state");
-		built.state_type = TupleDescAttr(RelationGetDescr(rel), built.state_att - 1)->atttypid;
-		built.state_is_enum = type_is_enum(built.state_type);
-		if (tg->tgargs[2][0] != '\0')
-		{
-			built.version_att = column_number(rel, tg->tgargs[2], "version");
-			built.version_type = TupleDescAttr(RelationGetDescr(rel), built.version_att - 1)->atttypid;
-			if (built.version_type != INT4OID && built.version_type != INT8OID)
-				ereport(ERROR,
-						(errcode(ERRCODE_DATATYPE_MISMATCH),
-						 errmsg("version column \"%s\" of \"%s\" must be int or bigint",
-								tg->tgargs[2], RelationGetRelationName(rel)),
-						 errhint("Guard the table again with idem_guard().")));
-		}
-		built.strict_version = strcmp(tg->tgargs[3], "strict") == 0;
+		/*
+		 * Enum states by label: a state the type has no label for (renamed
+		 * away, say) matches no value; a label the machine lacks is no state.
+		 */
 		if (built.state_is_enum)
 		{
-			Oid		   *oids = palloc(sizeof(Oid) * n);
+			Oid		   *values = palloc(sizeof(Oid) * n);
 
 			for (int i = 0; i < n; i++)
-				oids[i] = DatumGetObjectId(
-					DirectFunctionCall2(enum_in, CStringGetDatum(names[i]),
-										ObjectIdGetDatum(built.state_type)));
+				values[i] = enum_label(built.state_type, names[i]);
 			if (generation == cache_generation)
 			{
 				built.state_enum = MemoryContextAlloc(guard_cxt, sizeof(Oid) * n);
-				memcpy(built.state_enum, oids, sizeof(Oid) * n);
+				memcpy(built.state_enum, values, sizeof(Oid) * n);
 			}
 		}
 		if (generation == cache_generation)
@@ -381,9 +603,10 @@ GuardGet(Trigger *tg, Relation rel)
 		/* Invalidated while building: what we hold may be gone. */
 	}
 
-	g = hash_search(guard_cache, &tg->tgoid, HASH_ENTER, &found);
-	built.tgoid = tg->tgoid;
+	g = MemoryContextAlloc(guard_cxt, sizeof(GuardEntry));
 	*g = built;
+	slot = hash_search(guard_cache, &tg->tgoid, HASH_ENTER, &found);
+	slot->entry = g;
 	return g;
 }
 
@@ -394,14 +617,15 @@ GuardGet(Trigger *tg, Relation rel)
 GuardEntry *
 GuardGetByOid(Oid relid, Oid tgoid)
 {
-	GuardEntry *g;
+	GuardSlot  *slot;
+	GuardEntry *g = NULL;
 	Relation	rel;
 	TriggerDesc *td;
 
 	ensure_caches();
-	g = hash_search(guard_cache, &tgoid, HASH_FIND, NULL);
-	if (g != NULL)
-		return g;
+	slot = hash_search(guard_cache, &tgoid, HASH_FIND, NULL);
+	if (slot != NULL)
+		return slot->entry;
 	rel = table_open(relid, AccessShareLock);
 	td = rel->trigdesc;
 	for (int i = 0; td != NULL && i < td->numtriggers; i++)
@@ -650,7 +874,88 @@ GuardJudge(const GuardEntry *g, const GuardRow *r)
 	return GUARD_PASS;
 }
 
-/* Raise the error for a verdict other than GUARD_PASS. */
+/*
+ * May the current role read column att of table relid?  Decided as
+ * PostgreSQL decides what a constraint error may show of a row
+ * (ExecBuildSlotValueDescription): SELECT on the table or on the column,
+ * and no row-level security in force for the role.  A partition's rows can
+ * also be read through its ancestors, where the column may have another
+ * number.  Only refusals ask, so the catalog lookups cost nothing that
+ * matters.
+ */
+static bool
+column_readable(Oid relid, AttrNumber att)
+{
+	List	   *rels = list_make1_oid(relid);
+	const char *name = get_attname(relid, att, false);
+	ListCell   *lc;
+
+	if (get_rel_relispartition(relid))
+		rels = list_concat(rels, get_partition_ancestors(relid));
+	foreach(lc, rels)
+	{
+		Oid			rel = lfirst_oid(lc);
+		AttrNumber	a = rel == relid ? att : get_attnum(rel, name);
+
+		if (a == InvalidAttrNumber || check_enable_rls(rel, InvalidOid, true) == RLS_ENABLED)
+			continue;
+		if (pg_class_aclcheck(rel, GetUserId(), ACL_SELECT) == ACLCHECK_OK ||
+			pg_attribute_aclcheck(rel, a, GetUserId(), ACL_SELECT) == ACLCHECK_OK)
+			return true;
+	}
+	return false;
+}
+
+/* Why a refusal names no state: the caller may not read the column. */
+static int
+errdetail_state_unreadable(const char *state_col)
+{
+	return errdetail("The row's state is left out: the current role may not read column \"%s\" of the row.",
+					 state_col);
+}
+
+/*
+ * A refused transition of a row whose state the caller may not read: the
+ * message leaves the row's state out (and whether it is terminal), and
+ * names the new state only if the statement set it.
+ */
+static void
+refuse_unreadable(GuardEntry *g, const GuardRow *r, const char *table, const char *state_col)
+{
+	if (r->state_set)
+		ereport(ERROR,
+				(errcode(ERRCODE_CHECK_VIOLATION),
+				 errmsg("transition of \"%s\" to \"%s\" is not allowed by machine \"%s\"",
+						table, state_name(g, r->to, r->to_label), g->machine->name),
+				 errdetail_state_unreadable(state_col),
+				 errhint("Move the row through the states the machine allows, or change the machine with idem_machine().")));
+	ereport(ERROR,
+			(errcode(ERRCODE_CHECK_VIOLATION),
+			 errmsg("update of a row of \"%s\" is not allowed by machine \"%s\"",
+					table, g->machine->name),
+			 errdetail_state_unreadable(state_col),
+			 errhint("Move the row through the states the machine allows, or change the machine with idem_machine().")));
+}
+
+/* The detail of an illegal transition: what is allowed, or what is no state. */
+static int
+errdetail_illegal(GuardEntry *g, const GuardRow *r, const char *from_name, const char *to_name)
+{
+	if (r->from_null)
+		return errdetail("The row has no state.");
+	if (r->from < 0)
+		return errdetail("\"%s\" is not a state of machine \"%s\".", from_name, g->machine->name);
+	if (r->to < 0)
+		return errdetail("\"%s\" is not a state of machine \"%s\"; from \"%s\" it allows: %s.",
+						 to_name, g->machine->name, from_name, allowed_from(g->machine, r->from));
+	return errdetail("From \"%s\" it allows: %s.", from_name, allowed_from(g->machine, r->from));
+}
+
+/*
+ * Raise the error for a verdict other than GUARD_PASS.  Values of the row
+ * that the caller may not read are left out; the statement's own values
+ * (the version it expected, the state it set) are shown.
+ */
 void
 GuardRefuse(GuardEntry *g, const GuardRow *r, GuardVerdict v)
 {
@@ -659,6 +964,7 @@ GuardRefuse(GuardEntry *g, const GuardRow *r, GuardVerdict v)
 	const char *version_col = g->version_att ? get_attname(g->relid, g->version_att, false) : NULL;
 	const char *from_name = state_name(g, r->from, r->from_null ? "(null)" : r->from_label);
 	const char *to_name = state_name(g, r->to, r->to_label);
+	bool		unknown_label = (r->from < 0 && !r->from_null) || r->to < 0;
 
 	IdemCount(v == GUARD_STALE ? IDEM_STALE_VERSIONS : IDEM_GUARD_REJECTIONS);
 	switch (v)
@@ -674,8 +980,11 @@ GuardRefuse(GuardEntry *g, const GuardRow *r, GuardVerdict v)
 			ereport(ERROR,
 					(errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
 					 errmsg("row of \"%s\" has changed since it was read", table),
+					 column_readable(g->relid, g->version_att) ?
 					 errdetail("The update expected version %lld; the row is at version %lld.",
-							   (long long) r->expected, (long long) r->old_version),
+							   (long long) r->expected, (long long) r->old_version) :
+					 errdetail("The update expected version %lld; the row is at another version.",
+							   (long long) r->expected),
 					 errhint("Read the row again and retry with its current version.")));
 			break;
 		case GUARD_VERSION_UNSET:
@@ -685,6 +994,8 @@ GuardRefuse(GuardEntry *g, const GuardRow *r, GuardVerdict v)
 					 errhint("Add SET %s = <the version you read> to the UPDATE.", version_col)));
 			break;
 		case GUARD_TERMINAL:
+			if (!column_readable(g->relid, g->state_att))
+				refuse_unreadable(g, r, table, state_col);
 			ereport(ERROR,
 					(errcode(ERRCODE_CHECK_VIOLATION),
 					 errmsg("row of \"%s\" is in terminal state \"%s\" of machine \"%s\"",
@@ -693,13 +1004,16 @@ GuardRefuse(GuardEntry *g, const GuardRow *r, GuardVerdict v)
 					 errhint("A terminal state has no transitions out; add one to the machine if it should.")));
 			break;
 		case GUARD_ILLEGAL:
+			if (!column_readable(g->relid, g->state_att))
+				refuse_unreadable(g, r, table, state_col);
 			ereport(ERROR,
 					(errcode(ERRCODE_CHECK_VIOLATION),
 					 errmsg("transition of \"%s\" from \"%s\" to \"%s\" is not allowed by machine \"%s\"",
 							table, from_name, to_name, g->machine->name),
-					 r->from >= 0 ? errdetail("From \"%s\" it allows: %s.", from_name,
-											 allowed_from(g->machine, r->from)) :
-					 errdetail("\"%s\" is not a state of the machine.", from_name),
+					 errdetail_illegal(g, r, from_name, to_name),
+					 unknown_label && g->state_is_enum ?
+					 errhint("Use a state of the machine; if a label of type %s was renamed with ALTER TYPE ... RENAME VALUE, rename the state in the machine too (idem_machine()).",
+							 format_type_be(g->state_type)) :
 					 errhint("Move the row through the states the machine allows, or change the machine with idem_machine().")));
 			break;
 		case GUARD_PASS:
@@ -825,7 +1139,15 @@ idem_guard_trigger(PG_FUNCTION_ARGS)
 	{
 		HeapTuple	newtup = td->tg_trigtuple;
 
+		/*
+		 * The second half of a row's move to another partition: judged, and
+		 * its version bumped, by the guard of the partition it left.
+		 */
+		if (GuardMoveTake(td))
+			return PointerGetDatum(newtup);
+
 		to = row_state(g, td->tg_trigslot, &isnull, &unknown);
+
 		if (isnull || to < 0 || !g->machine->initial[to])
 			IdemCount(IDEM_GUARD_REJECTIONS);
 		if (isnull)
@@ -835,11 +1157,21 @@ idem_guard_trigger(PG_FUNCTION_ARGS)
 					 errdetail("Column \"%s\" is null.", NameStr(TupleDescAttr(desc, g->state_att - 1)->attname)),
 					 errhint("Insert rows in an initial state of machine \"%s\": %s.",
 							 g->machine->name, initial_states(g->machine))));
+		if ((to < 0 || !g->machine->initial[to]) &&
+			!column_readable(g->relid, g->state_att))
+			ereport(ERROR,
+					(errcode(ERRCODE_CHECK_VIOLATION),
+					 errmsg("new row of \"%s\" must start in an initial state of machine \"%s\"",
+							table, g->machine->name),
+					 errdetail_state_unreadable(NameStr(TupleDescAttr(desc, g->state_att - 1)->attname)),
+					 errhint("Initial states: %s.", initial_states(g->machine))));
 		if (to < 0 || !g->machine->initial[to])
 			ereport(ERROR,
 					(errcode(ERRCODE_CHECK_VIOLATION),
 					 errmsg("new row of \"%s\" must start in an initial state of machine \"%s\"",
 							table, g->machine->name),
+					 to < 0 ?
+					 errdetail("The row starts in \"%s\", which is not a state of the machine.", unknown) :
 					 errdetail("The row starts in \"%s\".", state_name(g, to, unknown)),
 					 errhint("Initial states: %s.", initial_states(g->machine))));
 		if (g->version_att)
@@ -853,6 +1185,7 @@ idem_guard_trigger(PG_FUNCTION_ARGS)
 		GuardRow	r;
 		GuardVerdict v;
 
+		GuardMoveClear();
 		memset(&r, 0, sizeof(r));
 		r.from = row_state(g, oldslot, &r.from_null, &r.from_label);
 		r.to = row_state(g, newslot, &r.to_null, &r.to_label);
@@ -860,6 +1193,8 @@ idem_guard_trigger(PG_FUNCTION_ARGS)
 		/* A repeat of the current state changing nothing else: skip it. */
 		if (GuardIsRepeat(&r) && !row_changed(g, oldslot, newslot, desc))
 			return PointerGetDatum(NULL);
+		r.state_set = bms_is_member(g->state_att - FirstLowInvalidHeapAttributeNumber,
+									td->tg_updatedcols);
 
 		if (g->version_att)
 		{
@@ -872,6 +1207,14 @@ idem_guard_trigger(PG_FUNCTION_ARGS)
 		v = GuardJudge(g, &r);
 		if (v != GUARD_PASS)
 			GuardRefuse(g, &r, v);
+
+		/*
+		 * A partition's row may be on its way to another partition (if the
+		 * new row does not fit this one): say what was allowed, so that the
+		 * INSERT there recognises the row instead of judging it afresh.
+		 */
+		if (td->tg_relation->rd_rel->relispartition)
+			GuardMoveNote(td);
 		if (g->version_att)
 			return PointerGetDatum(bump_version(g, td, desc, r.old_version + 1));
 		return PointerGetDatum(td->tg_newtuple);

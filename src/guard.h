@@ -25,20 +25,25 @@ typedef struct GuardMachine
 	bool	   *edges;			/* nstates x nstates: edges[from * n + to] */
 } GuardMachine;
 
-/* A guard (one trigger), keyed by trigger OID. */
+/*
+ * A guard (one trigger), cached by trigger OID.  A pointer to one stays
+ * good while GuardGeneration() does not move, or while it is pinned.
+ */
 typedef struct GuardEntry
 {
-	Oid			tgoid;			/* hash key */
+	Oid			tgoid;			/* its trigger */
 	Oid			relid;			/* the guarded table */
 	char		tgenabled;		/* the trigger's pg_trigger.tgenabled */
 	GuardMachine *machine;		/* its machine */
 	AttrNumber	state_att;		/* state column */
 	Oid			state_type;		/* its type */
 	bool		state_is_enum;	/* enum (compare OIDs) or text */
-	Oid		   *state_enum;		/* per machine state, its enum value */
+	Oid		   *state_enum;		/* per machine state, its enum value (InvalidOid: no such label) */
 	AttrNumber	version_att;	/* version column, or 0 */
 	Oid			version_type;	/* INT4OID or INT8OID */
 	bool		strict_version; /* the UPDATE must set the version */
+	int			pins;			/* calls holding it across user code (GuardPin) */
+	struct GuardEntry *next_dead;	/* once dropped from the cache: the next dropped */
 } GuardEntry;
 
 /* One row update, as the rules see it. */
@@ -50,6 +55,7 @@ typedef struct GuardRow
 	int			to;				/* the same for the new row */
 	bool		to_null;
 	char	   *to_label;
+	bool		state_set;		/* the statement set the state (the new one is its own) */
 	bool		version_set;	/* the statement sets the version column */
 	int64		old_version;	/* the row's version (NULL counts as 0) */
 	int64		expected;		/* the version the statement set */
@@ -68,6 +74,8 @@ typedef enum GuardVerdict
 
 extern GuardEntry *GuardGet(Trigger *tg, Relation rel);
 extern GuardEntry *GuardGetByOid(Oid relid, Oid tgoid);
+extern void GuardPin(GuardEntry *g);
+extern void GuardUnpin(GuardEntry *g);
 extern Trigger *GuardFindTrigger(Relation rel);
 extern int	GuardStateByName(GuardEntry *g, const char *s);
 extern uint64 GuardGeneration(void);
@@ -78,6 +86,11 @@ extern bool GuardIsRepeat(const GuardRow *r);
 extern GuardVerdict GuardJudge(const GuardEntry *g, const GuardRow *r);
 extern void GuardRefuse(GuardEntry *g, const GuardRow *r, GuardVerdict v) pg_attribute_noreturn();
 extern void GuardCheckVersionRange(const GuardEntry *g, int64 version);
+
+/* guard_move.c */
+extern void GuardMoveNote(TriggerData *td);
+extern void GuardMoveClear(void);
+extern bool GuardMoveTake(TriggerData *td);
 
 /* guard_update.c */
 extern bool idem_guard_rewrite;

@@ -991,7 +991,14 @@ idem_guard_check(PG_FUNCTION_ARGS)
 		v = GuardJudge(g, &r);
 		if (v != GUARD_PASS && !PG_ARGISNULL(ARG_CTID) &&
 			row_is_current(stmt, (ItemPointer) PG_GETARG_POINTER(ARG_CTID)))
+		{
+			/* The statement set the state, unless its new state is the old column. */
+			FuncExpr   *fe = (FuncExpr *) fcinfo->flinfo->fn_expr;
+
+			r.state_set = !equal(list_nth(fe->args, ARG_OLD_STATE),
+								 list_nth(fe->args, ARG_NEW_STATE));
 			GuardRefuse(g, &r, v);
+		}
 		/* After the rules, as in the trigger; idem_guard_bump never raises. */
 		if (v == GUARD_PASS && g->version_att)
 			GuardCheckVersionRange(g, r.old_version + 1);

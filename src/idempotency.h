@@ -171,6 +171,15 @@ typedef struct IdemUserSave
 extern void IdemAsOwner(IdemUserSave *save);
 extern void IdemRestoreUser(const IdemUserSave *save);
 
+/*
+ * The hint of an error about one of the extension's tables gone missing.
+ * Recreating the extension is no repair: DROP EXTENSION ... CASCADE would
+ * take the policies, machines and every table's guard with it.
+ */
+#define IDEM_HINT_MISSING_TABLE \
+	"If it was renamed or moved, put it back; if it was dropped, restore it from a backup. " \
+	"Do not drop and recreate the extension: that drops the policies, the machines and the guards of tables (README, \"Repairing an installation\")."
+
 /* fingerprint.c */
 extern void IdemSha256(const void *data, size_t len, uint8 *digest);
 

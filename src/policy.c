@@ -214,7 +214,7 @@ policy_entry(const char *name, PolicyEntry *local)
 			ereport(ERROR,
 					(errcode(ERRCODE_UNDEFINED_TABLE),
 					 errmsg("table \"idempotency.policies\" does not exist"),
-					 errhint("Reinstall the extension: DROP EXTENSION idempotency; CREATE EXTENSION idempotency;")));
+					 errhint(IDEM_HINT_MISSING_TABLE)));
 		memset(&ctl, 0, sizeof(ctl));
 		ctl.keysize = sizeof(entry->scope);
 		ctl.entrysize = sizeof(PolicyEntry);

@@ -524,11 +524,13 @@ idem_transition(PG_FUNCTION_ARGS)
 				 errhint("Pass expected_version => NULL, or guard the table with a version column.")));
 
 	/*
-	 * g points into the guard cache.  An invalidation taken in during the
-	 * statements below only marks the cache stale; it is freed at the next
-	 * GuardGet, which the UPDATE's own checks may make.  So g is not used
-	 * once the UPDATE has run.
+	 * g points into the guard cache, and the statements below run user
+	 * code (row-level security policies, the key type's operators,
+	 * triggers) that may change machines or tables and build other guards.
+	 * Pinned, g stays as it is until the end of the call, or of the
+	 * (sub)transaction if the call fails.
 	 */
+	GuardPin(g);
 	IdemConnectSPI();
 	p = get_plans(rel, idtype, mode, g);
 	/* (pg_class_aclcheck is satisfied by any one of the privileges asked) */
@@ -605,6 +607,12 @@ idem_transition(PG_FUNCTION_ARGS)
 			}
 			else
 			{
+				if (g->state_is_enum && !OidIsValid(g->state_enum[r.to]))
+					ereport(ERROR,
+							(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+							 errmsg("state \"%s\" of machine \"%s\" is not a label of type %s",
+									to_state, g->machine->name, format_type_be(g->state_type)),
+							 errhint("Add the label with ALTER TYPE ... ADD VALUE, or, if it was renamed with ALTER TYPE ... RENAME VALUE, rename the state in the machine too (idem_machine()).")));
 				args[1] = convert(CStringGetTextDatum(to_state), TEXTOID, p->state_type);
 				if (g->version_att)
 				{
@@ -636,6 +644,7 @@ idem_transition(PG_FUNCTION_ARGS)
 		}
 	}
 	calls_running--;
+	GuardUnpin(g);
 
 	/* Build the result before SPI_finish frees what it points to. */
 	res = result(fcinfo, outcome, state, has_version, version);
