@@ -24,16 +24,16 @@ SET ROLE regress_memo_writer;
 SELECT pg_temp.fails($$UPDATE memos SET state = 'draft' WHERE id = 1$$) AS illegal;
 SELECT pg_temp.fails($$UPDATE memos SET state = 'review' WHERE id = 2$$) AS from_terminal;
 SELECT pg_temp.fails($$UPDATE memos SET state = 'published', version = 1 WHERE id = 1$$) AS stale;
--- A row in a state the machine lacks, updated without setting the state:
--- neither state is shown.
-SELECT pg_temp.fails($$UPDATE memos SET note = 'x' WHERE id = 4$$) AS unknown_old_state;
+-- A row in a state the machine lacks, moved to another state: its state
+-- is not shown, the writer's own is.
+SELECT pg_temp.fails($$UPDATE memos SET state = 'published' WHERE id = 4$$) AS unknown_old_state;
 SELECT pg_temp.fails($$INSERT INTO memos VALUES (5, 'review', 0, '')$$) AS insert_not_initial;
 -- Through the trigger: the same.
 SET idempotency.guard_rewrite = off;
 SELECT pg_temp.fails($$UPDATE memos SET state = 'draft' WHERE id = 1$$) AS illegal_trigger;
 SELECT pg_temp.fails($$UPDATE memos SET state = 'review' WHERE id = 2$$) AS from_terminal_trigger;
 SELECT pg_temp.fails($$UPDATE memos SET state = 'published', version = 1 WHERE id = 1$$) AS stale_trigger;
-SELECT pg_temp.fails($$UPDATE memos SET note = 'x' WHERE id = 4$$) AS unknown_old_state_trigger;
+SELECT pg_temp.fails($$UPDATE memos SET state = 'published' WHERE id = 4$$) AS unknown_old_state_trigger;
 RESET idempotency.guard_rewrite;
 RESET ROLE;
 

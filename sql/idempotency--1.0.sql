@@ -643,7 +643,8 @@ SELECT pg_catalog.pg_extension_config_dump('idempotency.policies', '');
 --------------------------------------------------------------------------
 
 CREATE TABLE idempotency.machines (
-	name text PRIMARY KEY CHECK (name OPERATOR(pg_catalog.<>) ''),
+	name text PRIMARY KEY CHECK (name OPERATOR(pg_catalog.<>) ''
+		AND pg_catalog.octet_length(name) OPERATOR(pg_catalog.<) 128),
 	initial_states text[],
 	created_at timestamptz NOT NULL DEFAULT pg_catalog.now()
 );
@@ -740,6 +741,12 @@ BEGIN
 		RAISE EXCEPTION 'machine name must not be empty'
 			USING ERRCODE = 'invalid_parameter_value',
 				  HINT = 'Name the machine after what it governs, such as ''order''.';
+	END IF;
+	IF octet_length(name) >= 128 THEN
+		RAISE EXCEPTION 'machine name "%" is too long', name
+			USING ERRCODE = 'invalid_parameter_value',
+				  DETAIL = 'A machine name may have at most 127 bytes.',
+				  HINT = 'Use a shorter name.';
 	END IF;
 	IF transitions IS NULL OR cardinality(transitions) = 0 THEN
 		RAISE EXCEPTION 'machine "%" needs at least one transition', name

@@ -826,15 +826,24 @@ version_of(GuardEntry *g, TupleTableSlot *slot)
 	return g->version_type == INT8OID ? DatumGetInt64(d) : DatumGetInt32(d);
 }
 
-/* A version that an int column cannot hold is refused. */
-void
-GuardCheckVersionRange(const GuardEntry *g, int64 version)
+/*
+ * The version after version, for a row whose version is version.  A row at
+ * the largest version its column holds is refused rather than wrapped to a
+ * negative one, which a stale writer could match again.
+ */
+int64
+GuardNextVersion(const GuardEntry *g, int64 version)
 {
-	if (g->version_type == INT4OID && version > PG_INT32_MAX)
+	bool		is_int = g->version_type == INT4OID;
+
+	if (version >= (is_int ? PG_INT32_MAX : PG_INT64_MAX))
 		ereport(ERROR,
 				(errcode(ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE),
-				 errmsg("version of a row of \"%s\" would pass the range of int", get_rel_name(g->relid)),
-				 errhint("Make the version column bigint.")));
+				 errmsg("version of a row of \"%s\" would pass the range of %s",
+						get_rel_name(g->relid), is_int ? "int" : "bigint"),
+				 is_int ? errhint("Make the version column bigint.") :
+				 errhint("Set the row's version back with the guard disabled (ALTER TABLE ... DISABLE TRIGGER idem_guard) once no writer holds an old one.")));
+	return version + 1;
 }
 
 /*
@@ -844,7 +853,22 @@ GuardCheckVersionRange(const GuardEntry *g, int64 version)
 bool
 GuardIsRepeat(const GuardRow *r)
 {
-	return !r->to_null && r->from >= 0 && r->from == r->to;
+	if (r->to_null || r->from_null)
+		return false;
+	return GuardSameState(r->from, r->from_label, r->to, r->to_label);
+}
+
+/*
+ * Are two states (machine state numbers, or -1 with the label of a value
+ * that is no state of the machine) the same?  A row left in a state the
+ * machine no longer has keeps it as it is updated otherwise.
+ */
+bool
+GuardSameState(int a, const char *a_label, int b, const char *b_label)
+{
+	if (a >= 0 || b >= 0)
+		return a == b;
+	return a_label != NULL && b_label != NULL && strcmp(a_label, b_label) == 0;
 }
 
 /*
@@ -1034,7 +1058,6 @@ with_version(GuardEntry *g, TupleTableSlot *slot, TupleDesc desc, int64 version)
 	Datum	   *values = palloc(sizeof(Datum) * natts);
 	bool	   *nulls = palloc(sizeof(bool) * natts);
 
-	GuardCheckVersionRange(g, version);
 	slot_getallattrs(slot);
 	memcpy(values, slot->tts_values, sizeof(Datum) * natts);
 	memcpy(nulls, slot->tts_isnull, sizeof(bool) * natts);
@@ -1216,7 +1239,7 @@ idem_guard_trigger(PG_FUNCTION_ARGS)
 		if (td->tg_relation->rd_rel->relispartition)
 			GuardMoveNote(td);
 		if (g->version_att)
-			return PointerGetDatum(bump_version(g, td, desc, r.old_version + 1));
+			return PointerGetDatum(bump_version(g, td, desc, GuardNextVersion(g, r.old_version)));
 		return PointerGetDatum(td->tg_newtuple);
 	}
 }

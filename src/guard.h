@@ -85,7 +85,8 @@ extern bool GuardSameValue(Datum a, Datum b, int16 typlen, bool typbyval);
 extern bool GuardIsRepeat(const GuardRow *r);
 extern GuardVerdict GuardJudge(const GuardEntry *g, const GuardRow *r);
 extern void GuardRefuse(GuardEntry *g, const GuardRow *r, GuardVerdict v) pg_attribute_noreturn();
-extern void GuardCheckVersionRange(const GuardEntry *g, int64 version);
+extern int64 GuardNextVersion(const GuardEntry *g, int64 version);
+extern bool GuardSameState(int a, const char *a_label, int b, const char *b_label);
 
 /* guard_move.c */
 extern void GuardMoveNote(TriggerData *td);

@@ -1001,7 +1001,7 @@ idem_guard_check(PG_FUNCTION_ARGS)
 		}
 		/* After the rules, as in the trigger; idem_guard_bump never raises. */
 		if (v == GUARD_PASS && g->version_att)
-			GuardCheckVersionRange(g, r.old_version + 1);
+			(void) GuardNextVersion(g, r.old_version);
 	}
 	if (PG_ARGISNULL(ARG_NEW_STATE))
 		PG_RETURN_NULL();
@@ -1027,11 +1027,13 @@ idem_guard_bump(PG_FUNCTION_ARGS)
 			PG_RETURN_NULL();
 		PG_RETURN_DATUM(PG_GETARG_DATUM(n));
 	}
-	/* An int version past its range is refused by idem_guard_check. */
-	next = version_arg(g, fcinfo, ARG_BUMP_OLD) + 1;
+	/* A version at the end of its range is refused by idem_guard_check. */
+	next = version_arg(g, fcinfo, ARG_BUMP_OLD);
+	if (next < (g->version_type == INT8OID ? PG_INT64_MAX : PG_INT32_MAX))
+		next++;
 	if (g->version_type == INT8OID)
 		PG_RETURN_INT64(next);
-	PG_RETURN_INT32((int32) (next > PG_INT32_MAX ? 0 : next));
+	PG_RETURN_INT32((int32) next);
 }
 
 /*
@@ -1045,13 +1047,16 @@ idem_guard_differs(PG_FUNCTION_ARGS)
 	GuardCall  *c;
 	GuardedStatement *stmt;
 	GuardEntry *g = call_guard(fcinfo, &c, &stmt);
-	char	   *label;
+	char	   *from_label;
+	char	   *to_label;
 	int			from;
+	int			to;
 
 	if (!GuardFires(g) || PG_ARGISNULL(ARG_OLD_STATE) || PG_ARGISNULL(ARG_NEW_STATE))
 		PG_RETURN_BOOL(true);
-	from = GuardState(g, PG_GETARG_DATUM(ARG_OLD_STATE), false, &label);
-	if (from < 0 || from != GuardState(g, PG_GETARG_DATUM(ARG_NEW_STATE), false, &label))
+	from = GuardState(g, PG_GETARG_DATUM(ARG_OLD_STATE), false, &from_label);
+	to = GuardState(g, PG_GETARG_DATUM(ARG_NEW_STATE), false, &to_label);
+	if (!GuardSameState(from, from_label, to, to_label))
 		PG_RETURN_BOOL(true);
 	for (int i = ARG_FIRST_PAIR; i + 1 < PG_NARGS(); i += 2)
 	{

@@ -620,10 +620,10 @@ idem_transition(PG_FUNCTION_ARGS)
 					 * The version the row has: the guard checks it and bumps
 					 * it.  If the guard is switched off, bump it here.
 					 */
-					int64		next = GuardFires(g) ? version : (has_version ? version : 0) + 1;
+					int64		next = GuardFires(g) ? version :
+						GuardNextVersion(g, has_version ? version : 0);
 
 					nulls[2] = (has_version || !GuardFires(g)) ? ' ' : 'n';
-					GuardCheckVersionRange(g, next);
 					args[2] = p->version_type == INT4OID ?
 						Int32GetDatum((int32) next) : Int64GetDatum(next);
 				}
