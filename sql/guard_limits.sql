@@ -1,6 +1,6 @@
 --
 -- Guards at their limits: a machine of 600 transitions loaded by a new
--- session; a version column at the end of its range (int and bigint),
+-- session; refusals of a machine of many long states kept short; a version column at the end of its range (int and bigint),
 -- refused rather than wrapped, on every path; a row left in a state the
 -- machine no longer has, which may still be updated as long as it keeps
 -- that state; machine names of 128 bytes and more, refused up front.
@@ -21,6 +21,17 @@ UPDATE big_t SET state = 's1' WHERE id = 1;
 SELECT pg_temp.fails($$UPDATE big_t SET state = 's600' WHERE id = 2$$) AS big_illegal;
 SELECT id, state FROM big_t ORDER BY id;
 DROP TABLE big_t;
+
+-- A machine of many long states: a refusal lists ten of them, each cut
+-- to 64 bytes, and says how many more there are.
+SELECT idem_machine('wide', VARIADIC ARRAY(SELECT format('%s->%s', repeat('a', 100) || g, 'end' || g)
+	FROM generate_series(10, 39) g)) \g /dev/null
+CREATE TABLE wide_t (id int PRIMARY KEY, state text NOT NULL);
+SELECT idem_guard('wide_t', machine => 'wide') \g /dev/null
+SELECT pg_temp.fails($$INSERT INTO wide_t VALUES (1, 'end10')$$) AS many_initial_states;
+INSERT INTO wide_t VALUES (1, repeat('a', 100) || '10');
+SELECT length(pg_temp.fails($$UPDATE wide_t SET state = 'end11' WHERE id = 1$$)) < 500 AS short_detail;
+DROP TABLE wide_t;
 
 -- Versions at the end of their range.
 SELECT idem_machine('lim', 'a->b', 'b->c') \g /dev/null
@@ -70,7 +81,7 @@ SELECT pg_temp.fails($$UPDATE flow SET state = 'a' WHERE id = 1$$) AS back_to_kn
 SELECT outcome, state, version FROM idem_transition('flow', 1, 'b');
 SELECT outcome, state, version FROM idem_transition('flow', 1, 'c');
 DROP TABLE flow;
-DELETE FROM machines WHERE name IN ('big', 'lim');
+DELETE FROM machines WHERE name IN ('big', 'lim', 'wide');
 
 -- Machine names: 127 bytes are fine, 128 are refused up front.
 SELECT length(idem_machine(repeat('m', 127), 'a->b')) AS name_127;

@@ -941,6 +941,21 @@ RETURNS idempotency.idem_transition_result
 COMMENT ON FUNCTION idempotency.idem_transition(regclass, anycompatible, text, bigint, text) IS
 	'lock a guarded row by primary key (wait, nowait or skip), check its machine and version, and move it to a new state';
 
+-- The secret keyed lock ids are made with (src/lock.c): 32 random bytes
+-- (from two version 4 UUIDs, 244 random bits), made here and readable only
+-- by the extension's owner, so that nobody can aim a key of one scope at
+-- the lock of another.  It is not dumped: a restored database makes its
+-- own, and no lock outlives its transaction.
+CREATE TABLE idempotency.lock_secret (
+	secret bytea NOT NULL
+		CHECK (pg_catalog.octet_length(secret) OPERATOR(pg_catalog.=) 32)
+);
+COMMENT ON TABLE idempotency.lock_secret IS
+	'the secret of keyed lock ids (HMAC-SHA-256 of scope and key); readable by the extension owner only';
+INSERT INTO idempotency.lock_secret
+SELECT pg_catalog.decode(pg_catalog.replace(pg_catalog.gen_random_uuid()::pg_catalog.text
+	OPERATOR(pg_catalog.||) pg_catalog.gen_random_uuid()::pg_catalog.text, '-', ''), 'hex');
+
 CREATE FUNCTION idempotency.idem_lock(key text, scope text DEFAULT 'default')
 RETURNS void
 	AS 'MODULE_PATHNAME', 'idem_lock'
@@ -960,7 +975,7 @@ GRANT EXECUTE ON FUNCTION idempotency.idem_try_lock(text, text) TO idempotency_u
 CREATE FUNCTION idempotency.idem_lock_id(key text, scope text DEFAULT 'default')
 RETURNS bigint
 	AS 'MODULE_PATHNAME', 'idem_lock_id'
-	LANGUAGE C IMMUTABLE PARALLEL SAFE;
+	LANGUAGE C STABLE PARALLEL UNSAFE;
 COMMENT ON FUNCTION idempotency.idem_lock_id(text, text) IS
 	'the 64-bit lock id of a key: classid << 32 | objid of its advisory lock in pg_locks, where objsubid is 73';
 
@@ -1102,7 +1117,7 @@ GRANT EXECUTE ON FUNCTION idempotency.idem_purge() TO idempotency_admin;
 -- Privileges
 --
 -- PUBLIC keeps what is harmless: snowflake IDs, idem_fingerprint,
--- idem_lock_id (a hash), idem_transition (which needs the caller's own
+-- idem_lock_id (a keyed hash), idem_transition (which needs the caller's own
 -- rights on the table it changes), reading machines, transitions, policies
 -- and the counters, and the functions that guarded UPDATEs call (they
 -- refuse to run outside such an UPDATE).

@@ -52,6 +52,7 @@
 #include "commands/trigger.h"
 #include "executor/spi.h"
 #include "fmgr.h"
+#include "mb/pg_wchar.h"
 #include "miscadmin.h"
 #include "parser/parse_relation.h"
 #include "utils/builtins.h"
@@ -737,29 +738,51 @@ state_name(GuardEntry *g, int i, const char *unknown)
 	return i >= 0 ? g->machine->states[i] : unknown;
 }
 
+/*
+ * The states a message lists: the first MESSAGE_STATES of those picked,
+ * each cut to MESSAGE_STATE_BYTES, then how many more, so that a machine
+ * of many long states cannot make every refusal megabytes long.
+ */
+#define MESSAGE_STATES		10
+#define MESSAGE_STATE_BYTES	64
+
+static char *
+state_list(GuardMachine *m, const bool *picked)
+{
+	StringInfoData buf;
+	int			n = 0;
+
+	initStringInfo(&buf);
+	for (int i = 0; i < m->nstates; i++)
+	{
+		const char *st = m->states[i];
+		int			len = strlen(st);
+		int			cut;
+
+		if (!picked[i] || n++ >= MESSAGE_STATES)
+			continue;
+		cut = len > MESSAGE_STATE_BYTES ? pg_mbcliplen(st, len, MESSAGE_STATE_BYTES) : len;
+		appendStringInfo(&buf, "%s\"%.*s%s\"", buf.len ? ", " : "", cut, st,
+						 cut < len ? "..." : "");
+	}
+	if (n > MESSAGE_STATES)
+		appendStringInfo(&buf, " and %d more", n - MESSAGE_STATES);
+	return buf.data;
+}
+
 /* The states a row in state `from` may move to, for messages. */
 static char *
 allowed_from(GuardMachine *m, int from)
 {
-	StringInfoData buf;
-
-	initStringInfo(&buf);
-	for (int t = 0; t < m->nstates; t++)
-		if (from >= 0 && m->edges[from * m->nstates + t])
-			appendStringInfo(&buf, "%s\"%s\"", buf.len ? ", " : "", m->states[t]);
-	return buf.data;
+	if (from < 0)
+		return pstrdup("");
+	return state_list(m, &m->edges[from * m->nstates]);
 }
 
 static char *
 initial_states(GuardMachine *m)
 {
-	StringInfoData buf;
-
-	initStringInfo(&buf);
-	for (int i = 0; i < m->nstates; i++)
-		if (m->initial[i])
-			appendStringInfo(&buf, "%s\"%s\"", buf.len ? ", " : "", m->states[i]);
-	return buf.data;
+	return state_list(m, m->initial);
 }
 
 /*
