@@ -36,6 +36,7 @@
 #include "common/sha2.h"
 #include "fmgr.h"
 #include "lib/stringinfo.h"
+#include "parser/scansup.h"
 #include "port/pg_bswap.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
@@ -145,7 +146,7 @@ put_value(StringInfo buf, JsonbValue *v)
 /* One step of a path: an object key, or an array index written in decimal. */
 typedef struct PathStep
 {
-	char	   *name;			/* the step, not terminated */
+	char	   *name;			/* the step, a copy */
 	int			len;			/* its length in bytes */
 } PathStep;
 
@@ -195,7 +196,7 @@ parse_braced(const char *path)
 		int			kept;		/* item.len up to the last escaped or quoted byte */
 
 		resetStringInfo(&item);
-		while (*p == ' ' || *p == '\t' || *p == '\n' || *p == '\r')
+		while (scanner_isspace(*p))
 			p++;
 		if (*p == '"')
 		{
@@ -209,7 +210,7 @@ parse_braced(const char *path)
 				appendStringInfoChar(&item, *p);
 			}
 			p++;
-			while (*p == ' ' || *p == '\t' || *p == '\n' || *p == '\r')
+			while (scanner_isspace(*p))
 				p++;
 		}
 		else
@@ -228,7 +229,7 @@ parse_braced(const char *path)
 					continue;
 				}
 				appendStringInfoChar(&item, *p);
-				if (*p != ' ' && *p != '\t' && *p != '\n' && *p != '\r')
+				if (!scanner_isspace(*p))
 					kept = item.len;
 			}
 			item.len = kept;	/* trailing white space is not part of it */
