@@ -25,7 +25,9 @@ OBJS = \
 	src/purge.o \
 	src/policy.o \
 	src/snowflake.o \
-	src/snowflake_type.o
+	src/snowflake_state.o \
+	src/snowflake_type.o \
+	src/sync_wait.o
 
 DATA = $(wildcard sql/idempotency--*.sql)
 DOCS = README.md

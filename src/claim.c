@@ -639,6 +639,14 @@ idem_claim(PG_FUNCTION_ARGS)
 		check_tries(&k, tries);
 	}
 
+	/*
+	 * A replay, or a mismatch, answers from a commit that may not have
+	 * reached the synchronous standbys yet; see sync_wait.c.
+	 */
+	if (outcome == OUTCOME_COMPLETED || outcome == OUTCOME_MISMATCH)
+		IdemAwaitSyncStandbys(outcome == OUTCOME_COMPLETED ?
+							  "the stored response" : "the key's fingerprint");
+
 	values[RES_OUTCOME] = cache->outcomes[outcome];
 	nulls[RES_OUTCOME] = false;
 	IdemCount(outcome_counters[outcome]);

@@ -13,7 +13,9 @@
  * Shared memory is requested in shmem_request_hook and created in
  * shmem_startup_hook under AddinShmemInitLock, the PostgreSQL 15 protocol.
  * The postmaster also registers an exit callback that lets the snowflake
- * generator record its exact high-water mark at a clean shutdown.
+ * generator record its exact high-water mark at a clean shutdown, and the
+ * generator's WAL resource manager, which must exist before any WAL is
+ * replayed (snowflake_state.c).
  *
  *-------------------------------------------------------------------------
  */
@@ -183,6 +185,7 @@ _PG_init(void)
 		return;
 
 	IdemPurgeWorkerRegister();
+	SnowflakeRegisterRmgr();
 
 	prev_shmem_request_hook = shmem_request_hook;
 	shmem_request_hook = idem_shmem_request;

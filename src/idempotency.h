@@ -52,11 +52,33 @@ typedef struct SnowflakeShared
 																		 * alone */
 	pg_atomic_uint64 reserved_ms;	/* durable bound: every tick issued is
 									 * below reserved_ms << 12 */
+	pg_atomic_uint32 adopted;	/* 0 until the first call after a start
+								 * has taken over the loaded mark */
 	pg_atomic_uint64 floor_base;	/* clock floor after a step back, or
 									 * SNOWFLAKE_FLOOR_OFF */
+	pg_atomic_uint64 ref_base;	/* the reference clock's floor, or
+								 * SNOWFLAKE_FLOOR_OFF */
 	pg_atomic_uint64 regressions;	/* clock steps back detected */
-	LWLock	   *persist_lock;	/* serialises writes of the state file */
+	LWLock	   *persist_lock;	/* serialises new reservations; protects
+								 * the two fields below */
+	int64		mark_ref_ms;	/* reference clock of the loaded mark */
+	int			mark_source;	/* where the loaded mark came from */
 } SnowflakeShared;
+
+/*
+ * A high-water mark of the generator, in milliseconds since
+ * idempotency.epoch: no ID has a millisecond at or after bound_ms, and
+ * ref_ms is what the generator's reference clock read when it was set.
+ */
+typedef struct SnowflakeMark
+{
+	int64		bound_ms;
+	int64		ref_ms;
+} SnowflakeMark;
+
+/* The custom WAL resource manager of snowflake_state.c. */
+#define IDEM_RMGR_ID			186
+#define IDEM_RMGR_NAME			"idempotency"
 
 /* The counters of idempotency.stats (stats.c), in the view's order. */
 typedef enum IdemCounter
@@ -183,9 +205,19 @@ extern void IdemRestoreUser(const IdemUserSave *save);
 /* fingerprint.c */
 extern void IdemSha256(const void *data, size_t len, uint8 *digest);
 
+/* sync_wait.c */
+extern void IdemAwaitSyncStandbys(const char *what);
+
 /* snowflake.c */
 extern void SnowflakeShmemInit(SnowflakeShared *sf, bool found);
 extern void SnowflakeShmemShutdown(SnowflakeShared *sf);
+extern bool SnowflakeAbsorbMark(SnowflakeShared *sf, SnowflakeMark *mark);
+
+/* snowflake_state.c */
+extern void SnowflakeRegisterRmgr(void);
+extern bool SnowflakeWriteFile(const SnowflakeMark *mark, bool exact, int elevel);
+extern bool SnowflakeReadFile(SnowflakeMark *mark, bool *exact);
+extern void SnowflakeLogMark(const SnowflakeMark *mark);
 
 /* snowflake_type.c */
 extern bool SnowflakeParseEpoch(const char *str, int64 *unix_ms,

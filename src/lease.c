@@ -280,5 +280,7 @@ idem_lease_check(PG_FUNCTION_ARGS)
 				 errhint("Stop acting on the lease; acquire it again for a new token.")));
 	SPI_finish();
 	IdemRestoreUser(&save);
+	/* The lease may rest on an acquire no standby has yet: sync_wait.c. */
+	IdemAwaitSyncStandbys("the lease");
 	PG_RETURN_BOOL(true);
 }

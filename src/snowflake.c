@@ -1,8 +1,8 @@
 /*-------------------------------------------------------------------------
  *
  * snowflake.c
- *	  The snowflake ID generator: shared state, its clock, and the
- *	  high-water mark that survives restarts and crashes.
+ *	  The snowflake ID generator: shared state, its clocks, and the
+ *	  high-water mark that survives restarts, crashes and failovers.
  *
  * The generator hands out "ticks", (milliseconds << 12) | sequence; see
  * idempotency.h.  Its rules, and the concurrency each relies on:
@@ -11,7 +11,7 @@
  *	 tick it wants, max(last_tick + 1, clock << 12), and installs it with a
  *	 compare-and-swap; a loser retries from the winner's value.  So ticks are
  *	 unique, and a call that starts after another has returned gets a larger
- *	 one.  No lock, no WAL, no sequence.
+ *	 one.  No lock, no sequence, no WAL per call.
  *
  * - A burst of more than 4096 calls in a millisecond carries into the next
  *	 millisecond, running ahead of the clock.  idempotency.max_lead bounds
@@ -24,63 +24,80 @@
  *	 move.  The generator reads max(wall clock, floor), so IDs keep coming
  *	 at once, keep increasing, and their timestamps converge back to the
  *	 wall clock after twice the size of the step; then the floor retires.
- *	 floor_base only grows while active, so the floor never moves back.
+ *	 A floor's base only grows while active, so it never moves back.
  *	 A step back is recognised because the generator is further ahead of
  *	 the clock than max_lead lets a burst take it; max_lead is therefore
  *	 a server-wide setting (PGC_SIGHUP).  While the floor is in force the
  *	 sustained rate is half the usual 4096 IDs per millisecond.
  *
- * - Crash safety: reserved_ms is a bound, kept on disk, above every
- *	 millisecond ever issued.  A tick is installed only when its millisecond
- *	 is below a value of reserved_ms read from shared memory, and that value
- *	 is published only after it is durable.  When a caller comes within half
- *	 a window of the bound, it pushes the bound a window ahead, under
- *	 persist_lock, with a write and fsync of a small file: once every few
+ * - Durability: reserved_ms is a bound above every millisecond ever
+ *	 issued, kept in a file and in WAL (snowflake_state.c).  A tick is
+ *	 installed only when its millisecond is below a value of reserved_ms
+ *	 read from shared memory, and that value is published only after it is
+ *	 durable.  When a caller comes within half of SNOWFLAKE_RESERVE_MS of
+ *	 the bound, it reserves ahead, under persist_lock: once every few
  *	 seconds under load, never per call.  Other callers go on meanwhile;
  *	 only one that reaches the bound itself waits for the lock.
- *	 At a clean shutdown the postmaster records the exact high-water mark;
- *	 after a crash the reservation stands.  Either way a fresh shared block
- *	 starts above it, raising the floor if the clock is now behind.
+ *
+ * - A reservation reaches SNOWFLAKE_RESERVE_MS plus max_lead ahead of the
+ *	 "reference clock", never further: the wall clock, or, once the wall
+ *	 clock went back, a second floor (ref_base) that keeps the time the wall
+ *	 clock had reached.  Measured from the IDs instead, each crash restart,
+ *	 which starts above the last reservation, would reserve further ahead
+ *	 again, and a crash loop would carry IDs ever further into the future.
+ *	 Measured from the reference clock, IDs after any number of crash
+ *	 restarts are at most that far ahead of it.  A reservation is renewed
+ *	 only when it moves by SNOWFLAKE_RESERVE_STEP_MS at least, so that the
+ *	 seconds after a restart, when IDs run close to the limit, do not
+ *	 write one per call.
+ *
+ * - At a clean shutdown the postmaster records the exact high-water mark;
+ *	 after a crash the reservation stands, and WAL replay brings the
+ *	 reservations of the server whose WAL is replayed (a standby's primary,
+ *	 a restored backup's origin).  The first call after a start or a
+ *	 recovery takes the mark over (adopt_mark): IDs start at its bound, on
+ *	 the floor if that is ahead of the clock, and the log says whether the
+ *	 lead comes from a crash restart, from replayed WAL, or from a clock
+ *	 that is behind the mark's reference clock.
  *
  *-------------------------------------------------------------------------
  */
 #include "postgres.h"
 
-#include <fcntl.h>
 #include <time.h>
-#include <unistd.h>
 
 #include "access/xlog.h"
 #include "fmgr.h"
 #include "miscadmin.h"
-#include "port/pg_crc32c.h"
-#include "storage/fd.h"
 #include "storage/latch.h"
 #include "utils/wait_event.h"
 
 #include "idempotency.h"
 
-/* How far ahead of the issued IDs the on-disk bound is pushed. */
-#define SNOWFLAKE_RESERVE_MS	5000
+/* How far ahead of the reference clock (plus max_lead) IDs are reserved. */
+#define SNOWFLAKE_RESERVE_MS		4000
 
-/* floor_base value meaning "no floor: read the wall clock". */
+/* The least a renewal moves the reservation by. */
+#define SNOWFLAKE_RESERVE_STEP_MS	250
+
+/*
+ * The floors' speeds, in quarters of the monotonic clock's.  The
+ * generator's floor runs at half speed, so that IDs converge back to a
+ * clock that went back after twice the step; the reference floor at three
+ * quarters, so that it converges too, later, and the reservation limit
+ * measured from it moves away from the IDs on the generator's floor.
+ */
+#define SNOWFLAKE_FLOOR_QUARTERS	2
+#define SNOWFLAKE_REF_QUARTERS		3
+
+/* A floor's base meaning "no floor: read the wall clock". */
 #define SNOWFLAKE_FLOOR_OFF		((uint64) PG_INT64_MIN)
 
-#define SNOWFLAKE_STATE_FILE	"idempotency_snowflake.state"
-#define SNOWFLAKE_STATE_TMP		"idempotency_snowflake.state.tmp"
-#define SNOWFLAKE_STATE_MAGIC	0x1DE3F1A5
-#define SNOWFLAKE_STATE_VERSION 1
-
-/* On-disk form of the high-water mark. */
-typedef struct SnowflakeStateFile
-{
-	uint32		magic;			/* SNOWFLAKE_STATE_MAGIC */
-	uint32		version;		/* SNOWFLAKE_STATE_VERSION */
-	int64		bound_unix_ms;	/* no ID has a timestamp at or after this */
-	int64		epoch_unix_ms;	/* idempotency.epoch when written */
-	int32		node_id;		/* idempotency.node_id when written */
-	pg_crc32c	crc;			/* CRC-32C of the fields above */
-} SnowflakeStateFile;
+/* Where the loaded mark came from (SnowflakeShared.mark_source). */
+#define MARK_NONE		0		/* no mark: a first start */
+#define MARK_EXACT		1		/* the exact mark of a clean shutdown */
+#define MARK_RESERVED	2		/* this server's reservation: a crash */
+#define MARK_REPLAYED	3		/* a reservation replayed from WAL */
 
 PG_FUNCTION_INFO_V1(snowflake_id);
 
@@ -99,225 +116,269 @@ wall_ms(void)
 }
 
 /*
- * Half the monotonic clock, in milliseconds: the floor's rate.  The
- * monotonic clock is system-wide and no clock step moves it.
+ * The monotonic clock at quarters/4 of its speed, in milliseconds: the
+ * floors' rates.  The monotonic clock is system-wide and no clock step
+ * moves it.
  */
 static inline int64
-mono_half_ms(void)
+mono_ms(int quarters)
 {
 	struct timespec ts;
 
 	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return ((int64) ts.tv_sec * 1000 + ts.tv_nsec / 1000000) / 2;
+	return ((int64) ts.tv_sec * 1000 + ts.tv_nsec / 1000000) * quarters / 4;
 }
 
 /*
- * The generator's clock: the wall clock, or the floor while the wall clock
- * is behind it.  Retires the floor once the wall clock has caught up.
+ * The wall clock, or the floor with this base and rate while the wall
+ * clock is behind it.  Retires the floor once the wall clock has caught
+ * up.
  */
 static int64
-generator_clock(SnowflakeShared *sf)
+floored_clock(pg_atomic_uint64 *floor_base, int quarters)
 {
 	int64		wall = wall_ms();
-	uint64		base = pg_atomic_read_u64(&sf->floor_base);
+	uint64		base = pg_atomic_read_u64(floor_base);
 
 	if (base != SNOWFLAKE_FLOOR_OFF)
 	{
-		int64		floor = (int64) base + mono_half_ms();
+		int64		floor = (int64) base + mono_ms(quarters);
 
 		if (floor > wall)
 			return floor;
 		/* A failed exchange means someone raised it again: keep theirs. */
-		pg_atomic_compare_exchange_u64(&sf->floor_base, &base,
-									   SNOWFLAKE_FLOOR_OFF);
+		pg_atomic_compare_exchange_u64(floor_base, &base, SNOWFLAKE_FLOOR_OFF);
 	}
 	return wall;
 }
 
+/* The generator's clock: the wall clock, or the floor above it. */
+static inline int64
+generator_clock(SnowflakeShared *sf)
+{
+	return floored_clock(&sf->floor_base, SNOWFLAKE_FLOOR_QUARTERS);
+}
+
 /*
- * Make the floor read at least target_ms now.  Returns true if the floor
+ * Make a floor read at least target_ms now.  Returns true if the floor
  * was off before, i.e. this is a new step back worth reporting.
  */
 static bool
-raise_floor(SnowflakeShared *sf, int64 target_ms)
+raise_floor(pg_atomic_uint64 *floor_base, int quarters, int64 target_ms)
 {
-	uint64		want = (uint64) (target_ms - mono_half_ms());
-	uint64		cur = pg_atomic_read_u64(&sf->floor_base);
+	uint64		want = (uint64) (target_ms - mono_ms(quarters));
+	uint64		cur = pg_atomic_read_u64(floor_base);
 
 	while (cur == SNOWFLAKE_FLOOR_OFF || (int64) cur < (int64) want)
 	{
 		bool		was_off = (cur == SNOWFLAKE_FLOOR_OFF);
 
-		if (pg_atomic_compare_exchange_u64(&sf->floor_base, &cur, want))
+		if (pg_atomic_compare_exchange_u64(floor_base, &cur, want))
 			return was_off;
 	}
 	return false;
 }
 
 /*
- * Write the bound to disk durably: a temporary file, fsync, rename, fsync
- * of the directory.  Errors are reported at elevel; returns success.
+ * The reference clock: the wall clock, or a floor raised to where the
+ * wall clock stood before it went back.  Reservations are measured from
+ * it, so that they stay a bounded distance ahead of real time.
  */
-static bool
-persist_bound(int64 bound_ms, int elevel)
+static inline int64
+reference_clock(SnowflakeShared *sf)
 {
-	SnowflakeStateFile f;
-	int			fd;
-
-	memset(&f, 0, sizeof(f));
-	f.magic = SNOWFLAKE_STATE_MAGIC;
-	f.version = SNOWFLAKE_STATE_VERSION;
-	f.bound_unix_ms = bound_ms + idem_epoch_unix_ms;
-	f.epoch_unix_ms = idem_epoch_unix_ms;
-	f.node_id = idem_node_id;
-	INIT_CRC32C(f.crc);
-	COMP_CRC32C(f.crc, &f, offsetof(SnowflakeStateFile, crc));
-	FIN_CRC32C(f.crc);
-
-	fd = OpenTransientFile(SNOWFLAKE_STATE_TMP, O_WRONLY | O_CREAT | O_TRUNC | PG_BINARY);
-	if (fd < 0)
-	{
-		ereport(elevel,
-				(errcode_for_file_access(),
-				 errmsg("could not create file \"%s\": %m", SNOWFLAKE_STATE_TMP)));
-		return false;
-	}
-	errno = 0;
-	if (write(fd, &f, sizeof(f)) != sizeof(f))
-	{
-		int			save_errno = errno ? errno : ENOSPC;
-
-		CloseTransientFile(fd);
-		errno = save_errno;
-		ereport(elevel,
-				(errcode_for_file_access(),
-				 errmsg("could not write file \"%s\": %m", SNOWFLAKE_STATE_TMP)));
-		return false;
-	}
-	if (pg_fsync(fd) != 0)
-	{
-		int			save_errno = errno;
-
-		CloseTransientFile(fd);
-		errno = save_errno;
-		ereport(elevel,
-				(errcode_for_file_access(),
-				 errmsg("could not fsync file \"%s\": %m", SNOWFLAKE_STATE_TMP)));
-		return false;
-	}
-	if (CloseTransientFile(fd) != 0)
-	{
-		ereport(elevel,
-				(errcode_for_file_access(),
-				 errmsg("could not close file \"%s\": %m", SNOWFLAKE_STATE_TMP)));
-		return false;
-	}
-	return durable_rename(SNOWFLAKE_STATE_TMP, SNOWFLAKE_STATE_FILE, elevel) == 0;
+	return floored_clock(&sf->ref_base, SNOWFLAKE_REF_QUARTERS);
 }
 
 /*
- * Read the bound from disk, in milliseconds since the current epoch.
- * Returns -1 when there is none yet (first start) or it is unusable; the
- * latter is logged, since the crash guarantee is then void for this start.
+ * Where the next reservation may reach: SNOWFLAKE_RESERVE_MS plus the
+ * burst allowance ahead of the reference clock.
+ */
+static inline int64
+reservation_limit(int64 ref)
+{
+	return ref + SNOWFLAKE_RESERVE_MS + idem_max_lead_ms;
+}
+
+/*
+ * Make the bound cover ms, reserving ahead when it gets close.  Returns 0,
+ * or, when ms is beyond what may be reserved yet, how many milliseconds
+ * the caller should wait for the clock.  Blocks on the lock only when ms
+ * has reached the bound itself.
  */
 static int64
-load_bound(void)
+ensure_reserved(SnowflakeShared *sf, int64 ms)
 {
-	SnowflakeStateFile f;
-	pg_crc32c	crc;
-	int			fd;
-	int			nread;
+	int64		reserved = (int64) pg_atomic_read_u64(&sf->reserved_ms);
+	int64		ref;
 
-	fd = OpenTransientFile(SNOWFLAKE_STATE_FILE, O_RDONLY | PG_BINARY);
-	if (fd < 0)
+	if (ms + SNOWFLAKE_RESERVE_MS / 2 < reserved)
+		return 0;
+	ref = reference_clock(sf);
+	if (ms < reserved)
 	{
-		if (errno != ENOENT)
-			ereport(WARNING,
-					(errcode_for_file_access(),
-					 errmsg("could not open file \"%s\": %m", SNOWFLAKE_STATE_FILE),
-					 errdetail("Snowflake IDs start from the system clock alone.")));
-		return -1;
+		/*
+		 * Still covered: reserve ahead unless the limit has hardly moved
+		 * (after a crash restart the IDs start near it), or someone else
+		 * is at it.
+		 */
+		if (reservation_limit(ref) - reserved < SNOWFLAKE_RESERVE_STEP_MS ||
+			!LWLockConditionalAcquire(sf->persist_lock, LW_EXCLUSIVE))
+			return 0;
 	}
-	nread = read(fd, &f, sizeof(f));
-	if (nread < 0)
+	else
 	{
-		int			save_errno = errno;
+		if (reservation_limit(ref) <= ms)
+			return ms - reservation_limit(ref) + 1;
+		LWLockAcquire(sf->persist_lock, LW_EXCLUSIVE);
+	}
 
-		CloseTransientFile(fd);
-		errno = save_errno;
-		ereport(WARNING,
-				(errcode_for_file_access(),
-				 errmsg("could not read file \"%s\": %m", SNOWFLAKE_STATE_FILE),
-				 errdetail("Snowflake IDs start from the system clock alone.")));
-		return -1;
-	}
-	CloseTransientFile(fd);
-
-	INIT_CRC32C(crc);
-	if (nread == sizeof(f))
+	reserved = (int64) pg_atomic_read_u64(&sf->reserved_ms);
+	ref = reference_clock(sf);
+	if (ms + SNOWFLAKE_RESERVE_MS / 2 >= reserved &&
+		reservation_limit(ref) > Max(reserved, ms))
 	{
-		COMP_CRC32C(crc, &f, offsetof(SnowflakeStateFile, crc));
-		FIN_CRC32C(crc);
-	}
-	if (nread != sizeof(f) || f.magic != SNOWFLAKE_STATE_MAGIC ||
-		f.version != SNOWFLAKE_STATE_VERSION || !EQ_CRC32C(crc, f.crc))
-	{
-		ereport(WARNING,
-				(errcode(ERRCODE_DATA_CORRUPTED),
-				 errmsg("ignoring invalid snowflake state file \"%s\"", SNOWFLAKE_STATE_FILE),
-				 errdetail("Snowflake IDs start from the system clock alone; if the clock was set back, they may repeat earlier ones."),
-				 errhint("Check the system clock before issuing IDs.")));
-		return -1;
-	}
-	if (f.node_id != idem_node_id)
-		ereport(LOG,
-				(errmsg("idempotency.node_id changed from %d to %d",
-						f.node_id, idem_node_id)));
+		SnowflakeMark mark;
 
-	/*
-	 * IDs compare by value, whose high bits count from the epoch they were
-	 * made under.  If the epoch moved later, new IDs must still start above
-	 * the old ones' millisecond field, even though their timestamps then
-	 * run ahead of the clock; if it moved earlier, the clock is the bound.
-	 */
-	if (f.epoch_unix_ms != idem_epoch_unix_ms)
-		ereport(WARNING,
-				(errmsg("idempotency.epoch changed since snowflake IDs were last issued"),
-				 errdetail("New IDs continue above the old ones, so their timestamps may run ahead of the clock by the difference, %lld ms.",
-						   (long long) Max(idem_epoch_unix_ms - f.epoch_unix_ms, 0)),
-				 errhint("Restore the old epoch unless this was intended.")));
-	return Max(Max(f.bound_unix_ms - f.epoch_unix_ms,
-				   f.bound_unix_ms - idem_epoch_unix_ms), 0);
+		mark.bound_ms = reservation_limit(ref);
+		mark.ref_ms = ref;
+		/* File first, then WAL: snowflake_state.c.  ERROR releases the lock. */
+		SnowflakeWriteFile(&mark, false, ERROR);
+		SnowflakeLogMark(&mark);
+		pg_memory_barrier();
+		pg_atomic_write_u64(&sf->reserved_ms, (uint64) mark.bound_ms);
+	}
+	LWLockRelease(sf->persist_lock);
+
+	reserved = (int64) pg_atomic_read_u64(&sf->reserved_ms);
+	return ms < reserved ? 0 : 1;
 }
 
 /*
- * Set up a fresh shared block from the on-disk bound.  Called in the
- * postmaster under AddinShmemInitLock, at start and after crash restarts.
+ * Raise the shared state to cover a mark read from WAL (or the file), and
+ * leave the combined mark in *mark.  Returns whether anything was raised.
+ * The startup process calls this while replaying.
+ */
+bool
+SnowflakeAbsorbMark(SnowflakeShared *sf, SnowflakeMark *mark)
+{
+	bool		raised = false;
+	int64		reserved;
+	uint64		tick;
+
+	LWLockAcquire(sf->persist_lock, LW_EXCLUSIVE);
+	reserved = (int64) pg_atomic_read_u64(&sf->reserved_ms);
+	if (mark->bound_ms > reserved)
+	{
+		tick = ((uint64) mark->bound_ms << SNOWFLAKE_SEQ_BITS) - 1;
+		if (pg_atomic_read_u64(&sf->last_tick) < tick)
+			pg_atomic_write_u64(&sf->last_tick, tick);
+		pg_atomic_write_u64(&sf->reserved_ms, (uint64) mark->bound_ms);
+		sf->mark_source = MARK_REPLAYED;
+		raised = true;
+	}
+	else
+		mark->bound_ms = reserved;
+	if (mark->ref_ms > sf->mark_ref_ms)
+	{
+		sf->mark_ref_ms = mark->ref_ms;
+		raised = true;
+	}
+	else
+		mark->ref_ms = sf->mark_ref_ms;
+	/* The first call after recovery takes the new mark over. */
+	pg_atomic_write_u32(&sf->adopted, 0);
+	LWLockRelease(sf->persist_lock);
+	return raised;
+}
+
+/*
+ * Set up a fresh shared block from the state file.  Called in the
+ * postmaster under AddinShmemInitLock, at start and after crash restarts;
+ * WAL replay may raise the mark further, and the first call after that
+ * takes it over (adopt_mark).
  */
 void
 SnowflakeShmemInit(SnowflakeShared *sf, bool found)
 {
-	int64		bound;
+	SnowflakeMark mark = {0, PG_INT64_MIN};
+	bool		exact = false;
+	int			source = MARK_NONE;
 
 	if (found)
 		return;
 
-	bound = load_bound();
+	if (SnowflakeReadFile(&mark, &exact) && mark.bound_ms > 0)
+		source = exact ? MARK_EXACT : MARK_RESERVED;
+	else
+		mark.bound_ms = 0;
 	pg_atomic_init_u64(&sf->last_tick,
-					   bound > 0 ? ((uint64) bound << SNOWFLAKE_SEQ_BITS) - 1 : 0);
-	pg_atomic_init_u64(&sf->reserved_ms, bound > 0 ? (uint64) bound : 0);
+					   mark.bound_ms > 0 ? ((uint64) mark.bound_ms << SNOWFLAKE_SEQ_BITS) - 1 : 0);
+	pg_atomic_init_u64(&sf->reserved_ms, (uint64) mark.bound_ms);
+	pg_atomic_init_u32(&sf->adopted, 0);
 	pg_atomic_init_u64(&sf->floor_base, SNOWFLAKE_FLOOR_OFF);
+	pg_atomic_init_u64(&sf->ref_base, SNOWFLAKE_FLOOR_OFF);
 	pg_atomic_init_u64(&sf->regressions, 0);
+	sf->mark_ref_ms = mark.ref_ms;
+	sf->mark_source = source;
+}
 
-	if (bound > 0 && bound > wall_ms())
+/*
+ * The first call after a start or a recovery: continue above the mark that
+ * was loaded or replayed.  IDs start at its bound; if that is ahead of the
+ * clock, the floor carries them on at once.  The log says why: a crash
+ * restart (the previous run's reservation), a replayed reservation (a
+ * promoted standby, a restored backup), or a clock that is behind the
+ * reference clock of the mark.
+ */
+static void
+adopt_mark(SnowflakeShared *sf)
+{
+	LWLockAcquire(sf->persist_lock, LW_EXCLUSIVE);
+	if (pg_atomic_read_u32(&sf->adopted) == 0 && sf->mark_source == MARK_NONE)
+		pg_atomic_write_u32(&sf->adopted, 1);	/* a first start: the clock */
+	if (pg_atomic_read_u32(&sf->adopted) == 0)
 	{
-		raise_floor(sf, bound);
-		pg_atomic_write_u64(&sf->regressions, 1);
-		ereport(LOG,
-				(errmsg("system clock is %lld ms behind the snowflake high-water mark",
-						(long long) (bound - wall_ms())),
-				 errdetail("New IDs continue above every ID issued before; their timestamps run ahead of the clock until it catches up.")));
+		int64		bound = (int64) pg_atomic_read_u64(&sf->reserved_ms);
+		int64		ref = sf->mark_ref_ms;
+		int64		wall = wall_ms();
+
+		/*
+		 * The reference clock must let the next reservation reach past
+		 * the bound, which it may not when the bound is further ahead of
+		 * the mark's reference than a reservation reaches now (max_lead
+		 * lowered, or the epoch moved later): then it starts where it
+		 * does.
+		 */
+		if (Max(ref, bound - SNOWFLAKE_RESERVE_MS - idem_max_lead_ms) > wall)
+			raise_floor(&sf->ref_base, SNOWFLAKE_REF_QUARTERS,
+						Max(ref, bound - SNOWFLAKE_RESERVE_MS - idem_max_lead_ms));
+		if (ref > wall)
+		{
+			pg_atomic_fetch_add_u64(&sf->regressions, 1);
+			ereport(LOG,
+					(errmsg("system clock is %lld ms behind the clock that set the snowflake high-water mark",
+							(long long) (ref - wall)),
+					 errdetail("New IDs continue above every ID issued before; their timestamps run ahead of the clock until it catches up.")));
+		}
+		if (bound > wall)
+		{
+			raise_floor(&sf->floor_base, SNOWFLAKE_FLOOR_QUARTERS, bound);
+			if (ref <= wall && sf->mark_source == MARK_RESERVED)
+				ereport(LOG,
+						(errmsg("snowflake IDs continue above the reservation of the run before a crash restart"),
+						 errdetail("They start %lld ms ahead of the clock and converge back within %lld ms.",
+								   (long long) (bound - wall), (long long) (2 * (bound - wall)))));
+			else if (ref <= wall && sf->mark_source == MARK_REPLAYED)
+				ereport(LOG,
+						(errmsg("snowflake IDs continue above the reservation replayed from WAL"),
+						 errdetail("They start %lld ms ahead of the clock and converge back within %lld ms.",
+								   (long long) (bound - wall), (long long) (2 * (bound - wall)))));
+		}
+		pg_write_barrier();
+		pg_atomic_write_u32(&sf->adopted, 1);
 	}
+	LWLockRelease(sf->persist_lock);
 }
 
 /*
@@ -327,42 +388,11 @@ SnowflakeShmemInit(SnowflakeShared *sf, bool found)
 void
 SnowflakeShmemShutdown(SnowflakeShared *sf)
 {
-	int64		bound = (int64) (pg_atomic_read_u64(&sf->last_tick) >> SNOWFLAKE_SEQ_BITS) + 1;
+	SnowflakeMark mark;
 
-	(void) persist_bound(bound, LOG);
-}
-
-/*
- * Make sure the on-disk bound covers ms, pushing it ahead when it gets
- * close.  Blocks only when ms has reached the bound itself.
- */
-static void
-ensure_reserved(SnowflakeShared *sf, int64 ms)
-{
-	int64		reserved = (int64) pg_atomic_read_u64(&sf->reserved_ms);
-
-	if (ms + SNOWFLAKE_RESERVE_MS / 2 < reserved)
-		return;
-	if (ms < reserved)
-	{
-		/* Still covered: refresh unless someone else already is. */
-		if (!LWLockConditionalAcquire(sf->persist_lock, LW_EXCLUSIVE))
-			return;
-	}
-	else
-		LWLockAcquire(sf->persist_lock, LW_EXCLUSIVE);
-
-	reserved = (int64) pg_atomic_read_u64(&sf->reserved_ms);
-	if (ms + SNOWFLAKE_RESERVE_MS / 2 >= reserved)
-	{
-		int64		bound = ms + SNOWFLAKE_RESERVE_MS;
-
-		/* ERROR releases the lock through transaction abort. */
-		persist_bound(bound, ERROR);
-		pg_memory_barrier();
-		pg_atomic_write_u64(&sf->reserved_ms, (uint64) bound);
-	}
-	LWLockRelease(sf->persist_lock);
+	mark.bound_ms = (int64) (pg_atomic_read_u64(&sf->last_tick) >> SNOWFLAKE_SEQ_BITS) + 1;
+	mark.ref_ms = Max(reference_clock(sf), sf->mark_ref_ms);
+	(void) SnowflakeWriteFile(&mark, true, LOG);
 }
 
 /*
@@ -384,14 +414,20 @@ wait_for_clock(int64 ms)
 static int64
 next_tick(SnowflakeShared *sf)
 {
-	int64		clock = generator_clock(sf);
-	uint64		old = pg_atomic_read_u64(&sf->last_tick);
+	int64		clock;
+	uint64		old;
+
+	if (unlikely(pg_atomic_read_u32(&sf->adopted) == 0))
+		adopt_mark(sf);
+	clock = generator_clock(sf);
+	old = pg_atomic_read_u64(&sf->last_tick);
 
 	for (;;)
 	{
 		int64		old_ms = (int64) (old >> SNOWFLAKE_SEQ_BITS);
 		int64		next;
 		int64		next_ms;
+		int64		wait_ms;
 
 		if (clock < 0)
 			ereport(ERROR,
@@ -407,14 +443,16 @@ next_tick(SnowflakeShared *sf)
 			 * Further ahead than a burst can take the generator: either our
 			 * clock reading is stale, or the clock stepped back.  Look again;
 			 * if it still is, raise the floor to the high-water mark, which
-			 * keeps the whole lead for bursts.
+			 * keeps the whole lead for bursts, and the reference clock to
+			 * it, which keeps reservations going.
 			 */
 			CHECK_FOR_INTERRUPTS();
 			clock = generator_clock(sf);
 			if (old_ms > clock + idem_max_lead_ms)
 			{
 				pg_atomic_fetch_add_u64(&sf->regressions, 1);
-				if (raise_floor(sf, old_ms))
+				raise_floor(&sf->ref_base, SNOWFLAKE_REF_QUARTERS, old_ms);
+				if (raise_floor(&sf->floor_base, SNOWFLAKE_FLOOR_QUARTERS, old_ms))
 					ereport(LOG,
 							(errmsg("system clock is %lld ms behind the snowflake generator",
 									(long long) (old_ms - clock)),
@@ -445,7 +483,15 @@ next_tick(SnowflakeShared *sf)
 							   idem_epoch_string),
 					 errhint("Check the system clock and idempotency.test_clock_shift; if they are right, this epoch's IDs are used up.")));
 
-		ensure_reserved(sf, next_ms);
+		wait_ms = ensure_reserved(sf, next_ms);
+		if (wait_ms > 0)
+		{
+			/* Right after a crash restart: the limit must move on first. */
+			wait_for_clock(wait_ms);
+			clock = generator_clock(sf);
+			old = pg_atomic_read_u64(&sf->last_tick);
+			continue;
+		}
 
 		if (pg_atomic_compare_exchange_u64(&sf->last_tick, &old, (uint64) next))
 			return next;

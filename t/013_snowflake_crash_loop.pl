@@ -1,0 +1,69 @@
+# Crash restarts in quick succession do not carry snowflake IDs ever further
+# ahead of the clock.  Each crash restart starts IDs above the last
+# reservation, which is at most 4 s plus max_lead (1 s) ahead of the clock
+# it was made with; a reservation is measured from the clock, never from
+# IDs that are already ahead, so the lead stays within 5 s after any number
+# of crashes, and the log says why IDs are ahead: a crash restart, not a
+# clock that moved.
+use strict;
+use warnings;
+use PostgreSQL::Test::Cluster;
+use PostgreSQL::Test::Utils;
+use Test::More;
+use FindBin;
+use lib $FindBin::RealBin;
+use IdempotencyTest;
+use Time::HiRes qw(usleep);
+
+my $node = preloaded_node('crash_loop', qq{
+idempotency.max_lead = 1000
+restart_after_crash = on
+});
+$node->safe_psql('postgres', 'CREATE TABLE ids (round int, id idempotency.snowflake)');
+
+# The lead of a fresh ID over the clock, in milliseconds.
+sub lead_ms
+{
+	return $node->safe_psql('postgres', q{
+		SELECT round(extract(epoch FROM
+			idempotency.snowflake_timestamp(idempotency.snowflake_id()) - clock_timestamp()) * 1000)});
+}
+
+my @leads;
+for my $round (1 .. 5)
+{
+	# IDs generated right up to the crash, so that reservations are fresh.
+	my $bg = $node->background_psql('postgres', on_error_stop => 0);
+	my $pid = $bg->query_safe('SELECT pg_backend_pid()');
+	$bg->query_safe(qq{INSERT INTO ids SELECT $round, idempotency.snowflake_id() FROM generate_series(1, 200000)});
+	$bg->query_until(qr/looping/, q{\echo looping
+		SELECT count(idempotency.snowflake_id()) FROM generate_series(1, 1000000) a, generate_series(1, 100) b;
+});
+	usleep(300_000);
+	kill 'KILL', $pid;
+	$bg->quit;
+	$node->poll_query_until('postgres', 'SELECT 1', '1')
+	  or die 'the server did not come back after the crash';
+	push @leads, lead_ms();
+	$node->safe_psql('postgres',
+		qq{INSERT INTO ids SELECT -$round, idempotency.snowflake_id() FROM generate_series(1, 1000)});
+	sleep 1;
+}
+ok((grep { $_ > 5000 } @leads) == 0,
+	'after each of five crash restarts a second apart, IDs are at most 5 s ahead of the clock ('
+	  . join(', ', map { "$_ ms" } @leads) . ')');
+is($node->safe_psql('postgres', q{
+		SELECT bool_and(ok) FROM (
+			SELECT id::bigint > lag(id::bigint) OVER (ORDER BY abs(round), round DESC, id::bigint) IS NOT FALSE AS ok
+			FROM ids) s}),
+	't', 'IDs stay unique and increasing across the crashes');
+my $restarts = () = PostgreSQL::Test::Utils::slurp_file($node->logfile)
+  =~ /LOG:  snowflake IDs continue above the reservation of the run before a crash restart/g;
+ok($restarts >= 1, "the log says a crash restart put IDs ahead ($restarts times)");
+ok(!$node->log_contains('system clock is'), 'and never that the clock moved');
+ok($node->poll_query_until('postgres', q{
+		SELECT idempotency.snowflake_timestamp(idempotency.snowflake_id()) <= clock_timestamp()}),
+	'IDs converge back to the clock');
+$node->stop;
+
+done_testing();
