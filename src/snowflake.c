@@ -41,8 +41,10 @@
  *
  * - A reservation reaches SNOWFLAKE_RESERVE_MS plus max_lead ahead of the
  *	 "reference clock", never further: the wall clock, or, once the wall
- *	 clock went back, a second floor (ref_base) that keeps the time the wall
- *	 clock had reached.  Measured from the IDs instead, each crash restart,
+ *	 clock went back, a second floor (ref_base) that starts at the time the
+ *	 wall clock had reached and runs at three quarters speed, so that it
+ *	 draws away from the IDs on the generator's floor and still converges
+ *	 back to the wall clock, later.  Measured from the IDs instead, each crash restart,
  *	 which starts above the last reservation, would reserve further ahead
  *	 again, and a crash loop would carry IDs ever further into the future.
  *	 Measured from the reference clock, IDs after any number of crash
@@ -101,6 +103,8 @@
 
 PG_FUNCTION_INFO_V1(snowflake_id);
 
+static void adopt_mark(SnowflakeShared *sf);
+
 /*
  * The wall clock, as milliseconds since idempotency.epoch, shifted by the
  * test setting.
@@ -134,7 +138,7 @@ mono_ms(int quarters)
  * clock is behind it.  Retires the floor once the wall clock has caught
  * up.
  */
-static int64
+static pg_attribute_always_inline int64
 floored_clock(pg_atomic_uint64 *floor_base, int quarters)
 {
 	int64		wall = wall_ms();
@@ -201,10 +205,11 @@ reservation_limit(int64 ref)
 }
 
 /*
- * Make the bound cover ms, reserving ahead when it gets close.  Returns 0,
+ * Make the bound cover ms, reserving ahead when it gets close.  Returns 0;
  * or, when ms is beyond what may be reserved yet, how many milliseconds
- * the caller should wait for the clock.  Blocks on the lock only when ms
- * has reached the bound itself.
+ * the caller should wait for the clock; or -1 when the caller should read
+ * the clocks again.  Blocks on the lock only when ms has reached the bound
+ * itself.
  */
 static int64
 ensure_reserved(SnowflakeShared *sf, int64 ms)
@@ -214,6 +219,17 @@ ensure_reserved(SnowflakeShared *sf, int64 ms)
 
 	if (ms + SNOWFLAKE_RESERVE_MS / 2 < reserved)
 		return 0;
+	if (unlikely(pg_atomic_read_u32(&sf->adopted) == 0))
+	{
+		/*
+		 * The first call since a start or a recovery, which always gets
+		 * here: a fresh or replayed mark sets last_tick just below its
+		 * bound, and reserved_ms to it.  Take the mark over, then look at
+		 * the clocks again.
+		 */
+		adopt_mark(sf);
+		return -1;
+	}
 	ref = reference_clock(sf);
 	if (ms < reserved)
 	{
@@ -417,8 +433,6 @@ next_tick(SnowflakeShared *sf)
 	int64		clock;
 	uint64		old;
 
-	if (unlikely(pg_atomic_read_u32(&sf->adopted) == 0))
-		adopt_mark(sf);
 	clock = generator_clock(sf);
 	old = pg_atomic_read_u64(&sf->last_tick);
 
@@ -429,6 +443,11 @@ next_tick(SnowflakeShared *sf)
 		int64		next_ms;
 		int64		wait_ms;
 
+		if (unlikely(clock < 0) && pg_atomic_read_u32(&sf->adopted) == 0)
+		{
+			adopt_mark(sf);		/* a mark's floor may be above the epoch */
+			clock = generator_clock(sf);
+		}
 		if (clock < 0)
 			ereport(ERROR,
 					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
@@ -447,6 +466,8 @@ next_tick(SnowflakeShared *sf)
 			 * it, which keeps reservations going.
 			 */
 			CHECK_FOR_INTERRUPTS();
+			if (pg_atomic_read_u32(&sf->adopted) == 0)
+				adopt_mark(sf); /* no step: a mark not yet taken over */
 			clock = generator_clock(sf);
 			if (old_ms > clock + idem_max_lead_ms)
 			{
@@ -484,10 +505,11 @@ next_tick(SnowflakeShared *sf)
 					 errhint("Check the system clock and idempotency.test_clock_shift; if they are right, this epoch's IDs are used up.")));
 
 		wait_ms = ensure_reserved(sf, next_ms);
-		if (wait_ms > 0)
+		if (wait_ms != 0)
 		{
-			/* Right after a crash restart: the limit must move on first. */
-			wait_for_clock(wait_ms);
+			/* Right after a crash restart the limit may have to move on. */
+			if (wait_ms > 0)
+				wait_for_clock(wait_ms);
 			clock = generator_clock(sf);
 			old = pg_atomic_read_u64(&sf->last_tick);
 			continue;

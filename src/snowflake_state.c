@@ -17,8 +17,9 @@
  * The WAL record carries each reservation to every server that replays
  * this server's WAL: streaming standbys, servers restored from a base
  * backup and archived WAL, and so promoted standbys.  The record is
- * written after the file and flushed before any ID under its bound is
- * handed out, so any WAL that holds such an ID (a row, say) comes after it.
+ * written after the file and before any ID under its bound is handed out,
+ * so any WAL that holds such an ID (a row, say) comes after it, and the
+ * commit that flushes that WAL flushes the record too.
  * A server replaying it raises its own mark and writes its own file, so a
  * standby's restart, and a base backup taken from a standby, keep it too.
  * One record per reservation, a few seconds apart under full load; never
@@ -138,7 +139,10 @@ data_to_mark(const SnowflakeMarkData *d, SnowflakeMark *mark)
 
 /*
  * Write a mark to the file durably: a temporary file, fsync, rename, fsync
- * of the directory.  Errors are reported at elevel; returns success.
+ * of the directory.  (durable_rename would also fsync both files again:
+ * two more flushes on a path that runs every few seconds under load, and
+ * not needed, since the file replaced was made the same way.)  Errors are
+ * reported at elevel; returns success.
  */
 bool
 SnowflakeWriteFile(const SnowflakeMark *mark, bool exact, int elevel)
@@ -192,7 +196,15 @@ SnowflakeWriteFile(const SnowflakeMark *mark, bool exact, int elevel)
 				 errmsg("could not close file \"%s\": %m", STATE_TMP)));
 		return false;
 	}
-	return durable_rename(STATE_TMP, STATE_FILE, elevel) == 0;
+	if (rename(STATE_TMP, STATE_FILE) != 0)
+	{
+		ereport(elevel,
+				(errcode_for_file_access(),
+				 errmsg("could not rename file \"%s\" to \"%s\": %m",
+						STATE_TMP, STATE_FILE)));
+		return false;
+	}
+	return fsync_fname_ext(".", true, false, elevel) == 0;
 }
 
 /*
@@ -286,19 +298,20 @@ SnowflakeReadFile(SnowflakeMark *mark, bool *exact)
 }
 
 /*
- * Write a reservation to WAL and flush it.
+ * Write a reservation to WAL.  It is not flushed here: this server's own
+ * restarts read the file, and anything a standby or a restore can receive
+ * that holds an ID issued under it (a row, a commit) comes later in WAL, so
+ * reaches them only with it.
  */
 void
 SnowflakeLogMark(const SnowflakeMark *mark)
 {
 	SnowflakeMarkData d;
-	XLogRecPtr	lsn;
 
 	mark_to_data(mark, false, &d);
 	XLogBeginInsert();
 	XLogRegisterData((char *) &d, sizeof(d));
-	lsn = XLogInsert(IDEM_RMGR_ID, XLOG_IDEM_SNOWFLAKE_RESERVE);
-	XLogFlush(lsn);
+	(void) XLogInsert(IDEM_RMGR_ID, XLOG_IDEM_SNOWFLAKE_RESERVE);
 }
 
 /*
