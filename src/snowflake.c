@@ -34,24 +34,26 @@
  *	 issued, kept in a file and in WAL (snowflake_state.c).  A tick is
  *	 installed only when its millisecond is below a value of reserved_ms
  *	 read from shared memory, and that value is published only after it is
- *	 durable.  When a caller comes within half of SNOWFLAKE_RESERVE_MS of
- *	 the bound, it reserves ahead, under persist_lock: once every few
+ *	 durable.  When a caller comes within a quarter of SNOWFLAKE_RESERVE_MS
+ *	 of the bound, it reserves ahead, under persist_lock: about every three
  *	 seconds under load, never per call.  Other callers go on meanwhile;
  *	 only one that reaches the bound itself waits for the lock.
  *
- * - A reservation reaches SNOWFLAKE_RESERVE_MS plus max_lead ahead of the
- *	 "reference clock", never further: the wall clock, or, once the wall
- *	 clock went back, a second floor (ref_base) that starts at the time the
- *	 wall clock had reached and runs at three quarters speed, so that it
- *	 draws away from the IDs on the generator's floor and still converges
- *	 back to the wall clock, later.  Measured from the IDs instead, each crash restart,
- *	 which starts above the last reservation, would reserve further ahead
- *	 again, and a crash loop would carry IDs ever further into the future.
- *	 Measured from the reference clock, IDs after any number of crash
- *	 restarts are at most that far ahead of it.  A reservation is renewed
- *	 only when it moves by SNOWFLAKE_RESERVE_STEP_MS at least, so that the
- *	 seconds after a restart, when IDs run close to the limit, do not
- *	 write one per call.
+ * - A reservation reaches SNOWFLAKE_RESERVE_MS ahead of the IDs, and never
+ *	 more than that plus max_lead ahead of the "reference clock": the wall
+ *	 clock, or, once the wall clock went back, a second floor (ref_base)
+ *	 that starts at the time the wall clock had reached and runs at three
+ *	 quarters speed, so that it draws away from the IDs on the generator's
+ *	 floor and still converges back to the wall clock, later.  Without that
+ *	 cap, each crash restart, which starts above the last reservation,
+ *	 would reserve further ahead again, and a crash loop would carry IDs
+ *	 ever further into the future; with it, IDs after any number of crash
+ *	 restarts are at most that far ahead of the reference clock.  Only a
+ *	 lowered max_lead or an epoch moved later put IDs past the cap; then
+ *	 the reference clock is moved up to them (reference_up_to).  A
+ *	 reservation is made only when it moves the bound by
+ *	 SNOWFLAKE_RESERVE_STEP_MS at least, so that the seconds after a
+ *	 restart, when IDs run close to the cap, do not write one per call.
  *
  * - At a clean shutdown the postmaster records the exact high-water mark;
  *	 after a crash the reservation stands, and WAL replay brings the
@@ -195,8 +197,9 @@ reference_clock(SnowflakeShared *sf)
 }
 
 /*
- * Where the next reservation may reach: SNOWFLAKE_RESERVE_MS plus the
- * burst allowance ahead of the reference clock.
+ * The furthest a reservation may reach: SNOWFLAKE_RESERVE_MS plus the
+ * burst allowance ahead of the reference clock.  This cap is what keeps
+ * crash restarts from adding up.
  */
 static inline int64
 reservation_limit(int64 ref)
@@ -205,19 +208,50 @@ reservation_limit(int64 ref)
 }
 
 /*
+ * Where a reservation made now should reach: SNOWFLAKE_RESERVE_MS ahead of
+ * the IDs (or of the reference clock, if the IDs are behind it), within
+ * the cap.  So IDs that are not running ahead reserve no more than that,
+ * whatever max_lead allows.
+ */
+static inline int64
+reservation_target(int64 ref, int64 ms)
+{
+	return Min(reservation_limit(ref), Max(ms, ref) + SNOWFLAKE_RESERVE_MS);
+}
+
+/*
+ * The IDs are past the cap itself, which only a lowered max_lead or an
+ * epoch moved later can bring about (the reservation they run under was
+ * made under a larger cap): move the reference clock up to them, so that
+ * reservations go on at once instead of waiting for a clock that runs
+ * slower than the gap.
+ */
+static void
+reference_up_to(SnowflakeShared *sf, int64 ms)
+{
+	if (ms > reservation_limit(reference_clock(sf)))
+		raise_floor(&sf->ref_base, SNOWFLAKE_REF_QUARTERS, ms);
+}
+
+/*
  * Make the bound cover ms, reserving ahead when it gets close.  Returns 0;
- * or, when ms is beyond what may be reserved yet, how many milliseconds
- * the caller should wait for the clock; or -1 when the caller should read
- * the clocks again.  Blocks on the lock only when ms has reached the bound
- * itself.
+ * or, when ms is too close to the cap to reserve a step past it yet, how
+ * many milliseconds the caller should wait (only right after a restart
+ * that came within a step of the last reservation); or -1 when the caller
+ * should read the clocks again.  Blocks on the lock only when ms has
+ * reached the bound itself.
+ *
+ * A new reservation is made only if it moves the bound a step
+ * (SNOWFLAKE_RESERVE_STEP_MS) at least, so that the seconds after a
+ * restart, when IDs run close to the cap, do not write one per call.
  */
 static int64
 ensure_reserved(SnowflakeShared *sf, int64 ms)
 {
 	int64		reserved = (int64) pg_atomic_read_u64(&sf->reserved_ms);
-	int64		ref;
+	int64		target;
 
-	if (ms + SNOWFLAKE_RESERVE_MS / 2 < reserved)
+	if (ms + SNOWFLAKE_RESERVE_MS / 4 < reserved)
 		return 0;
 	if (unlikely(pg_atomic_read_u32(&sf->adopted) == 0))
 	{
@@ -230,39 +264,37 @@ ensure_reserved(SnowflakeShared *sf, int64 ms)
 		adopt_mark(sf);
 		return -1;
 	}
-	ref = reference_clock(sf);
 	if (ms < reserved)
 	{
-		/*
-		 * Still covered: reserve ahead unless the limit has hardly moved
-		 * (after a crash restart the IDs start near it), or someone else
-		 * is at it.
-		 */
-		if (reservation_limit(ref) - reserved < SNOWFLAKE_RESERVE_STEP_MS ||
+		/* Still covered: renew, unless it is no step or someone is at it. */
+		if (reservation_target(reference_clock(sf), ms) - reserved < SNOWFLAKE_RESERVE_STEP_MS ||
 			!LWLockConditionalAcquire(sf->persist_lock, LW_EXCLUSIVE))
 			return 0;
 	}
 	else
 	{
-		if (reservation_limit(ref) <= ms)
-			return ms - reservation_limit(ref) + 1;
+		reference_up_to(sf, ms);
+		target = reservation_target(reference_clock(sf), ms);
+		if (target < ms + SNOWFLAKE_RESERVE_STEP_MS)
+			return ms + SNOWFLAKE_RESERVE_STEP_MS - target;
 		LWLockAcquire(sf->persist_lock, LW_EXCLUSIVE);
 	}
 
 	reserved = (int64) pg_atomic_read_u64(&sf->reserved_ms);
-	ref = reference_clock(sf);
-	if (ms + SNOWFLAKE_RESERVE_MS / 2 >= reserved &&
-		reservation_limit(ref) > Max(reserved, ms))
+	if (ms + SNOWFLAKE_RESERVE_MS / 4 >= reserved)
 	{
 		SnowflakeMark mark;
 
-		mark.bound_ms = reservation_limit(ref);
-		mark.ref_ms = ref;
-		/* File first, then WAL: snowflake_state.c.  ERROR releases the lock. */
-		SnowflakeWriteFile(&mark, false, ERROR);
-		SnowflakeLogMark(&mark);
-		pg_memory_barrier();
-		pg_atomic_write_u64(&sf->reserved_ms, (uint64) mark.bound_ms);
+		mark.ref_ms = reference_clock(sf);
+		mark.bound_ms = reservation_target(mark.ref_ms, ms);
+		if (mark.bound_ms - Max(reserved, ms) >= SNOWFLAKE_RESERVE_STEP_MS)
+		{
+			/* File first, then WAL: snowflake_state.c.  ERROR releases the lock. */
+			SnowflakeWriteFile(&mark, false, ERROR);
+			SnowflakeLogMark(&mark);
+			pg_memory_barrier();
+			pg_atomic_write_u64(&sf->reserved_ms, (uint64) mark.bound_ms);
+		}
 	}
 	LWLockRelease(sf->persist_lock);
 
@@ -359,16 +391,11 @@ adopt_mark(SnowflakeShared *sf)
 		int64		ref = sf->mark_ref_ms;
 		int64		wall = wall_ms();
 
-		/*
-		 * The reference clock must let the next reservation reach past
-		 * the bound, which it may not when the bound is further ahead of
-		 * the mark's reference than a reservation reaches now (max_lead
-		 * lowered, or the epoch moved later): then it starts where it
-		 * does.
-		 */
-		if (Max(ref, bound - SNOWFLAKE_RESERVE_MS - idem_max_lead_ms) > wall)
-			raise_floor(&sf->ref_base, SNOWFLAKE_REF_QUARTERS,
-						Max(ref, bound - SNOWFLAKE_RESERVE_MS - idem_max_lead_ms));
+		if (ref > wall)
+			raise_floor(&sf->ref_base, SNOWFLAKE_REF_QUARTERS, ref);
+		/* A bound past the cap: see reference_up_to. */
+		if (bound > reservation_limit(Max(ref, wall)))
+			raise_floor(&sf->ref_base, SNOWFLAKE_REF_QUARTERS, bound);
 		if (ref > wall)
 		{
 			pg_atomic_fetch_add_u64(&sf->regressions, 1);

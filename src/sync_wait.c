@@ -35,6 +35,7 @@
 
 #include "access/xact.h"
 #include "access/xlog.h"
+#include "access/xlog_internal.h"
 #include "miscadmin.h"
 #include "replication/syncrep.h"
 #include "replication/walsender.h"
@@ -93,6 +94,25 @@ confirmed(int mode, XLogRecPtr lsn)
 	return done;
 }
 
+/*
+ * The end of the WAL inserted so far.  GetXLogInsertRecPtr() is where the
+ * next record would start: at the start of a page (after a segment switch,
+ * say) that is past the page header, which is not written yet, and neither
+ * a flush nor a standby can reach it until more WAL comes.  The end is
+ * before the header.
+ */
+static XLogRecPtr
+insert_end(void)
+{
+	XLogRecPtr	ptr = GetXLogInsertRecPtr();
+
+	if (XLogSegmentOffset(ptr, wal_segment_size) == SizeOfXLogLongPHD)
+		ptr -= SizeOfXLogLongPHD;
+	else if (ptr % XLOG_BLCKSZ == SizeOfXLogShortPHD)
+		ptr -= SizeOfXLogShortPHD;
+	return ptr;
+}
+
 /* Error context while waiting; a cancel also gets a detail and a hint. */
 static void
 sync_wait_context(void *arg)
@@ -124,19 +144,19 @@ IdemAwaitSyncStandbys(const char *what)
 
 	if (mode < 0 || RecoveryInProgress())
 		return;
-	target = GetXLogInsertRecPtr();
+	target = insert_end();
 	if (confirmed(mode, target))
 		return;
-
-	/* The standbys are only sent what is flushed here. */
-	XLogFlush(target);
-	if (LockTimeout > 0)
-		deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), LockTimeout);
 
 	errcb.callback = sync_wait_context;
 	errcb.arg = unconstify(char *, what);
 	errcb.previous = error_context_stack;
 	error_context_stack = &errcb;
+
+	/* The standbys are only sent what is flushed here. */
+	XLogFlush(target);
+	if (LockTimeout > 0)
+		deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), LockTimeout);
 
 	while (!confirmed(mode, target))
 	{

@@ -141,9 +141,9 @@ is( $restored->safe_psql('postgres', qq{
 $restored->stop;
 
 # Under full load for some seconds, the generator writes one WAL record
-# per reservation period: it reserves 4 s plus max_lead (1 s) ahead of the
-# clock and renews when 2 s are left, so records are 3 s apart, or 2 s when
-# IDs run the whole max_lead ahead.  pg_waldump knows the record only by
+# per reservation period: it reserves 4 s ahead of the IDs and renews when
+# 1 s is left, so records are 3 s apart, or 2 s when IDs run the whole
+# max_lead (1 s) further ahead meanwhile.  pg_waldump knows the record only by
 # its resource manager's number; pg_walinspect, in the server, by name,
 # with the time each reservation was made.
 my $node = preloaded_node('snowflake_wal');

@@ -54,6 +54,12 @@ app_ok($primary, qq{SELECT idem_complete('k0', $token, '{"answer": 0}', 200)});
 is(app_ok($primary, q{SET statement_timeout = '5s';
 	SELECT outcome || ' ' || response::text FROM idem_claim('k0', ttl => '1 hour')}),
 	'completed {"answer": 0}', 'with the standby up, a replay answers');
+# Right after a WAL segment switch the insert position is past a page
+# header no one has written yet; the wait must not aim there.
+$primary->safe_psql('postgres', 'SELECT pg_switch_wal()');
+is(app_ok($primary, q{SET statement_timeout = '5s';
+	SELECT outcome FROM idem_claim('k0', ttl => '1 hour')}),
+	'completed', 'and so it does right after a WAL segment switch');
 
 # Claims made while the standby is up: k1 (completed below) and the lease.
 $token = app_ok($primary, q{SELECT token FROM idem_claim('k1', ttl => '1 hour', lease => '2 s')});

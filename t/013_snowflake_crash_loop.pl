@@ -64,6 +64,47 @@ ok(!$node->log_contains('system clock is'), 'and never that the clock moved');
 ok($node->poll_query_until('postgres', q{
 		SELECT idempotency.snowflake_timestamp(idempotency.snowflake_id()) <= clock_timestamp()}),
 	'IDs converge back to the clock');
+
+# A large max_lead is a burst allowance, not a reservation: IDs that are not
+# running ahead reserve 4 s, and a crash leaves them no further ahead.
+sub set_max_lead
+{
+	my ($value, $shown) = @_;
+	$node->safe_psql('postgres',
+		"ALTER SYSTEM SET idempotency.max_lead = '$value'; SELECT pg_reload_conf()");
+	$node->poll_query_until('postgres', 'SHOW idempotency.max_lead', $shown)
+	  or die "max_lead did not become $shown";
+}
+set_max_lead('1h', '1h');
+sleep 4;
+$node->safe_psql('postgres', 'SELECT idempotency.snowflake_id()');
+my $bg = $node->background_psql('postgres', on_error_stop => 0);
+my $pid = $bg->query_safe('SELECT pg_backend_pid()');
+kill 'KILL', $pid;
+$bg->quit;
+$node->poll_query_until('postgres', 'SELECT 1', '1')
+  or die 'the server did not come back after the crash';
+my $lead = lead_ms();
+ok($lead <= 4000, "with max_lead = 1h, a crash restart leaves IDs $lead ms ahead, not an hour");
+
+# max_lead lowered while IDs are ahead: they go on at once, and the
+# generator writes a reservation a quarter second apart at most.
+my $from = $node->safe_psql('postgres', 'SELECT pg_current_wal_insert_lsn()');
+set_max_lead('0', '0');
+my ($ret, $out, $err) = $node->psql('postgres', q{
+	SET statement_timeout = '2s';
+	SELECT count(idempotency.snowflake_id()) FROM generate_series(1, 200000);
+	SELECT pg_sleep(0.5);
+	SELECT count(idempotency.snowflake_id()) FROM generate_series(1, 200000);
+	SELECT pg_sleep(0.5);
+	SELECT count(idempotency.snowflake_id()) FROM generate_series(1, 200000)});
+is($ret, 0, 'lowering max_lead while IDs are ahead does not stall them') or diag $err;
+my $to = $node->safe_psql('postgres', 'SELECT pg_current_wal_insert_lsn()');
+my ($stdout, $stderr);
+IPC::Run::run [ 'pg_waldump', '-p', $node->data_dir . '/pg_wal', '--rmgr=custom186',
+	'-s', $from, '-e', $to ], '>', \$stdout, '2>', \$stderr;
+my $records = () = $stdout =~ /^rmgr: custom186 /mg;
+ok($records <= 8, "and writes few reservations meanwhile ($records)");
 $node->stop;
 
 done_testing();
