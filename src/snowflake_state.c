@@ -18,8 +18,9 @@
  * this server's WAL: streaming standbys, servers restored from a base
  * backup and archived WAL, and so promoted standbys.  The record is
  * written after the file and before any ID under its bound is handed out,
- * so any WAL that holds such an ID (a row, say) comes after it, and the
- * commit that flushes that WAL flushes the record too.
+ * so any WAL that holds such an ID (a row, say) comes after it; it is
+ * flushed at once, so that standbys receive it even when no commit
+ * follows.
  * A server replaying it raises its own mark and writes its own file, so a
  * standby's restart, and a base backup taken from a standby, keep it too.
  * One record per reservation, a few seconds apart under full load; never
@@ -298,10 +299,9 @@ SnowflakeReadFile(SnowflakeMark *mark, bool *exact)
 }
 
 /*
- * Write a reservation to WAL.  It is not flushed here: this server's own
- * restarts read the file, and anything a standby or a restore can receive
- * that holds an ID issued under it (a row, a commit) comes later in WAL, so
- * reaches them only with it.
+ * Write a reservation to WAL and flush it, so that walsenders send it at
+ * once: IDs handed out by read-only statements (an ID service) are never
+ * followed by a commit that would flush it.
  */
 void
 SnowflakeLogMark(const SnowflakeMark *mark)
@@ -311,7 +311,7 @@ SnowflakeLogMark(const SnowflakeMark *mark)
 	mark_to_data(mark, false, &d);
 	XLogBeginInsert();
 	XLogRegisterData((char *) &d, sizeof(d));
-	(void) XLogInsert(IDEM_RMGR_ID, XLOG_IDEM_SNOWFLAKE_RESERVE);
+	XLogFlush(XLogInsert(IDEM_RMGR_ID, XLOG_IDEM_SNOWFLAKE_RESERVE));
 }
 
 /*

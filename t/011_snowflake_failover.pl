@@ -157,7 +157,7 @@ while (time - $start < 12)
 		'SELECT count(idempotency.snowflake_id()) FROM generate_series(1, 500000)');
 }
 my $seconds = time - $start;
-my $to = $node->safe_psql('postgres', 'SELECT pg_current_wal_insert_lsn()');
+my $to = $node->safe_psql('postgres', 'SELECT pg_current_wal_flush_lsn()');
 my ($stdout, $stderr);
 IPC::Run::run [ 'pg_waldump', '-p', $node->data_dir . '/pg_wal', '--rmgr=custom186',
 	'-s', $from, '-e', $to ], '>', \$stdout, '2>', \$stderr;

@@ -99,7 +99,7 @@ my ($ret, $out, $err) = $node->psql('postgres', q{
 	SELECT pg_sleep(0.5);
 	SELECT count(idempotency.snowflake_id()) FROM generate_series(1, 200000)});
 is($ret, 0, 'lowering max_lead while IDs are ahead does not stall them') or diag $err;
-my $to = $node->safe_psql('postgres', 'SELECT pg_current_wal_insert_lsn()');
+my $to = $node->safe_psql('postgres', 'SELECT pg_current_wal_flush_lsn()');
 my ($stdout, $stderr);
 IPC::Run::run [ 'pg_waldump', '-p', $node->data_dir . '/pg_wal', '--rmgr=custom186',
 	'-s', $from, '-e', $to ], '>', \$stdout, '2>', \$stderr;
