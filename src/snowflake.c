@@ -236,9 +236,11 @@ reference_up_to(SnowflakeShared *sf, int64 ms)
 /*
  * Make the bound cover ms, reserving ahead when it gets close.  Returns 0;
  * or, when ms is too close to the cap to reserve a step past it yet, how
- * many milliseconds the caller should wait (only right after a restart
- * that came within a step of the last reservation); or -1 when the caller
- * should read the clocks again.  Blocks on the lock only when ms has
+ * many milliseconds the caller should wait (only right after a restart:
+ * with the reference clock on the wall clock, less than a step; on its
+ * floor, which gains on the generator's floor at a quarter speed, up to
+ * four steps, a second); or -1 when the caller should read the clocks
+ * again.  Blocks on the lock only when ms has
  * reached the bound itself.
  *
  * A new reservation is made only if it moves the bound a step
