@@ -10,12 +10,21 @@
 #
 # Every step can be repeated: a cluster left running by an interrupted run
 # is stopped, and the work directory is made anew each time.
+#
+# PG chooses the major: 15, the one Debian 12 packages, by default; any
+# other (17, 18) is built from source by scripts/build-pg.sh into
+# $IDEM_PG_CACHE and used from there.
 
 set -euo pipefail
 
 IDEM_SRC=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-PG_MAJOR=${PG_MAJOR:-15}
-PG_BIN=${PG_BIN:-/usr/lib/postgresql/$PG_MAJOR/bin}
+PG_MAJOR=${PG:-${PG_MAJOR:-15}}
+IDEM_PG_CACHE=${IDEM_PG_CACHE:-/var/cache/idempotency}
+if [ "$PG_MAJOR" = 15 ]; then
+	PG_BIN=${PG_BIN:-/usr/lib/postgresql/$PG_MAJOR/bin}
+else
+	PG_BIN=${PG_BIN:-$IDEM_PG_CACHE/pg-$PG_MAJOR/bin}
+fi
 PG_CONFIG=$PG_BIN/pg_config
 IDEM_USER=${IDEM_USER:-idemtest}
 IDEM_PORT=${IDEM_PORT:-54329}
@@ -39,12 +48,10 @@ as_owner() {
 	fi
 }
 
-# Install the Debian packages that are missing.
-idem_packages() {
-	local pkgs=(postgresql-$PG_MAJOR postgresql-server-dev-$PG_MAJOR
-		postgresql-client-$PG_MAJOR libipc-run-perl build-essential make perl procps)
+# Install those of the given Debian packages that are missing.
+idem_apt_install() {
 	local missing=() p
-	for p in "${pkgs[@]}"; do
+	for p in "$@"; do
 		dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' ||
 			missing+=("$p")
 	done
@@ -54,6 +61,16 @@ idem_packages() {
 		as_root env DEBIAN_FRONTEND=noninteractive \
 			apt-get install -y -qq --no-install-recommends "${missing[@]}"
 	fi
+}
+
+# Install what the chosen major needs: Debian's packages for 15, a build
+# from source for the others.
+idem_packages() {
+	local pkgs=(libipc-run-perl build-essential make perl procps)
+	[ "$PG_MAJOR" != 15 ] || pkgs+=("postgresql-$PG_MAJOR"
+		"postgresql-server-dev-$PG_MAJOR" "postgresql-client-$PG_MAJOR")
+	idem_apt_install "${pkgs[@]}"
+	[ "$PG_MAJOR" = 15 ] || bash "$IDEM_SRC/scripts/build-pg.sh" "$PG_MAJOR"
 }
 
 # Create the unprivileged owner of the throwaway cluster when run as root.

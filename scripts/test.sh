@@ -4,7 +4,8 @@
 # regression (sql/, expected/), isolation (specs/) and TAP (t/).
 # Exits non-zero if any test fails.  Safe to run again.
 #
-# Usage: bash scripts/test.sh     (as root, or as a user with sudo)
+# Usage: bash scripts/test.sh          (as root, or as a user with sudo)
+#        PG=18 bash scripts/test.sh   (another major, see scripts/build-pg.sh)
 
 source "$(dirname "$0")/lib.sh"
 IDEM_WORK=${IDEM_WORK:-/tmp/idempotency-test}
@@ -51,8 +52,9 @@ count() { grep -Ec "$2" "$IDEM_WORK/$1.log" || true; }
 passed=0
 failed=0
 for name in regression isolation; do
-	ok=$(count $name '\.\.\. ok')
-	bad=$(count $name '\.\.\. FAILED')
+	# "test foo ... ok" up to PostgreSQL 15, "ok 1 - foo" (TAP) since 16
+	ok=$(count $name '\.\.\. ok|^ok [0-9]+ ')
+	bad=$(count $name '\.\.\. FAILED|^not ok [0-9]+ ')
 	[ "${result[$name]}" = ok ] || [ "$bad" -gt 0 ] || bad=1
 	passed=$((passed + ok))
 	failed=$((failed + bad))

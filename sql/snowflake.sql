@@ -38,8 +38,13 @@ SELECT :'LAST_ERROR_SQLSTATE' AS sqlstate;
 ALTER SYSTEM SET idempotency.epoch = '2020-02-30 00:00:00';
 ALTER SYSTEM SET idempotency.epoch = '1969-12-31 00:00:00+00';
 ALTER SYSTEM SET idempotency.epoch = '1970-01-01 00:30:00+01';
+-- PostgreSQL 16 added the unit to the bounds in this message: the
+-- SQLSTATE and pg_settings say the same on every version.
+\set VERBOSITY sqlstate
 ALTER SYSTEM SET idempotency.max_lead = -1;
+\set VERBOSITY default
 SELECT :'LAST_ERROR_SQLSTATE' AS sqlstate;
+SELECT min_val, max_val, unit FROM pg_settings WHERE name = 'idempotency.max_lead';
 SET idempotency.max_lead = 0;       -- server-wide: postgresql.conf and reload
 SELECT :'LAST_ERROR_SQLSTATE' AS sqlstate;
 SET idempotency.nonexistent = 1;

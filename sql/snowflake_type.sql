@@ -116,13 +116,20 @@ FROM pg_proc WHERE pronamespace = 'idempotency'::regnamespace
                   'snowflake_sequence', 'snowflake_at')
 ORDER BY proname COLLATE "C";
 
--- Every object of the extension carries a comment.
+-- Every object of the extension carries a comment.  Array types and the
+-- row types of tables and views, members since PostgreSQL 17, are
+-- described by the object they come with.
 SELECT count(*) AS uncommented
 FROM pg_depend d
 WHERE d.refclassid = 'pg_extension'::regclass
   AND d.refobjid = (SELECT oid FROM pg_extension WHERE extname = 'idempotency')
   AND d.deptype = 'e'
   AND d.classid <> 'pg_cast'::regclass   -- casts are described by their function
+  AND NOT (d.classid = 'pg_type'::regclass AND d.objid IN (
+        SELECT typarray FROM pg_type
+        UNION ALL
+        SELECT t.oid FROM pg_type t JOIN pg_class c ON c.oid = t.typrelid
+        WHERE c.relkind <> 'c'))
   AND obj_description(d.objid, d.classid::regclass::text) IS NULL;
 
 DROP TABLE bin, bin_back, bin_negative, assign, orders, refs;

@@ -59,8 +59,19 @@ SELECT pg_temp.fails($$UPDATE chores SET state = 'todo' WHERE id = 4$$) AS guard
 
 -- The guard's memory: a cache dropped while a guard was pinned is freed
 -- when the call ends (the context list shows no retired guards left).
-SELECT count(*) AS retired_caches_left
-FROM pg_backend_memory_contexts WHERE name = 'idempotency guards' AND parent = 'idempotency retired guards';
+-- PostgreSQL 18 replaced the column parent with path, the context ids
+-- from the top down to the context's own (one call: ids are per call).
+SELECT current_setting('server_version_num')::int >= 180000 AS context_paths \gset
+\if :context_paths
+WITH c AS MATERIALIZED (SELECT * FROM pg_backend_memory_contexts)
+SELECT count(*) AS retired
+FROM c JOIN c AS p ON p.path[p.level] = c.path[c.level - 1]
+WHERE c.name = 'idempotency guards' AND p.name = 'idempotency retired guards' \gset
+\else
+SELECT count(*) AS retired
+FROM pg_backend_memory_contexts WHERE name = 'idempotency guards' AND parent = 'idempotency retired guards' \gset
+\endif
+SELECT :retired AS retired_caches_left;
 
 DROP TABLE chores, jottings;
 DROP FUNCTION churn_guards(int);

@@ -50,4 +50,38 @@
 	index_beginscan((heap), (index), (snapshot), (nkeys), 0)
 #endif
 
+/*
+ * RelationGetPrimaryKeyIndex took deferrable_ok in PostgreSQL 18, when a
+ * deferrable primary key became visible to it; before, it never returned
+ * one, which false keeps.
+ */
+#if PG_VERSION_NUM >= 180000
+#define idem_primary_key_index(rel)	RelationGetPrimaryKeyIndex((rel), false)
+#else
+#define idem_primary_key_index(rel)	RelationGetPrimaryKeyIndex(rel)
+#endif
+
+/*
+ * ProcNumber, counted from 0 over every PGPROC, replaced BackendId,
+ * counted from 1 over regular backends, in PostgreSQL 17.  IdemBackendId()
+ * is the old numbering on every version: 1 to MaxBackends for a backend or
+ * background worker, something else for an auxiliary process or before
+ * InitProcess().
+ */
+#if PG_VERSION_NUM >= 170000
+#include "storage/procnumber.h"
+#define IdemBackendId()	(MyProcNumber == INVALID_PROC_NUMBER ? 0 : MyProcNumber + 1)
+#else
+#include "storage/backendid.h"
+#define IdemBackendId()	(MyBackendId == InvalidBackendId ? 0 : MyBackendId)
+#endif
+
+/*
+ * pg_noreturn, a specifier written before the declaration, replaced the
+ * attribute pg_attribute_noreturn() in PostgreSQL 18.
+ */
+#if PG_VERSION_NUM < 180000
+#define pg_noreturn pg_attribute_noreturn()
+#endif
+
 #endif							/* IDEMPOTENCY_COMPAT_H */

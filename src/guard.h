@@ -13,6 +13,8 @@
 #include "commands/trigger.h"
 #include "utils/rel.h"
 
+#include "compat.h"
+
 /* A machine, as the row checks need it. */
 typedef struct GuardMachine
 {
@@ -84,7 +86,7 @@ extern int	GuardState(GuardEntry *g, Datum d, bool isnull, char **label);
 extern bool GuardSameValue(Datum a, Datum b, int16 typlen, bool typbyval);
 extern bool GuardIsRepeat(const GuardRow *r);
 extern GuardVerdict GuardJudge(const GuardEntry *g, const GuardRow *r);
-extern void GuardRefuse(GuardEntry *g, const GuardRow *r, GuardVerdict v) pg_attribute_noreturn();
+pg_noreturn extern void GuardRefuse(GuardEntry *g, const GuardRow *r, GuardVerdict v);
 extern int64 GuardNextVersion(const GuardEntry *g, int64 version);
 extern bool GuardSameState(int a, const char *a_label, int b, const char *b_label);
 

@@ -6,13 +6,14 @@
  *
  * Counting must cost next to nothing on hot paths (snowflake_id() runs in
  * tens of nanoseconds), so no two backends ever write the same memory:
- * each backend has a slot of counters in shared memory, at its BackendId,
- * which only it writes, with plain atomic stores (no locked instruction,
- * no cache line bouncing between CPUs).  A reader sums the slots.  A slot
- * is not cleared when its backend exits, so what a backend counted stays
- * counted.  A reset records the sums at that moment as a baseline, which
- * the view subtracts.  Counts from transactions that roll back remain,
- * as in PostgreSQL's own statistics.  Nothing is kept across a restart.
+ * each backend has a slot of counters in shared memory, at its backend
+ * number (IdemBackendId(), compat.h), which only it writes, with plain
+ * atomic stores (no locked instruction, no cache line bouncing between
+ * CPUs).  A reader sums the slots.  A slot is not cleared when its
+ * backend exits, so what a backend counted stays counted.  A reset
+ * records the sums at that moment as a baseline, which the view
+ * subtracts.  Counts from transactions that roll back remain, as in
+ * PostgreSQL's own statistics.  Nothing is kept across a restart.
  *
  * Without shared_preload_libraries there is no shared memory: nothing is
  * counted, and the view raises the usual error naming the setting.
@@ -23,7 +24,6 @@
 
 #include "funcapi.h"
 #include "miscadmin.h"
-#include "storage/backendid.h"
 #include "storage/shmem.h"
 #include "utils/builtins.h"
 #include "utils/timestamp.h"
@@ -73,7 +73,7 @@ IdemStatsShmemInit(IdemStatsShared *stats, bool found)
 
 /*
  * Add n to a counter of this backend (nothing without shared memory or a
- * BackendId).
+ * backend number).
  */
 void
 IdemCountN(IdemCounter c, uint64 n)
@@ -82,9 +82,11 @@ IdemCountN(IdemCounter c, uint64 n)
 
 	if (my_slot == NULL)
 	{
-		if (idem_shared == NULL || MyBackendId == InvalidBackendId || MyBackendId > MaxBackends)
+		int			id = IdemBackendId();
+
+		if (idem_shared == NULL || id < 1 || id > MaxBackends)
 			return;
-		my_slot = &((IdemStatsSlot *) idem_shared->stats.slots)[MyBackendId];
+		my_slot = &((IdemStatsSlot *) idem_shared->stats.slots)[id];
 	}
 	v = &my_slot->counts[c];
 	pg_atomic_write_u64(v, pg_atomic_read_u64(v) + n);

@@ -191,7 +191,7 @@ column_name(Relation rel, AttrNumber att)
 static void
 build_plans(TransitionPlans *p, Relation rel, GuardEntry *g)
 {
-	Oid			pk_index = RelationGetPrimaryKeyIndex(rel);
+	Oid			pk_index = idem_primary_key_index(rel);
 	Relation	index;
 	AttrNumber	pk_att;
 	Oid			eq;

@@ -1,0 +1,90 @@
+#!/usr/bin/env bash
+# scripts/build-pg.sh: build a PostgreSQL major that Debian 12 does not
+# package (17, 18) from Debian's upstream source tarball, into a cache
+# outside the repository, so that the suites can run against it
+# (PG=17 bash scripts/test.sh calls this first).
+#
+# Usage: bash scripts/build-pg.sh MAJOR     (as root, or as a user with sudo)
+#
+# The server lands in $IDEM_PG_CACHE/pg-MAJOR (default
+# /var/cache/idempotency/pg-17) with all of contrib, the regression and
+# isolation drivers and the TAP modules that PGXS's installcheck uses.  It
+# is reused when its marker file, written last, records the same configure
+# options; remove the directory to rebuild.
+#
+# The tarball comes through a private apt configuration kept in the cache:
+# deb-src lines for trixie and sid, nothing else.  The machine's own apt
+# sources and caches are neither read nor changed, nothing from those
+# suites is installed, and apt checks the tarball against the signed index.
+# A mirror can lag behind its index (the one this was first run against
+# listed 17.12 and served 17.11 at most); then a known tarball is taken
+# from the pool instead, checked against the SHA-256 in its Debian .dsc
+# (whose signature was verified with debian-keyring when it was copied).
+
+source "$(dirname "$0")/lib.sh"
+mirror=${IDEM_DEBIAN_MIRROR:-http://deb.debian.org/debian}
+[ "$(id -u)" -eq 0 ] ||
+	exec sudo env IDEM_PG_CACHE="$IDEM_PG_CACHE" IDEM_DEBIAN_MIRROR="$mirror" \
+		IDEM_PG_CONFIGURE="${IDEM_PG_CONFIGURE:-}" bash "$0" "$@"
+umask 022
+
+major=${1:?usage: build-pg.sh MAJOR}
+prefix=$IDEM_PG_CACHE/pg-$major
+marker=$prefix/.idempotency-built
+# ICU is left out to spare a large build dependency: the suites run in the
+# C.UTF-8 locale and never ask for an ICU collation.  IDEM_PG_CONFIGURE
+# adds options, e.g. "--enable-cassert --enable-debug" (with its own
+# IDEM_PG_CACHE, or it replaces the plain build).
+read -ra extra <<<"${IDEM_PG_CONFIGURE:-}"
+configure=(--prefix="$prefix" --enable-tap-tests --without-icu "${extra[@]}")
+want="configure ${configure[*]}"
+
+built() { [ "$(cat "$marker" 2>/dev/null)" = "$want" ]; }
+built && exit 0
+
+# Two runs for the same major wait for each other rather than both build.
+mkdir -p "$IDEM_PG_CACHE"
+exec 9>"$IDEM_PG_CACHE/pg-$major.lock"
+flock 9
+built && exit 0
+
+# Since 17 the tarballs no longer carry the generated parsers: bison and
+# flex are needed.  IPC::Run is what --enable-tap-tests checks for.
+idem_apt_install build-essential bison flex perl libipc-run-perl \
+	libreadline-dev zlib1g-dev bzip2 xz-utils debian-archive-keyring
+
+say "fetching the PostgreSQL $major source (Debian trixie, sid)"
+apt=$IDEM_PG_CACHE/apt
+mkdir -p "$apt/lists/partial" "$apt/cache"
+for suite in trixie sid; do
+	echo "deb-src [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] $mirror $suite main"
+done >"$apt/sources.list"
+apt_opts=(-o Dir::Etc::sourcelist="$apt/sources.list" -o Dir::Etc::sourceparts=-
+	-o Dir::State::Lists="$apt/lists" -o Dir::Cache="$apt/cache"
+	-o APT::Get::List-Cleanup=0 -o APT::Sandbox::User=root)
+apt-get "${apt_opts[@]}" -qq update
+work=$(mktemp -d "$IDEM_PG_CACHE/build-$major.XXXXXX")
+trap 'rm -rf "$work"' EXIT
+if ! (cd "$work" && apt-get "${apt_opts[@]}" -qq source --download-only "postgresql-$major"); then
+	declare -A known=(
+		[17]="17.11 dd27f2b3c59e73ed14aa3324901242bf69a032a6347805f274e6260322d42979"
+		[18]="18.6 555610c24d53e4316da5b7d3fc25c279d96856d5e0e23ee308c328c5fa881d9f"
+	)
+	read -r version sha256 <<<"${known[$major]:?no known tarball of PostgreSQL $major}"
+	say "the mirror lacks that version: taking PostgreSQL $version from the pool"
+	file=postgresql-${major}_$version.orig.tar.bz2
+	rm -f "$work"/*
+	/usr/lib/apt/apt-helper "${apt_opts[@]}" download-file \
+		"$mirror/pool/main/p/postgresql-$major/$file" "$work/$file" "SHA256:$sha256"
+fi
+orig=$(ls "$work"/postgresql-"$major"_*.orig.tar.*)
+tar -C "$work" -xf "$orig"
+
+say "building PostgreSQL $(basename "$orig" | sed 's/.*_\(.*\)\.orig.*/\1/') into $prefix"
+rm -rf "$prefix"
+cd "$work"/postgresql-"$major".*/
+./configure --quiet "${configure[@]}"
+# world-bin is the server, contrib and the test drivers, without the docs.
+make -s -j"$(nproc)" world-bin >"$work/make.log" 2>&1 || { tail -n 50 "$work/make.log"; exit 1; }
+make -s install-world-bin >/dev/null
+echo "$want" >"$marker"
