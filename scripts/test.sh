@@ -6,6 +6,32 @@
 #
 # Usage: bash scripts/test.sh          (as root, or as a user with sudo)
 #        PG=18 bash scripts/test.sh   (another major, see scripts/build-pg.sh)
+#        PG="15 17 18" bash scripts/test.sh   (each in turn, one closing line)
+
+# Several majors: run each in turn, then one line over all of them.
+read -r -a majors <<<"${PG:-15}"
+if [ ${#majors[@]} -gt 1 ]; then
+	status=0 passed=0 failed=0
+	for m in "${majors[@]}"; do
+		log=$(mktemp)
+		PG=$m IDEM_SUMMARY_LABEL="PostgreSQL $m" bash "$0" 2>&1 | tee "$log" || true
+		line=$(grep -E "^PostgreSQL $m: [0-9]+ passed, [0-9]+ failed\$" "$log" | tail -n 1)
+		rm -f "$log"
+		if [ -z "$line" ]; then
+			echo "PostgreSQL $m: did not finish"
+			failed=$((failed + 1))
+			status=1
+			continue
+		fi
+		read -r p f <<<"$(sed -E 's/.*: ([0-9]+) passed, ([0-9]+) failed/\1 \2/' <<<"$line")"
+		passed=$((passed + p))
+		failed=$((failed + f))
+		[ "$f" -eq 0 ] || status=1
+	done
+	echo "== all majors (PostgreSQL ${majors[*]})"
+	echo "idempotency: $passed passed, $failed failed"
+	exit $status
+fi
 
 source "$(dirname "$0")/lib.sh"
 IDEM_WORK=${IDEM_WORK:-/tmp/idempotency-test}
@@ -68,5 +94,5 @@ passed=$((passed + tap_total - tap_failed))
 failed=$((failed + tap_failed))
 
 say "summary: regression ${result[regression]}, isolation ${result[isolation]}, tap ${result[tap]}"
-echo "idempotency: $passed passed, $failed failed"
+echo "${IDEM_SUMMARY_LABEL:-idempotency}: $passed passed, $failed failed"
 exit $status

@@ -343,7 +343,7 @@ version_expired(Relation rel, TupleTableSlot *slot)
 static HeapTuple
 fetch_claim(Relation rel, const ClaimKey *k, Snapshot snapshot, bool *busy)
 {
-	Relation	irel = index_open(RelationGetPrimaryKeyIndex(rel), AccessShareLock);
+	Relation	irel = index_open(idem_primary_key_index(rel), AccessShareLock);
 	ScanKeyData skey[2];
 	IndexScanDesc scan;
 	TupleTableSlot *slot = table_slot_create(rel, NULL);
