@@ -40,10 +40,28 @@ configure=(--prefix="$prefix" --enable-tap-tests --without-icu "${extra[@]}")
 want="configure ${configure[*]}"
 
 built() { [ "$(cat "$marker" 2>/dev/null)" = "$want" ]; }
+
+# Root builds and installs here and later runs pg_config from here: refuse a
+# cache that another user could change, through it or through a parent
+# (a parent writable by others is fine only with the sticky bit, as /tmp).
+mkdir -p "$IDEM_PG_CACHE"
+d=$(cd "$IDEM_PG_CACHE" && pwd -P)
+first=yes
+while :; do
+	read -r owner mode <<<"$(stat -c '%u %a' "$d")"
+	if { [ "$owner" != 0 ] && [ "$owner" != "$(id -u)" ]; } ||
+		{ [ $((8#$mode & 8#022)) -ne 0 ] && { [ $first = yes ] || [ ! -k "$d" ]; }; }; then
+		echo "build-pg.sh: $d can be changed by other users; refusing to build in $IDEM_PG_CACHE" >&2
+		exit 1
+	fi
+	[ "$d" = / ] && break
+	d=$(dirname "$d")
+	first=no
+done
+
 built && exit 0
 
 # Two runs for the same major wait for each other rather than both build.
-mkdir -p "$IDEM_PG_CACHE"
 exec 9>"$IDEM_PG_CACHE/pg-$major.lock"
 flock 9
 built && exit 0
@@ -81,6 +99,8 @@ orig=$(ls "$work"/postgresql-"$major"_*.orig.tar.*)
 tar -C "$work" -xf "$orig"
 
 say "building PostgreSQL $(basename "$orig" | sed 's/.*_\(.*\)\.orig.*/\1/') into $prefix"
+# The marker goes first, so that an interrupted removal is never reused.
+rm -f "$marker"
 rm -rf "$prefix"
 cd "$work"/postgresql-"$major".*/
 ./configure --quiet "${configure[@]}"

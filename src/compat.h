@@ -80,7 +80,7 @@
  * pg_noreturn, a specifier written before the declaration, replaced the
  * attribute pg_attribute_noreturn() in PostgreSQL 18.
  */
-#if PG_VERSION_NUM < 180000
+#if PG_VERSION_NUM < 180000 && !defined(pg_noreturn)
 #define pg_noreturn pg_attribute_noreturn()
 #endif
 
