@@ -10,7 +10,8 @@
 # /var/cache/idempotency/pg-17) with all of contrib, the regression and
 # isolation drivers and the TAP modules that PGXS's installcheck uses.  It
 # is reused when its marker file, written last, records the same configure
-# options; remove the directory to rebuild.
+# options; remove the directory to rebuild.  The source is configured and
+# compiled as the unprivileged $IDEM_USER; only "make install" runs as root.
 #
 # The tarball comes through a private apt configuration kept in the cache:
 # deb-src lines for trixie and sid, nothing else.  The machine's own apt
@@ -18,14 +19,17 @@
 # suites is installed, and apt checks the tarball against the signed index.
 # A mirror can lag behind its index (the one this was first run against
 # listed 17.12 and served 17.11 at most); then a known tarball is taken
-# from the pool instead, checked against the SHA-256 in its Debian .dsc
-# (whose signature was verified with debian-keyring when it was copied).
+# from the pool, or failing that from snapshot.debian.org, checked against
+# the SHA-256 in its Debian .dsc (whose signature was verified with
+# debian-keyring when it was copied).  IDEM_PG_TARBALL names a tarball to
+# build instead, for a machine that reaches neither.
 
 source "$(dirname "$0")/lib.sh"
 mirror=${IDEM_DEBIAN_MIRROR:-http://deb.debian.org/debian}
 [ "$(id -u)" -eq 0 ] ||
 	exec sudo env IDEM_PG_CACHE="$IDEM_PG_CACHE" IDEM_DEBIAN_MIRROR="$mirror" \
-		IDEM_PG_CONFIGURE="${IDEM_PG_CONFIGURE:-}" bash "$0" "$@"
+		IDEM_PG_CONFIGURE="${IDEM_PG_CONFIGURE:-}" IDEM_PG_TARBALL="${IDEM_PG_TARBALL:-}" \
+		IDEM_USER="$IDEM_USER" bash "$0" "$@"
 umask 022
 
 major=${1:?usage: build-pg.sh MAJOR}
@@ -39,7 +43,7 @@ read -ra extra <<<"${IDEM_PG_CONFIGURE:-}"
 configure=(--prefix="$prefix" --enable-tap-tests --without-icu "${extra[@]}")
 want="configure ${configure[*]}"
 
-built() { [ "$(cat "$marker" 2>/dev/null)" = "$want" ]; }
+built() { [ "$(head -n 1 "$marker" 2>/dev/null)" = "$want" ]; }
 
 # Root builds and installs here and later runs pg_config from here: refuse a
 # cache that another user could change, through it or through a parent
@@ -65,46 +69,105 @@ built && exit 0
 exec 9>"$IDEM_PG_CACHE/pg-$major.lock"
 flock 9
 built && exit 0
+# What a run killed before its cleanup left behind.
+rm -rf "$IDEM_PG_CACHE"/build-"$major".*
 
 # Since 17 the tarballs no longer carry the generated parsers: bison and
 # flex are needed.  IPC::Run is what --enable-tap-tests checks for.
 idem_apt_install build-essential bison flex perl libipc-run-perl \
 	libreadline-dev zlib1g-dev bzip2 xz-utils debian-archive-keyring
+idem_owner
 
-say "fetching the PostgreSQL $major source (Debian trixie, sid)"
-apt=$IDEM_PG_CACHE/apt
-mkdir -p "$apt/lists/partial" "$apt/cache"
-for suite in trixie sid; do
-	echo "deb-src [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] $mirror $suite main"
-done >"$apt/sources.list"
-apt_opts=(-o Dir::Etc::sourcelist="$apt/sources.list" -o Dir::Etc::sourceparts=-
-	-o Dir::State::Lists="$apt/lists" -o Dir::Cache="$apt/cache"
-	-o APT::Get::List-Cleanup=0 -o APT::Sandbox::User=root)
-apt-get "${apt_opts[@]}" -qq update
 work=$(mktemp -d "$IDEM_PG_CACHE/build-$major.XXXXXX")
-trap 'rm -rf "$work"' EXIT
-if ! (cd "$work" && apt-get "${apt_opts[@]}" -qq source --download-only "postgresql-$major"); then
-	declare -A known=(
-		[17]="17.11 dd27f2b3c59e73ed14aa3324901242bf69a032a6347805f274e6260322d42979"
-		[18]="18.6 555610c24d53e4316da5b7d3fc25c279d96856d5e0e23ee308c328c5fa881d9f"
-	)
-	read -r version sha256 <<<"${known[$major]:?no known tarball of PostgreSQL $major}"
-	say "the mirror lacks that version: taking PostgreSQL $version from the pool"
-	file=postgresql-${major}_$version.orig.tar.bz2
-	rm -f "$work"/*
-	/usr/lib/apt/apt-helper "${apt_opts[@]}" download-file \
-		"$mirror/pool/main/p/postgresql-$major/$file" "$work/$file" "SHA256:$sha256"
-fi
-orig=$(ls "$work"/postgresql-"$major"_*.orig.tar.*)
-tar -C "$work" -xf "$orig"
+beat=
+trap '[ -z "$beat" ] || kill "$beat" 2>/dev/null; rm -rf "$work"' EXIT
+chmod 755 "$work"
+mkdir "$work/dl" "$work/src"
+# apt downloads as its own unprivileged user, _apt, into directories it owns.
+chown _apt "$work/dl"
 
-say "building PostgreSQL $(basename "$orig" | sed 's/.*_\(.*\)\.orig.*/\1/') into $prefix"
+# A known tarball of each major: version, SHA-256, SHA-1 (snapshot.debian.org
+# files are named by their SHA-1).
+declare -A known=(
+	[17]="17.11 dd27f2b3c59e73ed14aa3324901242bf69a032a6347805f274e6260322d42979 0d59f4ff2bacd7edb8dbb47571d18c3d91c289c4"
+	[18]="18.6 555610c24d53e4316da5b7d3fc25c279d96856d5e0e23ee308c328c5fa881d9f a0b624ab95fd6fae676bc929d0e6fbcbc777c327"
+)
+
+fetch_known() {
+	local version sha256 sha1 file url
+	if [ -z "${known[$major]:-}" ]; then
+		echo "build-pg.sh: no source of PostgreSQL $major in Debian trixie or sid; set IDEM_PG_TARBALL to its tarball, or add apt.postgresql.org to the apt sources to use its packages" >&2
+		return 1
+	fi
+	read -r version sha256 sha1 <<<"${known[$major]}"
+	file=postgresql-${major}_$version.orig.tar.bz2
+	for url in "$mirror/pool/main/p/postgresql-$major/$file" \
+		"https://snapshot.debian.org/file/$sha1"; do
+		say "the mirror lacks that version; taking PostgreSQL $version from $url"
+		rm -f "$work/dl"/*
+		/usr/lib/apt/apt-helper "${apt_opts[@]}" download-file \
+			"$url" "$work/dl/$file" "SHA256:$sha256" && return 0
+	done
+	echo "build-pg.sh: no source of PostgreSQL $major could be downloaded; set IDEM_PG_TARBALL to a tarball" >&2
+	return 1
+}
+
+if [ -n "${IDEM_PG_TARBALL:-}" ]; then
+	orig=$IDEM_PG_TARBALL
+else
+	say "fetching the PostgreSQL $major source (Debian trixie, sid)"
+	# The private apt state is shared by the builds of every major.
+	exec 8>"$IDEM_PG_CACHE/apt.lock"
+	flock 8
+	apt=$IDEM_PG_CACHE/apt
+	mkdir -p "$apt/lists/partial" "$apt/cache"
+	chown _apt "$apt/lists/partial"
+	for suite in trixie sid; do
+		echo "deb-src [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] $mirror $suite main"
+	done >"$apt/sources.list"
+	apt_opts=(-o Dir::Etc::sourcelist="$apt/sources.list" -o Dir::Etc::sourceparts=-
+		-o Dir::State::Lists="$apt/lists" -o Dir::Cache="$apt/cache"
+		-o APT::Get::List-Cleanup=0)
+	# An index that cannot be fetched is an error, not a reason to build
+	# from an older one.
+	apt-get "${apt_opts[@]}" --error-on=any -qq update
+	if ! (cd "$work/dl" && apt-get "${apt_opts[@]}" -qq source --download-only \
+		"postgresql-$major" 2>"$work/apt.log"); then
+		grep -m 1 '^E:' "$work/apt.log" | sed 's/^/   /' || true
+		fetch_known
+	fi
+	exec 8>&-
+	orig=$(ls "$work"/dl/postgresql-"$major"_*.orig.tar.*)
+fi
+tar -C "$work/src" -xf "$orig"
+tree=$(ls -d "$work"/src/postgresql-*/)
+version=${tree%/}
+version=${version##*/postgresql-}
+chown -R "$IDEM_USER" "$work/src"
+
+say "building PostgreSQL $version into $prefix"
 # The marker goes first, so that an interrupted removal is never reused.
 rm -f "$marker"
 rm -rf "$prefix"
-cd "$work"/postgresql-"$major".*/
-./configure --quiet "${configure[@]}"
+cd "$tree"
+as_owner ./configure --quiet "${configure[@]}"
 # world-bin is the server, contrib and the test drivers, without the docs.
-make -s -j"$(nproc)" world-bin >"$work/make.log" 2>&1 || { tail -n 50 "$work/make.log"; exit 1; }
+# A build takes minutes: a line each minute says it is still going.
+(
+	trap 'exit 0' TERM
+	exec 9>&-
+	n=0
+	while :; do
+		sleep 60 >/dev/null 2>&1 &
+		wait $!
+		n=$((n + 1))
+		echo "   still building PostgreSQL $version ($n min)"
+	done
+) &
+beat=$!
+as_owner make -s -j"$(nproc)" world-bin >"$work/make.log" 2>&1 ||
+	{ tail -n 50 "$work/make.log"; exit 1; }
+kill "$beat"
+beat=
 make -s install-world-bin >/dev/null
-echo "$want" >"$marker"
+printf '%s\nversion %s\n' "$want" "$version" >"$marker"

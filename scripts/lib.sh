@@ -11,16 +11,21 @@
 # Every step can be repeated: a cluster left running by an interrupted run
 # is stopped, and the work directory is made anew each time.
 #
-# PG chooses the major: 15, the one Debian 12 packages, by default; any
-# other (17, 18) is built from source by scripts/build-pg.sh into
-# $IDEM_PG_CACHE and used from there.
+# PG chooses the major: 15, the one Debian 12 packages, by default.  Any
+# other (17, 18) comes from packages too when the machine's apt sources
+# offer them (apt.postgresql.org, a later Debian); otherwise, or with
+# IDEM_PG_BUILD=1, scripts/build-pg.sh builds it from source into
+# $IDEM_PG_CACHE and it is used from there.
 
 set -euo pipefail
 
 IDEM_SRC=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 PG_MAJOR=${PG:-${PG_MAJOR:-15}}
 IDEM_PG_CACHE=${IDEM_PG_CACHE:-/var/cache/idempotency}
-if [ "$PG_MAJOR" = 15 ]; then
+PG_PACKAGED=no
+if [ "$PG_MAJOR" = 15 ] || { [ -z "${IDEM_PG_BUILD:-}" ] &&
+	apt-cache policy "postgresql-server-dev-$PG_MAJOR" 2>/dev/null | grep -q 'Candidate: [0-9]'; }; then
+	PG_PACKAGED=yes
 	PG_BIN=${PG_BIN:-/usr/lib/postgresql/$PG_MAJOR/bin}
 else
 	PG_BIN=${PG_BIN:-$IDEM_PG_CACHE/pg-$PG_MAJOR/bin}
@@ -63,14 +68,14 @@ idem_apt_install() {
 	fi
 }
 
-# Install what the chosen major needs: Debian's packages for 15, a build
-# from source for the others.
+# Install what the chosen major needs: its packages where apt has them, a
+# build from source otherwise.
 idem_packages() {
 	local pkgs=(libipc-run-perl build-essential make perl procps)
-	[ "$PG_MAJOR" != 15 ] || pkgs+=("postgresql-$PG_MAJOR"
+	[ "$PG_PACKAGED" = no ] || pkgs+=("postgresql-$PG_MAJOR"
 		"postgresql-server-dev-$PG_MAJOR" "postgresql-client-$PG_MAJOR")
 	idem_apt_install "${pkgs[@]}"
-	[ "$PG_MAJOR" = 15 ] || bash "$IDEM_SRC/scripts/build-pg.sh" "$PG_MAJOR"
+	[ "$PG_PACKAGED" = yes ] || IDEM_USER=$IDEM_USER bash "$IDEM_SRC/scripts/build-pg.sh" "$PG_MAJOR"
 }
 
 # Create the unprivileged owner of the throwaway cluster when run as root.

@@ -39,11 +39,13 @@ ALTER SYSTEM SET idempotency.epoch = '2020-02-30 00:00:00';
 ALTER SYSTEM SET idempotency.epoch = '1969-12-31 00:00:00+00';
 ALTER SYSTEM SET idempotency.epoch = '1970-01-01 00:30:00+01';
 -- PostgreSQL 16 added the unit to the bounds in this message: the
--- SQLSTATE and pg_settings say the same on every version.
+-- SQLSTATE, the message read with either wording, and pg_settings say
+-- the same on every version.
 \set VERBOSITY sqlstate
 ALTER SYSTEM SET idempotency.max_lead = -1;
 \set VERBOSITY default
-SELECT :'LAST_ERROR_SQLSTATE' AS sqlstate;
+SELECT :'LAST_ERROR_SQLSTATE' AS sqlstate,
+	:'LAST_ERROR_MESSAGE' ~ '^-1 ms is outside the valid range for parameter "idempotency\.max_lead" \(0( ms)? \.\. 3600000( ms)?\)$' AS range_message;
 SELECT min_val, max_val, unit FROM pg_settings WHERE name = 'idempotency.max_lead';
 SET idempotency.max_lead = 0;       -- server-wide: postgresql.conf and reload
 SELECT :'LAST_ERROR_SQLSTATE' AS sqlstate;

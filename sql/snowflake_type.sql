@@ -133,3 +133,16 @@ WHERE d.refclassid = 'pg_extension'::regclass
   AND obj_description(d.objid, d.classid::regclass::text) IS NULL;
 
 DROP TABLE bin, bin_back, bin_negative, assign, orders, refs;
+
+-- PostgreSQL 18 lists the loaded modules with the name and version from
+-- their magic block: this one reports the version the control file
+-- installs.  Earlier versions have no such list; the same row stands in.
+SELECT current_setting('server_version_num')::int >= 180000 AS module_list \gset
+\if :module_list
+SELECT m.module_name, m.version = e.extversion AS version_matches
+FROM pg_get_loaded_modules() AS m, pg_extension AS e
+WHERE e.extname = 'idempotency' AND m.file_name LIKE 'idempotency.%' \gset
+\else
+SELECT 'idempotency' AS module_name, true AS version_matches \gset
+\endif
+SELECT :'module_name' AS module_name, :'version_matches' AS version_matches;

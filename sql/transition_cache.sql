@@ -67,11 +67,18 @@ WITH c AS MATERIALIZED (SELECT * FROM pg_backend_memory_contexts)
 SELECT count(*) AS retired
 FROM c JOIN c AS p ON p.path[p.level] = c.path[c.level - 1]
 WHERE c.name = 'idempotency guards' AND p.name = 'idempotency retired guards' \gset
+-- The same join must find the live cache under its parent.
+WITH c AS MATERIALIZED (SELECT * FROM pg_backend_memory_contexts)
+SELECT string_agg(p.name, ', ' ORDER BY p.name) AS cache_parent
+FROM c JOIN c AS p ON p.path[p.level] = c.path[c.level - 1]
+WHERE c.name = 'idempotency guards' \gset
 \else
 SELECT count(*) AS retired
 FROM pg_backend_memory_contexts WHERE name = 'idempotency guards' AND parent = 'idempotency retired guards' \gset
+SELECT string_agg(parent, ', ' ORDER BY parent) AS cache_parent
+FROM pg_backend_memory_contexts WHERE name = 'idempotency guards' \gset
 \endif
-SELECT :retired AS retired_caches_left;
+SELECT :retired AS retired_caches_left, :'cache_parent' AS cache_parent;
 
 DROP TABLE chores, jottings;
 DROP FUNCTION churn_guards(int);

@@ -84,4 +84,23 @@
 #define pg_noreturn pg_attribute_noreturn()
 #endif
 
+/*
+ * PostgreSQL 18 lets a module name itself and its version in its magic
+ * block (pg_get_loaded_modules shows them).  IDEM_VERSION comes from the
+ * control file through the Makefile.
+ */
+#ifdef PG_MODULE_MAGIC_EXT
+#define IDEM_MODULE_MAGIC	PG_MODULE_MAGIC_EXT(.name = "idempotency", .version = IDEM_VERSION)
+#else
+#define IDEM_MODULE_MAGIC	PG_MODULE_MAGIC
+#endif
+
+/*
+ * Extensions could name their own wait events from PostgreSQL 17 on
+ * (WaitEventExtensionNew); before, every wait shows as "Extension".
+ */
+#if PG_VERSION_NUM >= 170000
+#define IDEM_HAVE_CUSTOM_WAIT_EVENTS 1
+#endif
+
 #endif							/* IDEMPOTENCY_COMPAT_H */

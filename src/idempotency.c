@@ -28,11 +28,12 @@
 #include "utils/guc.h"
 
 #include "utils/plancache.h"
+#include "utils/wait_event.h"
 
 #include "guard.h"
 #include "idempotency.h"
 
-PG_MODULE_MAGIC;
+IDEM_MODULE_MAGIC;
 
 /* Settings. */
 int			idem_node_id = 0;
@@ -335,4 +336,30 @@ assign_epoch(const char *newval, void *extra)
 {
 	if (extra != NULL)
 		idem_epoch_unix_ms = *(int64 *) extra;
+}
+
+/*
+ * The wait event to report while waiting for which.  PostgreSQL 17 and
+ * later give each a name of its own, registered in shared memory on first
+ * use and remembered by the process.
+ */
+uint32
+IdemWaitEvent(IdemWait which)
+{
+#ifdef IDEM_HAVE_CUSTOM_WAIT_EVENTS
+	static const char *const names[IDEM_WAIT_COUNT] = {
+		[IDEM_WAIT_SYNC_STANDBY] = "IdempotencySyncStandby",
+		[IDEM_WAIT_CLOCK] = "IdempotencySnowflakeClock",
+		[IDEM_WAIT_PURGE_NAP] = "IdempotencyPurgeNap",
+	};
+	static uint32 events[IDEM_WAIT_COUNT];
+
+	Assert((unsigned int) which < IDEM_WAIT_COUNT);
+	if (events[which] == 0)
+		events[which] = WaitEventExtensionNew(names[which]);
+	return events[which];
+#else
+	(void) which;
+	return PG_WAIT_EXTENSION;
+#endif
 }

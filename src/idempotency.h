@@ -141,6 +141,21 @@ extern int	idem_purge_batch_size;
 extern int	idem_purge_delay_ms;
 extern void IdemPurgeWorkerRegister(void);
 
+/*
+ * What a process waits for, as pg_stat_activity.wait_event shows it
+ * (PostgreSQL 17 and later; "Extension" before).
+ */
+typedef enum IdemWait
+{
+	IDEM_WAIT_SYNC_STANDBY,		/* a replay waits for synchronous standbys */
+	IDEM_WAIT_CLOCK,			/* a snowflake burst waits for the clock */
+	IDEM_WAIT_PURGE_NAP,		/* the purge worker between rounds */
+	IDEM_WAIT_COUNT
+} IdemWait;
+
+/* idempotency.c */
+extern uint32 IdemWaitEvent(IdemWait which);
+
 /* stats.c */
 extern Size IdemStatsShmemSize(void);
 extern void IdemStatsShmemInit(IdemStatsShared *stats, bool found);

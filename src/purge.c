@@ -200,7 +200,8 @@ nap(long timeout_ms)
 
 	if (timeout_ms >= 0)
 		events |= WL_TIMEOUT;
-	(void) WaitLatch(MyLatch, events, timeout_ms, PG_WAIT_EXTENSION);
+	(void) WaitLatch(MyLatch, events, timeout_ms,
+					 IdemWaitEvent(IDEM_WAIT_PURGE_NAP));
 	ResetLatch(MyLatch);
 	CHECK_FOR_INTERRUPTS();
 	reload_if_asked();

@@ -448,7 +448,7 @@ static void
 wait_for_clock(int64 ms)
 {
 	(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
-					 (long) Min(Max(ms, 1), 100), PG_WAIT_EXTENSION);
+					 (long) Min(Max(ms, 1), 100), IdemWaitEvent(IDEM_WAIT_CLOCK));
 	ResetLatch(MyLatch);
 	CHECK_FOR_INTERRUPTS();
 }

@@ -168,7 +168,7 @@ IdemAwaitSyncStandbys(const char *what)
 							   "have not confirmed; a failover could still take it back."),
 					 errhint("Check the synchronous standbys (pg_stat_replication), then call again.")));
 		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
-						 sleep_ms, PG_WAIT_EXTENSION);
+						 sleep_ms, IdemWaitEvent(IDEM_WAIT_SYNC_STANDBY));
 		ResetLatch(MyLatch);
 		CHECK_FOR_INTERRUPTS();
 		sleep_ms = Min(sleep_ms * 2, SYNC_WAIT_MAX_SLEEP_MS);

@@ -92,6 +92,21 @@ is($primary->safe_psql('postgres',
 		q{SELECT state || ' ' || response::text FROM idempotency.claims WHERE key = 'k1'}),
 	'completed {"answer": 1}', 'the cancelled completion is visible on the primary');
 
+# A replay of it waits, and pg_stat_activity names the wait: a wait event
+# of the extension's own from PostgreSQL 17 on, "Extension" before.
+my $event = $primary->safe_psql('postgres', 'SHOW server_version_num') >= 170000
+  ? 'IdempotencySyncStandby' : 'Extension';
+my $waiter = $primary->background_psql('postgres', on_error_stop => 0);
+my $waiter_pid = $waiter->query_safe('SELECT pg_backend_pid()');
+$waiter->query_until(qr/sent/, "SET ROLE app; SET search_path = idempotency;\n\\echo sent\n"
+	  . "SELECT outcome FROM idem_claim('k1', ttl => '1 hour');\n");
+ok($primary->poll_query_until('postgres',
+		"SELECT wait_event_type || ':' || wait_event FROM pg_stat_activity WHERE pid = $waiter_pid",
+		"Extension:$event"),
+	"a replay waiting for the standby shows wait event $event");
+$primary->safe_psql('postgres', "SELECT pg_cancel_backend($waiter_pid)");
+$waiter->quit;
+
 # A second caller is not answered from it: the replay waits for the
 # standby, and statement_timeout ends the wait with an error that says why.
 my ($ret, $out, $err) = app($primary, q{SET statement_timeout = '1s';
