@@ -29,10 +29,18 @@ mirror=${IDEM_DEBIAN_MIRROR:-http://deb.debian.org/debian}
 [ "$(id -u)" -eq 0 ] ||
 	exec sudo env IDEM_PG_CACHE="$IDEM_PG_CACHE" IDEM_DEBIAN_MIRROR="$mirror" \
 		IDEM_PG_CONFIGURE="${IDEM_PG_CONFIGURE:-}" IDEM_PG_TARBALL="${IDEM_PG_TARBALL:-}" \
-		IDEM_USER="$IDEM_USER" bash "$0" "$@"
+		bash "$0" "$@"
 umask 022
 
 major=${1:?usage: build-pg.sh MAJOR}
+case $major in
+16 | 17 | 18) ;;
+*) echo "build-pg.sh: PostgreSQL $major cannot be built here (idempotency supports 15, packaged, and 16 to 18)" >&2; exit 1 ;;
+esac
+# Compiles as a user of its own, never the cluster owner ($IDEM_USER): that
+# one runs test SQL, and whatever it leaves running must not get to touch a
+# tree that root installs from and whose pg_config root runs later.
+builder=_idembuild
 prefix=$IDEM_PG_CACHE/pg-$major
 marker=$prefix/.idempotency-built
 # ICU is left out to spare a large build dependency: the suites run in the
@@ -50,6 +58,12 @@ built() { [ "$(head -n 1 "$marker" 2>/dev/null)" = "$want" ]; }
 # (a parent writable by others is fine only with the sticky bit, as /tmp).
 mkdir -p "$IDEM_PG_CACHE"
 d=$(cd "$IDEM_PG_CACHE" && pwd -P)
+# The path checked must be the path used: a symbolic link on the way, which
+# its owner can point elsewhere later, is refused.
+if [ "$d" != "$IDEM_PG_CACHE" ]; then
+	echo "build-pg.sh: $IDEM_PG_CACHE is not a canonical path (it resolves to $d); set IDEM_PG_CACHE=$d" >&2
+	exit 1
+fi
 first=yes
 while :; do
 	read -r owner mode <<<"$(stat -c '%u %a' "$d")"
@@ -76,7 +90,10 @@ rm -rf "$IDEM_PG_CACHE"/build-"$major".*
 # flex are needed.  IPC::Run is what --enable-tap-tests checks for.
 idem_apt_install build-essential bison flex perl libipc-run-perl \
 	libreadline-dev zlib1g-dev bzip2 xz-utils debian-archive-keyring
-idem_owner
+id "$builder" >/dev/null 2>&1 ||
+	useradd --system --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin "$builder"
+# As the builder, without the locks (fd 8, 9), which an orphan would hold.
+as_builder() { runuser -u "$builder" -- "$@" 8>&- 9>&-; }
 
 work=$(mktemp -d "$IDEM_PG_CACHE/build-$major.XXXXXX")
 beat=
@@ -139,35 +156,44 @@ else
 	exec 8>&-
 	orig=$(ls "$work"/dl/postgresql-"$major"_*.orig.tar.*)
 fi
-tar -C "$work/src" -xf "$orig"
+chown "$builder" "$work/src"
+case $orig in
+*.bz2) z=-j ;; *.xz) z=-J ;; *.gz) z=-z ;; *) z= ;;
+esac
+as_builder tar -C "$work/src" --no-same-owner --no-same-permissions $z -xf - <"$orig"
 tree=$(ls -d "$work"/src/postgresql-*/)
 version=${tree%/}
 version=${version##*/postgresql-}
-chown -R "$IDEM_USER" "$work/src"
 
 say "building PostgreSQL $version into $prefix"
 # The marker goes first, so that an interrupted removal is never reused.
 rm -f "$marker"
 rm -rf "$prefix"
 cd "$tree"
-as_owner ./configure --quiet "${configure[@]}"
+as_builder ./configure --quiet "${configure[@]}" </dev/null
 # world-bin is the server, contrib and the test drivers, without the docs.
 # A build takes minutes: a line each minute says it is still going.
 (
 	trap 'exit 0' TERM
-	exec 9>&-
+	exec 8>&- 9>&-
 	n=0
 	while :; do
 		sleep 60 >/dev/null 2>&1 &
 		wait $!
+		# A run killed with SIGKILL leaves no one to stop this.
+		kill -0 $$ 2>/dev/null || exit 0
 		n=$((n + 1))
 		echo "   still building PostgreSQL $version ($n min)"
 	done
 ) &
 beat=$!
-as_owner make -s -j"$(nproc)" world-bin >"$work/make.log" 2>&1 ||
+as_builder make -s -j"$(nproc)" world-bin </dev/null >"$work/make.log" 2>&1 ||
 	{ tail -n 50 "$work/make.log"; exit 1; }
 kill "$beat"
 beat=
+# Freeze the tree before root reads it: nothing of the builder's may still
+# run, and nothing in it stays the builder's.
+as_builder kill -KILL -1 2>/dev/null || true
+chown -R root:root "$work/src"
 make -s install-world-bin >/dev/null
 printf '%s\nversion %s\n' "$want" "$version" >"$marker"

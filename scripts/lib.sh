@@ -21,7 +21,7 @@ set -euo pipefail
 
 IDEM_SRC=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 PG_MAJOR=${PG:-${PG_MAJOR:-15}}
-IDEM_PG_CACHE=${IDEM_PG_CACHE:-/var/cache/idempotency}
+IDEM_PG_CACHE=$(realpath -ms "${IDEM_PG_CACHE:-/var/cache/idempotency}")
 PG_PACKAGED=no
 if [ "$PG_MAJOR" = 15 ] || { [ -z "${IDEM_PG_BUILD:-}" ] &&
 	apt-cache policy "postgresql-server-dev-$PG_MAJOR" 2>/dev/null | grep -q 'Candidate: [0-9]'; }; then
@@ -64,7 +64,7 @@ idem_apt_install() {
 		say "installing ${missing[*]}"
 		as_root apt-get update -qq
 		as_root env DEBIAN_FRONTEND=noninteractive \
-			apt-get install -y -qq --no-install-recommends "${missing[@]}"
+			apt-get -o DPkg::Lock::Timeout=600 install -y -qq --no-install-recommends "${missing[@]}"
 	fi
 }
 
@@ -122,6 +122,7 @@ idem_start_cluster() {
 		echo "shared_preload_libraries = 'idempotency'"
 		echo "listen_addresses = ''"
 		echo "unix_socket_directories = '$IDEM_WORK/sock'"
+		echo "unix_socket_permissions = 0700"
 		echo "port = $IDEM_PORT"
 		echo "max_connections = 50"
 		printf '%s\n' "$@"

@@ -230,6 +230,7 @@ idem_shmem_startup(void)
 	IdemStatsShmemInit(&idem_shared->stats, found);
 
 	LWLockRelease(AddinShmemInitLock);
+	IdemWaitEventsInit();
 
 	if (!IsUnderPostmaster)
 		on_shmem_exit(idem_shmem_shutdown, (Datum) 0);
@@ -340,24 +341,39 @@ assign_epoch(const char *newval, void *extra)
 
 /*
  * The wait event to report while waiting for which.  PostgreSQL 17 and
- * later give each a name of its own, registered in shared memory on first
- * use and remembered by the process.
+ * later give each a name of its own.  They are registered by the postmaster
+ * at shared memory set-up (IdemWaitEventsInit), before anything can fill
+ * the server's 127 custom wait events, so that running out is a start-up
+ * failure, not an error that a burst of snowflake_id() calls meets; a
+ * process that missed that (loaded without preloading) registers lazily.
  */
+#ifdef IDEM_HAVE_CUSTOM_WAIT_EVENTS
+static const char *const idem_wait_names[IDEM_WAIT_COUNT] = {
+	[IDEM_WAIT_SYNC_STANDBY] = "IdempotencySyncStandby",
+	[IDEM_WAIT_CLOCK] = "IdempotencySnowflakeClock",
+	[IDEM_WAIT_PURGE_NAP] = "IdempotencyPurgeNap",
+};
+static uint32 idem_wait_events[IDEM_WAIT_COUNT];
+#endif
+
+void
+IdemWaitEventsInit(void)
+{
+#ifdef IDEM_HAVE_CUSTOM_WAIT_EVENTS
+	/* After a crash restart the table is new: register again. */
+	for (int i = 0; i < IDEM_WAIT_COUNT; i++)
+		idem_wait_events[i] = WaitEventExtensionNew(idem_wait_names[i]);
+#endif
+}
+
 uint32
 IdemWaitEvent(IdemWait which)
 {
 #ifdef IDEM_HAVE_CUSTOM_WAIT_EVENTS
-	static const char *const names[IDEM_WAIT_COUNT] = {
-		[IDEM_WAIT_SYNC_STANDBY] = "IdempotencySyncStandby",
-		[IDEM_WAIT_CLOCK] = "IdempotencySnowflakeClock",
-		[IDEM_WAIT_PURGE_NAP] = "IdempotencyPurgeNap",
-	};
-	static uint32 events[IDEM_WAIT_COUNT];
-
 	Assert((unsigned int) which < IDEM_WAIT_COUNT);
-	if (events[which] == 0)
-		events[which] = WaitEventExtensionNew(names[which]);
-	return events[which];
+	if (idem_wait_events[which] == 0)
+		idem_wait_events[which] = WaitEventExtensionNew(idem_wait_names[which]);
+	return idem_wait_events[which];
 #else
 	(void) which;
 	return PG_WAIT_EXTENSION;

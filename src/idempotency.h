@@ -154,6 +154,7 @@ typedef enum IdemWait
 } IdemWait;
 
 /* idempotency.c */
+extern void IdemWaitEventsInit(void);
 extern uint32 IdemWaitEvent(IdemWait which);
 
 /* stats.c */
