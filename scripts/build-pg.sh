@@ -41,12 +41,12 @@ esac
 # one runs test SQL, and whatever it leaves running must not get to touch a
 # tree that root installs from and whose pg_config root runs later.
 builder=_idembuild
-prefix=$IDEM_PG_CACHE/pg-$major
+prefix=$(idem_pg_prefix "$major")
 marker=$prefix/.idempotency-built
 # ICU is left out to spare a large build dependency: the suites run in the
 # C.UTF-8 locale and never ask for an ICU collation.  IDEM_PG_CONFIGURE
-# adds options, e.g. "--enable-cassert --enable-debug" (with its own
-# IDEM_PG_CACHE, or it replaces the plain build).
+# adds options, e.g. "--enable-cassert --enable-debug", for a build of its
+# own beside the plain one.
 read -ra extra <<<"${IDEM_PG_CONFIGURE:-}"
 configure=(--prefix="$prefix" --enable-tap-tests --without-icu "${extra[@]}")
 want="configure ${configure[*]}"
@@ -80,11 +80,11 @@ done
 built && exit 0
 
 # Two runs for the same major wait for each other rather than both build.
-exec 9>"$IDEM_PG_CACHE/pg-$major.lock"
+exec 9>"$prefix.lock"
 flock 9
 built && exit 0
 # What a run killed before its cleanup left behind.
-rm -rf "$IDEM_PG_CACHE"/build-"$major".*
+rm -rf "$IDEM_PG_CACHE/build-${prefix##*/}".*
 
 # Since 17 the tarballs no longer carry the generated parsers: bison and
 # flex are needed.  IPC::Run is what --enable-tap-tests checks for.
@@ -95,7 +95,7 @@ id "$builder" >/dev/null 2>&1 ||
 # As the builder, without the locks (fd 8, 9), which an orphan would hold.
 as_builder() { runuser -u "$builder" -- "$@" 8>&- 9>&-; }
 
-work=$(mktemp -d "$IDEM_PG_CACHE/build-$major.XXXXXX")
+work=$(mktemp -d "$IDEM_PG_CACHE/build-${prefix##*/}.XXXXXX")
 beat=
 trap '[ -z "$beat" ] || kill "$beat" 2>/dev/null; rm -rf "$work"' EXIT
 chmod 755 "$work"
@@ -147,7 +147,11 @@ else
 		-o APT::Get::List-Cleanup=0)
 	# An index that cannot be fetched is an error, not a reason to build
 	# from an older one.
-	apt-get "${apt_opts[@]}" --error-on=any -qq update
+	if ! apt-get "${apt_opts[@]}" --error-on=any -qq update 2>"$work/apt.log"; then
+		sed 's/^/   /' "$work/apt.log" >&2
+		echo "build-pg.sh: the Debian mirror $mirror gave no usable index; set IDEM_DEBIAN_MIRROR to another, or IDEM_PG_TARBALL to a PostgreSQL $major source tarball" >&2
+		exit 1
+	fi
 	if ! (cd "$work/dl" && apt-get "${apt_opts[@]}" -qq source --download-only \
 		"postgresql-$major" 2>"$work/apt.log"); then
 		grep -m 1 '^E:' "$work/apt.log" | sed 's/^/   /' || true

@@ -22,13 +22,23 @@ set -euo pipefail
 IDEM_SRC=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 PG_MAJOR=${PG:-${PG_MAJOR:-15}}
 IDEM_PG_CACHE=$(realpath -ms "${IDEM_PG_CACHE:-/var/cache/idempotency}")
+# Where scripts/build-pg.sh installs a major: pg-17, or with configure
+# options of one's own (IDEM_PG_CONFIGURE) pg-17-<digest of them>, so that
+# a debug build never replaces the plain one under a running suite.
+idem_pg_prefix() {
+	local name=pg-$1
+	[ -z "${IDEM_PG_CONFIGURE:-}" ] ||
+		name+=-$(printf '%s' "$IDEM_PG_CONFIGURE" | sha256sum | cut -c1-8)
+	echo "$IDEM_PG_CACHE/$name"
+}
+
 PG_PACKAGED=no
 if [ "$PG_MAJOR" = 15 ] || { [ -z "${IDEM_PG_BUILD:-}" ] &&
 	apt-cache policy "postgresql-server-dev-$PG_MAJOR" 2>/dev/null | grep -q 'Candidate: [0-9]'; }; then
 	PG_PACKAGED=yes
 	PG_BIN=${PG_BIN:-/usr/lib/postgresql/$PG_MAJOR/bin}
 else
-	PG_BIN=${PG_BIN:-$IDEM_PG_CACHE/pg-$PG_MAJOR/bin}
+	PG_BIN=${PG_BIN:-$(idem_pg_prefix "$PG_MAJOR")/bin}
 fi
 PG_CONFIG=$PG_BIN/pg_config
 IDEM_USER=${IDEM_USER:-idemtest}
