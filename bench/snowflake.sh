@@ -4,9 +4,12 @@
 #
 #   1. SELECT count(f()) FROM generate_series(1, N) for f = snowflake_id(),
 #      nextval() on a plain sequence, and gen_random_uuid(); the bare
-#      generate_series time is subtracted, leaving the cost per call.
-#      Rounds are interleaved and the median of each is taken, so a noisy
-#      neighbour slows all contenders alike.  Ratios are what to read.
+#      generate_series time of the same round is subtracted, leaving the
+#      cost per call.  Rounds are interleaved; the medians over rounds of
+#      each cost and of each round's ratio are shown, so a noisy neighbour
+#      slows all contenders alike.  Ratios are what to read.
+#      work_mem is raised so that generate_series keeps its rows in memory:
+#      spilled to a temporary file, they made the subtraction noisy.
 #   2. pgbench, CLIENTS sessions calling snowflake_id() for SECONDS seconds,
 #      against the layout's limit of 4096 IDs per millisecond per node.
 #
@@ -43,6 +46,7 @@ SQL
 say "per-call cost: $ROUNDS interleaved rounds of $N calls"
 for r in $(seq 1 "$ROUNDS"); do
 	psqlq <<SQL
+SET work_mem = '1GB';
 INSERT INTO bench_times SELECT $r, c, bench_ms(q) FROM (VALUES
 	(1, 'bare generate_series', 'SELECT count(*) FROM generate_series(1, $N)'),
 	(2, 'snowflake_id()', 'SELECT count(idempotency.snowflake_id()) FROM generate_series(1, $N)'),
@@ -56,20 +60,23 @@ echo
 
 psqlq <<SQL
 \pset footer off
-WITH med AS (
-	SELECT contender, percentile_cont(0.5) WITHIN GROUP (ORDER BY ms) AS ms
-	FROM bench_times GROUP BY contender),
-cost AS (
-	SELECT m.contender, m.ms,
-	       (m.ms - b.ms) * 1e6 / $N AS ns_per_call
-	FROM med m, med b WHERE b.contender = 'bare generate_series')
-SELECT contender, round(ms::numeric, 1) AS median_ms,
-       CASE WHEN contender = 'bare generate_series' THEN NULL
-            ELSE round(ns_per_call::numeric, 1) END AS ns_per_call,
-       CASE WHEN contender IN ('bare generate_series', 'snowflake_id()') THEN NULL
-            ELSE round(((SELECT ns_per_call FROM cost WHERE contender = 'snowflake_id()')
-                        / ns_per_call)::numeric, 3) END AS snowflake_cost_ratio
-FROM cost ORDER BY ms;
+WITH per_round AS (
+	SELECT t.round, t.contender, t.ms,
+	       (t.ms - b.ms) * 1e6 / $N AS ns_per_call
+	FROM bench_times t JOIN bench_times b
+	  ON b.round = t.round AND b.contender = 'bare generate_series'),
+ratio AS (
+	SELECT c.round, c.contender, s.ns_per_call / nullif(c.ns_per_call, 0) AS r
+	FROM per_round c JOIN per_round s
+	  ON s.round = c.round AND s.contender = 'snowflake_id()'
+	WHERE c.contender NOT IN ('bare generate_series', 'snowflake_id()'))
+SELECT p.contender,
+       round(percentile_cont(0.5) WITHIN GROUP (ORDER BY p.ms)::numeric, 1) AS median_ms,
+       CASE WHEN p.contender = 'bare generate_series' THEN NULL ELSE
+       round(percentile_cont(0.5) WITHIN GROUP (ORDER BY p.ns_per_call)::numeric, 1) END AS ns_per_call,
+       (SELECT round(percentile_cont(0.5) WITHIN GROUP (ORDER BY r)::numeric, 3)
+        FROM ratio WHERE ratio.contender = p.contender) AS snowflake_cost_ratio
+FROM per_round p GROUP BY p.contender ORDER BY median_ms;
 SQL
 
 say "sustained rate: $CLIENTS sessions for $SECONDS_RUN s (layout limit: 4,096,000 IDs/s per node)"
