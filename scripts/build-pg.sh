@@ -10,8 +10,10 @@
 # /var/cache/idempotency/pg-17) with all of contrib, the regression and
 # isolation drivers and the TAP modules that PGXS's installcheck uses.  It
 # is reused when its marker file, written last, records the same configure
-# options; remove the directory to rebuild.  The source is configured and
-# compiled as the unprivileged $IDEM_USER; only "make install" runs as root.
+# options; remove the directory to rebuild.  The source is unpacked,
+# configured and compiled by a user of its own, _idembuild; only "make
+# install" runs as root, once that user's processes are gone and the tree
+# is root's.
 #
 # The tarball comes through a private apt configuration kept in the cache:
 # deb-src lines for trixie and sid, nothing else.  The machine's own apt

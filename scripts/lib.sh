@@ -85,7 +85,7 @@ idem_packages() {
 	[ "$PG_PACKAGED" = no ] || pkgs+=("postgresql-$PG_MAJOR"
 		"postgresql-server-dev-$PG_MAJOR" "postgresql-client-$PG_MAJOR")
 	idem_apt_install "${pkgs[@]}"
-	[ "$PG_PACKAGED" = yes ] || IDEM_USER=$IDEM_USER bash "$IDEM_SRC/scripts/build-pg.sh" "$PG_MAJOR"
+	[ "$PG_PACKAGED" = yes ] || bash "$IDEM_SRC/scripts/build-pg.sh" "$PG_MAJOR"
 }
 
 # Create the unprivileged owner of the throwaway cluster when run as root.
