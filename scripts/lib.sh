@@ -72,16 +72,38 @@ idem_apt_install() {
 	done
 	if [ ${#missing[@]} -gt 0 ]; then
 		say "installing ${missing[*]}"
-		as_root apt-get update -qq
-		as_root env DEBIAN_FRONTEND=noninteractive \
-			apt-get -o DPkg::Lock::Timeout=600 install -y -qq --no-install-recommends "${missing[@]}"
+		idem_apt_get update -qq
+		idem_apt_get install -y -qq --no-install-recommends "${missing[@]}"
 	fi
 }
 
+# apt-get as root, waiting up to ten minutes for another apt-get or dpkg
+# (an unattended upgrade, say) to let go of its locks.  apt's own
+# DPkg::Lock::Timeout covers dpkg's lock but not that of "apt-get update".
+idem_apt_get() {
+	local deadline=$((SECONDS + 600)) log said=no
+	log=$(mktemp)
+	until as_root env DEBIAN_FRONTEND=noninteractive \
+		apt-get -o DPkg::Lock::Timeout=600 "$@" 2>"$log"; do
+		if ! grep -q 'Could not get lock' "$log" || [ $SECONDS -ge $deadline ]; then
+			cat "$log" >&2
+			rm -f "$log"
+			return 1
+		fi
+		[ $said = yes ] || say "waiting for another apt-get or dpkg to finish (up to 10 minutes)"
+		said=yes
+		sleep 5
+	done
+	grep -v '^$' "$log" >&2 || true
+	rm -f "$log"
+}
+
 # Install what the chosen major needs: its packages where apt has them, a
-# build from source otherwise.
+# build from source otherwise.  "idem_packages tests" adds what only the
+# test suites use (IPC::Run and pgrep for the TAP tests).
 idem_packages() {
-	local pkgs=(libipc-run-perl build-essential make perl procps)
+	local pkgs=(build-essential make perl)
+	[ "${1:-}" != tests ] || pkgs+=(libipc-run-perl procps)
 	[ "$PG_PACKAGED" = no ] || pkgs+=("postgresql-$PG_MAJOR"
 		"postgresql-server-dev-$PG_MAJOR" "postgresql-client-$PG_MAJOR")
 	idem_apt_install "${pkgs[@]}"

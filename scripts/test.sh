@@ -39,7 +39,7 @@ fi
 source "$(dirname "$0")/lib.sh"
 IDEM_WORK=${IDEM_WORK:-/tmp/idempotency-test}
 
-idem_packages
+idem_packages tests
 idem_owner
 idem_build
 idem_start_cluster
