@@ -4,8 +4,8 @@
 
 \set ON_ERROR_STOP 1
 \pset footer off
--- Sections 18 and 20 start a second session with psql: it connects where
--- this one did, as the same user.
+-- Sections 18 and 20 start a second session with psql
+-- (second_session.psql): it connects where this one did, as the same user.
 \setenv PGHOST :HOST
 \setenv PGPORT :PORT
 \setenv PGUSER :USER
@@ -171,17 +171,8 @@ BEGIN;
 SELECT * FROM idem_transition('public.demo_payments', 7, 'paid');
 \echo '   Meanwhile the provider retries the callback from another session, with'
 \echo '   lock => ''nowait'': it is locked out at once instead of queueing.'
-\set echo_was :ECHO
-\set ECHO none
-\set second_session `psql -X -q -P footer=off -v ON_ERROR_STOP=1 -c "SELECT * FROM idempotency.idem_transition('public.demo_payments', 7, 'paid', lock => 'nowait')" 2>&1; echo "exit $?"`
-SELECT :'second_session' LIKE '%exit 0' AS second_session_ok,
-       regexp_replace(:'second_session', '\n?exit [0-9]+$', '') AS second_output \gset
-\echo :second_output
-\if :second_session_ok
-\else
-DO $$BEGIN RAISE EXCEPTION 'the second session failed (see above)'; END$$;
-\endif
-\set ECHO :echo_was
+\set second_sql 'SELECT * FROM idempotency.idem_transition(''public.demo_payments'', 7, ''paid'', lock => ''nowait'')'
+\ir second_session.psql
 COMMIT;
 \echo '   A third copy after the commit is a duplicate: unchanged.'
 SELECT * FROM idem_transition('public.demo_payments', 7, 'paid');
@@ -208,17 +199,8 @@ SELECT idem_lease_release('demo-nightly', :b_token) AS b_released;
 \echo '== 20. A keyed lock for the length of a transaction, and a one-time token.'
 BEGIN;
 SELECT idem_lock('invoice:42');
-\set echo_was :ECHO
-\set ECHO none
-\set second_session `psql -X -q -P footer=off -v ON_ERROR_STOP=1 -c "SELECT idempotency.idem_try_lock('invoice:42') AS another_session_gets_it" 2>&1; echo "exit $?"`
-SELECT :'second_session' LIKE '%exit 0' AS second_session_ok,
-       regexp_replace(:'second_session', '\n?exit [0-9]+$', '') AS second_output \gset
-\echo :second_output
-\if :second_session_ok
-\else
-DO $$BEGIN RAISE EXCEPTION 'the second session failed (see above)'; END$$;
-\endif
-\set ECHO :echo_was
+\set second_sql 'SELECT idempotency.idem_try_lock(''invoice:42'') AS another_session_gets_it'
+\ir second_session.psql
 COMMIT;
 SELECT idem_token_issue('demo-confirm', '15 minutes') AS tok \gset
 SELECT idem_token_consume(:'tok', 'demo-confirm') AS first_click;
