@@ -29,9 +29,10 @@ OBJS = \
 	src/snowflake_type.o \
 	src/sync_wait.o
 
-# The version the control file installs, which the module reports too.
-IDEM_VERSION := $(shell sed -n "s/^default_version = '\(.*\)'/\1/p" $(EXTENSION).control)
-PG_CPPFLAGS += -DIDEM_VERSION='"$(IDEM_VERSION)"'
+# The one version string: the control file's default_version, which
+# META.json and CHANGELOG.md repeat (a test checks) and the module reports.
+EXTVERSION := $(shell sed -n "s/^default_version = '\(.*\)'/\1/p" $(EXTENSION).control)
+PG_CPPFLAGS += -DIDEM_VERSION='"$(EXTVERSION)"'
 
 DATA = $(wildcard sql/idempotency--*.sql)
 DOCS = README.md

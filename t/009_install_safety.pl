@@ -16,8 +16,12 @@ my $node = PostgreSQL::Test::Cluster->new('install_safety');
 $node->init;
 $node->start;
 
+# The install script of the version CREATE EXTENSION installs.
+my ($version) = slurp_file(
+	$node->config_data('--sharedir') . '/extension/idempotency.control')
+  =~ /^default_version = '([^']+)'/m;
 my $script = slurp_file(
-	$node->config_data('--sharedir') . '/extension/idempotency--1.0.sql');
+	$node->config_data('--sharedir') . "/extension/idempotency--$version.sql");
 
 # Every name the script calls a function by, with a few argument lists
 # each, and every operator it could use, all in schema idempotency; each
@@ -122,7 +126,7 @@ $node->safe_psql('postgres', 'REVOKE CREATE ON SCHEMA idempotency FROM regress_d
 is($node->safe_psql('postgres', q{
 	CREATE EXTENSION idempotency;
 	SELECT extversion FROM pg_extension WHERE extname = 'idempotency'}),
-	'1.0', 'an empty schema the installing role owns is used');
+	$version, 'an empty schema the installing role owns is used');
 $node->safe_psql('postgres', q{
 	DROP EXTENSION idempotency;
 	CREATE ROLE regress_other_super SUPERUSER;
@@ -132,7 +136,7 @@ $node->safe_psql('postgres', q{
 is($node->safe_psql('postgres', q{
 	CREATE EXTENSION idempotency;
 	SELECT extversion FROM pg_extension WHERE extname = 'idempotency'}),
-	'1.0', 'an empty schema another superuser owns is used');
+	$version, 'an empty schema another superuser owns is used');
 $node->safe_psql('postgres', 'DROP EXTENSION idempotency; DROP SCHEMA idempotency');
 
 # The second wall.  Run the script by hand, as CREATE EXTENSION would

@@ -1,4 +1,4 @@
-/* idempotency--1.0.sql */
+/* idempotency--1.0.0.sql: the first release, frozen; later versions change it only through upgrade scripts */
 
 \echo Use "CREATE EXTENSION idempotency" to load this file. \quit
 
