@@ -1137,3 +1137,28 @@ GRANT SELECT ON idempotency.claims, idempotency.leases, idempotency.tokens TO id
 GRANT SELECT ON idempotency.policies TO PUBLIC;
 GRANT INSERT, UPDATE, DELETE
 	ON idempotency.machines, idempotency.transitions, idempotency.policies TO idempotency_admin;
+
+--------------------------------------------------------------------------
+-- Preloading
+--
+-- Without shared_preload_libraries = 'idempotency' the snowflake
+-- generator, the counters and the purge worker are absent.  Say so when
+-- the extension is created, rather than at the first snowflake_id().
+--------------------------------------------------------------------------
+
+CREATE FUNCTION idempotency.idem_preloaded()
+RETURNS boolean
+	AS 'MODULE_PATHNAME', 'idem_preloaded'
+	LANGUAGE C STABLE PARALLEL SAFE;
+COMMENT ON FUNCTION idempotency.idem_preloaded() IS
+	'whether the server preloads the library (shared_preload_libraries), which snowflake IDs, the counters and the purge worker need';
+
+DO $preload$
+BEGIN
+	IF NOT idempotency.idem_preloaded() THEN
+		RAISE WARNING 'idempotency is not loaded via "shared_preload_libraries"'
+			USING DETAIL = 'snowflake_id(), the counters in idempotency.stats and the purge worker need it; the other functions work.',
+				  HINT = 'Add idempotency to "shared_preload_libraries" in postgresql.conf and restart the server.';
+	END IF;
+END
+$preload$;

@@ -17,7 +17,7 @@ SELECT * FROM idem_transition('payments', 1, 'paid');
 SELECT * FROM idem_transition('payments', 1, 'paid');
 -- Illegal (the state stays), stale, not found.
 SELECT * FROM idem_transition('payments', 1, 'failed');
-SELECT * FROM idem_transition('payments', 1, 'nonsense');
+SELECT pg_temp.fails($$SELECT * FROM idempotency.idem_transition('payments', 1, 'nonsense')$$) AS unknown_state;
 SELECT * FROM idem_transition('payments', 2, 'paid', expected_version => 7);
 SELECT * FROM idem_transition('payments', 2, 'paid', expected_version => 1);
 SELECT * FROM idem_transition('payments', 99, 'paid');

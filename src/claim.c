@@ -496,6 +496,7 @@ idem_claim(PG_FUNCTION_ARGS)
 	char		argnulls[6];
 	HeapTupleHeader result;
 	IdemUserSave save;
+	Datum		memo;
 
 	claim_key_args(fcinfo, 0, 3, &k);
 	IdemCheckScope(k.scope, &policy);
@@ -535,6 +536,10 @@ idem_claim(PG_FUNCTION_ARGS)
 	IdemRequireArg(fcinfo, 5, "wait");
 	wait = PG_GETARG_BOOL(5);
 
+	/* The same call spread over a row's columns answers once (memo.c). */
+	if (IdemMemoFind(fcinfo, &memo))
+		PG_RETURN_DATUM(memo);
+
 	cache = IdemGetResultCache(fcinfo, outcome_names, NUM_OUTCOMES);
 	tupdesc = cache->tupdesc;
 	memset(nulls, true, sizeof(nulls));
@@ -547,7 +552,7 @@ idem_claim(PG_FUNCTION_ARGS)
 		values[RES_OUTCOME] = cache->outcomes[OUTCOME_IN_PROGRESS];
 		nulls[RES_OUTCOME] = false;
 		IdemCount(IDEM_CLAIMS_IN_PROGRESS);
-		PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(tupdesc, values, nulls)));
+		return IdemMemoKeep(fcinfo, HeapTupleGetDatum(heap_form_tuple(tupdesc, values, nulls)));
 	}
 
 	IdemConnectSPI();
@@ -653,7 +658,7 @@ idem_claim(PG_FUNCTION_ARGS)
 	result = SPI_returntuple(heap_form_tuple(tupdesc, values, nulls), tupdesc);
 	SPI_finish();
 	IdemRestoreUser(&save);
-	PG_RETURN_DATUM(PointerGetDatum(result));
+	return IdemMemoKeep(fcinfo, PointerGetDatum(result));
 }
 
 static void
@@ -689,6 +694,8 @@ owner_write(const ClaimKey *k, int64 token, ClaimPlan plan, Datum *args,
 {
 	ClaimRow	row;
 
+	/* What idem_claim answered in this expression no longer holds. */
+	IdemMemoForget();
 	for (int tries = 0;; tries++)
 	{
 		read_row(k, &row);

@@ -785,6 +785,20 @@ initial_states(GuardMachine *m)
 	return state_list(m, m->initial);
 }
 
+/* Every state of a machine, for a message. */
+char *
+GuardStateNames(GuardMachine *m)
+{
+	bool	   *all = palloc(sizeof(bool) * Max(m->nstates, 1));
+	char	   *list;
+
+	for (int i = 0; i < m->nstates; i++)
+		all[i] = true;
+	list = state_list(m, all);
+	pfree(all);
+	return list;
+}
+
 /*
  * Are two values of a type the same?  Varlena values are compared by
  * content, whatever their header or compression.

@@ -41,6 +41,7 @@ char	   *idem_epoch_string = NULL;
 int64		idem_epoch_unix_ms = INT64CONST(1577836800000);	/* 2020-01-01 UTC */
 int			idem_max_lead_ms = 1000;
 int			idem_test_clock_shift_ms = 0;
+bool		idem_require_policy = false;
 
 /* Shared state, NULL unless the library was preloaded. */
 IdemShared *idem_shared = NULL;
@@ -56,6 +57,19 @@ static char *copy_raw_setting(const char *name);
 static void refuse_rejected_settings(const char *raw_node_id, const char *raw_epoch);
 static bool check_epoch(char **newval, void **extra, GucSource source);
 static void assign_epoch(const char *newval, void *extra);
+
+PG_FUNCTION_INFO_V1(idem_preloaded);
+
+/*
+ * idem_preloaded() → boolean: whether the server loaded the library
+ * through shared_preload_libraries, which the snowflake generator, the
+ * counters and the purge worker need.
+ */
+Datum
+idem_preloaded(PG_FUNCTION_ARGS)
+{
+	PG_RETURN_BOOL(idem_shared != NULL);
+}
 
 /*
  * Plans kept before idempotency.guard_rewrite changed are planned again,
@@ -138,6 +152,16 @@ _PG_init(void)
 							 PGC_USERSET,
 							 0,
 							 NULL, assign_guard_rewrite, NULL);
+
+	DefineCustomBoolVariable("idempotency.require_policy",
+							 "Refuses scopes that have no row in idempotency.policies.",
+							 "Catches a misspelt scope, which would otherwise be used "
+							 "with the default limits.  The scope 'default' needs no row.",
+							 &idem_require_policy,
+							 false,
+							 PGC_SUSET,
+							 0,
+							 NULL, NULL, NULL);
 
 	DefineCustomStringVariable("idempotency.database",
 							   "Sets the database the purge worker connects to.",

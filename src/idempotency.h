@@ -117,6 +117,7 @@ extern char *idem_epoch_string;
 extern int64 idem_epoch_unix_ms;
 extern int	idem_max_lead_ms;
 extern int	idem_test_clock_shift_ms;
+extern bool idem_require_policy;
 
 extern IdemShared *IdemRequireShared(const char *what);
 
@@ -130,7 +131,7 @@ typedef struct IdemPolicy
 	bool		require_fingerprint;	/* claims must carry one */
 } IdemPolicy;
 
-extern void IdemCheckScope(text *scope, IdemPolicy *p);
+extern bool IdemCheckScope(text *scope, IdemPolicy *p);
 extern Interval *IdemPolicyTtlArg(FunctionCallInfo fcinfo, int n, const char *what,
 								  const IdemPolicy *p, text *scope);
 
@@ -162,6 +163,11 @@ extern Size IdemStatsShmemSize(void);
 extern void IdemStatsShmemInit(IdemStatsShared *stats, bool found);
 extern void IdemCountN(IdemCounter c, uint64 n);
 #define IdemCount(c) IdemCountN((c), 1)
+
+/* memo.c */
+extern bool IdemMemoFind(FunctionCallInfo fcinfo, Datum *result);
+extern Datum IdemMemoKeep(FunctionCallInfo fcinfo, Datum result);
+extern void IdemMemoForget(void);
 
 /* util.c */
 typedef struct IdemPlanDef

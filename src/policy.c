@@ -10,6 +10,10 @@
  * the hard limits.  A default_ttl longer than max_ttl counts as max_ttl,
  * so that a row giving only a short max_ttl means what it says.
  *
+ * Strictness.  With idempotency.require_policy on, a scope without a row
+ * (but "default") is refused, so that a misspelt scope fails instead of
+ * quietly getting the defaults.
+ *
  * Access.  A scope's allowed_roles lists the roles whose members may use
  * it; NULL (and a scope without a row) means every role with the
  * privileges of idempotency_user.  Roles with the privileges of
@@ -67,6 +71,7 @@ typedef struct PolicyEntry
 {
 	char		scope[POLICY_MAX_SCOPE_BYTES + 1];	/* hash key */
 	IdemPolicy	policy;			/* the limits */
+	bool		has_row;		/* the scope has a row (else: the defaults) */
 	bool		any_user;		/* allowed_roles is NULL */
 	int			nroles;			/* how many roles allowed_roles lists */
 	Oid		   *roles;			/* which (NULL elements left out) */
@@ -117,6 +122,7 @@ default_policy(PolicyEntry *e)
 	e->policy.lease.time = (int64) 60 * USECS_PER_SEC;
 	e->policy.max_key_length = 255;
 	e->policy.require_fingerprint = false;
+	e->has_row = false;
 	e->any_user = true;
 	e->nroles = 0;
 	e->roles = NULL;
@@ -154,6 +160,7 @@ read_policy(const char *scope, PolicyEntry *e, MemoryContext cxt)
 		p->default_ttl = *IdemShorter(&p->max_ttl, &p->default_ttl);
 
 		roles = SPI_getbinval(tup, desc, 6, &isnull);
+		e->has_row = true;
 		e->any_user = isnull;
 		e->nroles = 0;
 		e->roles = NULL;
@@ -235,6 +242,7 @@ policy_entry(const char *name, PolicyEntry *local)
 		return local;
 	entry = hash_search(policy_cache, name, HASH_ENTER, &found);
 	entry->policy = local->policy;
+	entry->has_row = local->has_row;
 	entry->any_user = local->any_user;
 	entry->nroles = local->nroles;
 	entry->roles = NULL;
@@ -293,13 +301,30 @@ refuse(const char *scope, Oid role, const PolicyEntry *e)
 }
 
 /*
- * Check that the calling role (the current user) may use the scope, and
- * copy its policy into *p (if p is not NULL).  Call it before anything
- * else that depends on the scope, and before IdemAsOwner.  Scopes longer
- * than a policy's (keyed locks allow 1,024 bytes) have no row: they get
- * the defaults, checked on every call.
+ * A scope without a row while idempotency.require_policy is on: most
+ * likely a misspelt one.  Raised after the access check, so that it tells
+ * a caller nothing about a scope the caller may not use.
  */
-void
+static void
+refuse_unlisted(const char *scope)
+{
+	ereport(ERROR,
+			(errcode(ERRCODE_UNDEFINED_OBJECT),
+			 errmsg("idempotency scope \"%s\" has no policy", scope),
+			 errdetail("idempotency.require_policy is on, so every scope but \"default\" needs a row in idempotency.policies."),
+			 errhint("Check the scope's spelling, or have an idempotency_admin add it: INSERT INTO idempotency.policies (scope) VALUES (%s).",
+					 quote_literal_cstr(scope))));
+}
+
+/*
+ * Check that the calling role (the current user) may use the scope, and
+ * copy its policy into *p (if p is not NULL); true if the scope has a row
+ * in idempotency.policies.  Call it before anything else that depends on
+ * the scope, and before IdemAsOwner.  Scopes longer than a policy's
+ * (keyed locks allow 1,024 bytes) have no row: they get the defaults,
+ * checked on every call.
+ */
+bool
 IdemCheckScope(text *scope, IdemPolicy *p)
 {
 	char		name[POLICY_MAX_SCOPE_BYTES + 1];
@@ -332,8 +357,12 @@ IdemCheckScope(text *scope, IdemPolicy *p)
 	}
 	if (!entry->allowed)
 		refuse(text_to_cstring(scope), role, entry);
+	if (idem_require_policy && !entry->has_row &&
+		!(len == 7 && memcmp(VARDATA_ANY(scope), "default", 7) == 0))
+		refuse_unlisted(text_to_cstring(scope));
 	if (p)
 		*p = entry->policy;
+	return entry->has_row;
 }
 
 /*

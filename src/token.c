@@ -31,6 +31,7 @@
 #include "executor/spi.h"
 #include "fmgr.h"
 #include "utils/builtins.h"
+#include "utils/datetime.h"
 #include "utils/timestamp.h"
 
 #include "idempotency.h"
@@ -79,6 +80,34 @@ token_digest(const uint8 *raw)
 }
 
 /*
+ * idem_token_issue('1 hour') names a scope "1 hour": the scope comes
+ * first.  A scope without a policy row that reads as an interval is taken
+ * for that mistake and refused; a scope with a row is used as named.
+ */
+static void
+refuse_lifetime_as_scope(text *scope)
+{
+	char	   *s = text_to_cstring(scope);
+	char		workbuf[MAXDATELEN + 1];
+	char	   *fields[MAXDATEFIELDS];
+	int			ftypes[MAXDATEFIELDS];
+	int			nf;
+	int			dtype;
+	struct pg_itm_in itm;
+
+	if (strlen(s) >= sizeof(workbuf) ||
+		ParseDateTime(s, workbuf, sizeof(workbuf), fields, ftypes, MAXDATEFIELDS, &nf) != 0 ||
+		DecodeInterval(fields, ftypes, nf, INTERVAL_FULL_RANGE, &dtype, &itm) != 0)
+		return;
+	ereport(ERROR,
+			(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+			 errmsg("scope \"%s\" looks like a lifetime", s),
+			 errdetail("The first argument of idem_token_issue is the scope; the lifetime is the second."),
+			 errhint("Pass the lifetime by name, idem_token_issue(ttl => '%s'), or after a scope, idem_token_issue('my-scope', '%s').",
+					 s, s)));
+}
+
+/*
  * idem_token_issue(scope, ttl) → text; ttl NULL: an hour, or max_ttl if shorter
  */
 Datum
@@ -93,7 +122,8 @@ idem_token_issue(PG_FUNCTION_ARGS)
 	Datum		args[3];
 	IdemUserSave save;
 
-	IdemCheckScope(scope, &policy);
+	if (!IdemCheckScope(scope, &policy))
+		refuse_lifetime_as_scope(scope);
 	if (PG_ARGISNULL(1))
 	{
 		/* An hour, unless the scope's max_ttl is shorter. */

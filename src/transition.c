@@ -522,6 +522,19 @@ idem_transition(PG_FUNCTION_ARGS)
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("table \"%s\" has no version column", RelationGetRelationName(rel)),
 				 errhint("Pass expected_version => NULL, or guard the table with a version column.")));
+	if (GuardStateByName(g, to_state) < 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("\"%s\" is not a state of machine \"%s\"", to_state, g->machine->name),
+				 errdetail("Its states are %s.", GuardStateNames(g->machine)),
+				 errhint("Pass one of them as to_state, or add the state to the machine with idem_machine().")));
+
+	/* The same call spread over a row's columns answers once (memo.c). */
+	if (IdemMemoFind(fcinfo, &res))
+	{
+		table_close(rel, NoLock);
+		PG_RETURN_DATUM(res);
+	}
 
 	/*
 	 * g points into the guard cache, and the statements below run user
@@ -651,5 +664,5 @@ idem_transition(PG_FUNCTION_ARGS)
 	res = SPI_datumTransfer(res, false, -1);
 	SPI_finish();
 	table_close(rel, NoLock);
-	PG_RETURN_DATUM(res);
+	return IdemMemoKeep(fcinfo, res);
 }

@@ -11,8 +11,18 @@ my $node = PostgreSQL::Test::Cluster->new('snowflake_without_preload');
 $node->init;
 $node->start;
 
+my $log_start = -s $node->logfile;
 my ($ret, $out, $err) = $node->psql('postgres', 'CREATE EXTENSION idempotency');
 is($ret, 0, 'CREATE EXTENSION works without shared_preload_libraries');
+like($err, qr/WARNING:\s+idempotency is not loaded via "shared_preload_libraries"/,
+	'and warns that the library is not preloaded');
+like($err, qr/HINT:\s+Add idempotency to "shared_preload_libraries"/,
+	'with a hint that names the setting');
+like(substr(slurp_file($node->logfile), $log_start),
+	qr/WARNING:\s+idempotency is not loaded via "shared_preload_libraries"/,
+	'the server log has the warning too');
+is($node->safe_psql('postgres', 'SELECT idempotency.idem_preloaded()'),
+	'f', 'idem_preloaded() says so');
 
 ($ret, $out, $err) = $node->psql('postgres',
 	q{\set VERBOSITY verbose
