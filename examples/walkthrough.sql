@@ -11,7 +11,9 @@
 \setenv PGUSER :USER
 \setenv PGDATABASE :DBNAME
 CREATE EXTENSION IF NOT EXISTS idempotency;
-SET search_path = idempotency, public;
+-- Your own tables first, then the extension's functions, types and operators:
+-- CREATE TABLE keeps creating tables where it did.
+SET search_path = public, idempotency;
 
 \echo
 \echo '== 1. Snowflake IDs: 64-bit, time-ordered, unique across every session.'
@@ -110,7 +112,7 @@ SELECT outcome, attempts FROM idem_claim('key-456', '24 hours');
 \echo '== 13. The owner crashed; its lease runs out and the next caller takes'
 \echo '       over with a higher fencing token and the last recovery point.'
 SELECT idem_checkpoint('key-456', :slow_token, 'card authorised');
-UPDATE claims SET lease_until = clock_timestamp() WHERE key = 'key-456';  -- fast-forward
+UPDATE idempotency.claims SET lease_until = clock_timestamp() WHERE key = 'key-456';  -- fast-forward
 SELECT outcome, token > :slow_token AS higher_token, recovery_point, attempts
 FROM idem_claim('key-456', '24 hours');
 \echo '     The old owner comes back and is fenced out (SQLSTATE 40001):'
@@ -120,22 +122,22 @@ SELECT idem_complete('key-456', :slow_token, '{"late": true}', 200);
 \set ON_ERROR_STOP 1
 
 DROP TABLE demo_payments;
-DELETE FROM claims WHERE key IN ('key-123', 'key-456');
+DELETE FROM idempotency.claims WHERE key IN ('key-123', 'key-456');
 
 \echo
 \echo '== 14. State machines.  An order may only move along these transitions,'
 \echo '       whoever writes: the application, psql, a bulk UPDATE or COPY.'
 SELECT idem_machine('demo_order', 'pending->paid', 'paid->shipped', 'pending->cancelled', 'paid->refunded');
-CREATE TABLE public.demo_orders (id int PRIMARY KEY, state text NOT NULL, version int NOT NULL DEFAULT 0);
-SELECT idem_guard('public.demo_orders', machine => 'demo_order', version_column => 'version');
-INSERT INTO public.demo_orders (id, state) VALUES (1, 'pending');
-UPDATE public.demo_orders SET state = 'paid' WHERE id = 1;
-SELECT id, state, version FROM public.demo_orders;
+CREATE TABLE demo_orders (id int PRIMARY KEY, state text NOT NULL, version int NOT NULL DEFAULT 0);
+SELECT idem_guard('demo_orders', machine => 'demo_order', version_column => 'version');
+INSERT INTO demo_orders (id, state) VALUES (1, 'pending');
+UPDATE demo_orders SET state = 'paid' WHERE id = 1;
+SELECT id, state, version FROM demo_orders;
 
 \echo
 \echo '== 15. A refused jump: paid orders cannot go back to pending (SQLSTATE 23514).'
 \set ON_ERROR_STOP 0
-UPDATE public.demo_orders SET state = 'pending' WHERE id = 1;
+UPDATE demo_orders SET state = 'pending' WHERE id = 1;
 \echo SQLSTATE :LAST_ERROR_SQLSTATE
 \set ON_ERROR_STOP 1
 
@@ -143,41 +145,47 @@ UPDATE public.demo_orders SET state = 'pending' WHERE id = 1;
 \echo '== 16. The payment provider calls back twice.  The repeat changes nothing'
 \echo '       and is skipped (UPDATE 0): the version stays.'
 \set QUIET off
-UPDATE public.demo_orders SET state = 'paid' WHERE id = 1;
+UPDATE demo_orders SET state = 'paid' WHERE id = 1;
 \set QUIET on
-SELECT id, state, version FROM public.demo_orders;
+SELECT id, state, version FROM demo_orders;
 
 \echo
 \echo '== 17. Optimistic locking: two clients read version 2; the first ships,'
 \echo '       the second, still at version 2, is refused as stale (SQLSTATE 40001).'
-UPDATE public.demo_orders SET state = 'shipped', version = 2 WHERE id = 1;
+UPDATE demo_orders SET state = 'shipped', version = 2 WHERE id = 1;
 \set ON_ERROR_STOP 0
-UPDATE public.demo_orders SET state = 'refunded', version = 2 WHERE id = 1;
+UPDATE demo_orders SET state = 'refunded', version = 2 WHERE id = 1;
 \echo SQLSTATE :LAST_ERROR_SQLSTATE
 \set ON_ERROR_STOP 1
-SELECT id, state, version FROM public.demo_orders;
+SELECT id, state, version FROM demo_orders;
 
-DROP TABLE public.demo_orders;
-DELETE FROM machines WHERE name = 'demo_order';
+DROP TABLE demo_orders;
+DELETE FROM idempotency.machines WHERE name = 'demo_order';
 
 \echo
 \echo '== 18. Pessimistic flow: a payment callback locks the row (FOR UPDATE),'
 \echo '       is judged on the locked row, and is applied.'
 SELECT idem_machine('demo_payment', 'pending->paid', 'paid->refunded', 'pending->failed');
-CREATE TABLE public.demo_payments (id bigint PRIMARY KEY, state text NOT NULL, version int NOT NULL DEFAULT 0);
-SELECT idem_guard('public.demo_payments', machine => 'demo_payment', version_column => 'version');
-INSERT INTO public.demo_payments (id, state) VALUES (7, 'pending');
+CREATE TABLE demo_payments (id bigint PRIMARY KEY, state text NOT NULL, version int NOT NULL DEFAULT 0);
+SELECT idem_guard('demo_payments', machine => 'demo_payment', version_column => 'version');
+INSERT INTO demo_payments (id, state) VALUES (7, 'pending');
 BEGIN;
-SELECT * FROM idem_transition('public.demo_payments', 7, 'paid');
+SELECT * FROM idem_transition('demo_payments', 7, 'paid');
 \echo '   Meanwhile the provider retries the callback from another session, with'
 \echo '   lock => ''nowait'': it is locked out at once instead of queueing.'
-\set second_sql 'SELECT * FROM idempotency.idem_transition(''public.demo_payments'', 7, ''paid'', lock => ''nowait'')'
+\set second_sql 'SELECT * FROM idempotency.idem_transition(''demo_payments'', 7, ''paid'', lock => ''nowait'')'
 \ir second_session.psql
 COMMIT;
 \echo '   A third copy after the commit is a duplicate: unchanged.'
-SELECT * FROM idem_transition('public.demo_payments', 7, 'paid');
+SELECT * FROM idem_transition('demo_payments', 7, 'paid');
 \echo '   And a failure notice for a paid payment is illegal; nothing changes.'
-SELECT * FROM idem_transition('public.demo_payments', 7, 'failed');
+SELECT * FROM idem_transition('demo_payments', 7, 'failed');
+\echo '   A callback naming a state the machine does not have is an error that'
+\echo '   lists the states it does have (SQLSTATE 22023).'
+\set ON_ERROR_STOP 0
+SELECT * FROM idem_transition('demo_payments', 7, 'payed');
+\echo SQLSTATE :LAST_ERROR_SQLSTATE
+\set ON_ERROR_STOP 1
 
 \echo
 \echo '== 19. A fenced lease handover.  Worker a holds the nightly job; worker b'
@@ -185,7 +193,7 @@ SELECT * FROM idem_transition('public.demo_payments', 7, 'failed');
 \echo '       greater fencing token, and a, checking before it writes, is refused.'
 SELECT idem_lease_acquire('demo-nightly', 'worker-a', '300 milliseconds') AS a_token \gset
 SELECT idem_lease_acquire('demo-nightly', 'worker-b', '1 minute') IS NULL AS b_must_wait;
-SELECT pg_sleep(0.5);
+SELECT pg_sleep(0.5) \g /dev/null
 SELECT idem_lease_acquire('demo-nightly', 'worker-b', '1 minute') AS b_token \gset
 SELECT :a_token AS a_token, :b_token AS b_token, :b_token > :a_token AS b_is_newer;
 \set ON_ERROR_STOP 0
@@ -206,13 +214,13 @@ SELECT idem_token_issue('demo-confirm', '15 minutes') AS tok \gset
 SELECT idem_token_consume(:'tok', 'demo-confirm') AS first_click;
 SELECT idem_token_consume(:'tok', 'demo-confirm') AS second_click;
 
-DROP TABLE public.demo_payments;
-DELETE FROM machines WHERE name = 'demo_payment';
+DROP TABLE demo_payments;
+DELETE FROM idempotency.machines WHERE name = 'demo_payment';
 
 \echo
 \echo '== 21. A DBA policy for one scope: payments must carry a fingerprint and'
 \echo '       keep keys short; a claim without a ttl gets the scope''s default.'
-INSERT INTO policies (scope, default_ttl, max_ttl, max_key_length, require_fingerprint)
+INSERT INTO idempotency.policies (scope, default_ttl, max_ttl, max_key_length, require_fingerprint)
 VALUES ('demo-payments', '2 hours', '48 hours', 64, true);
 \set ON_ERROR_STOP 0
 SELECT idem_claim('order-1001', scope => 'demo-payments');
@@ -220,16 +228,24 @@ SELECT idem_claim('order-1001', scope => 'demo-payments');
 \set ON_ERROR_STOP 1
 SELECT outcome, expires_at - now() < interval '2 hours 1 minute' AS lives_two_hours
 FROM idem_claim('order-1001', fingerprint => idem_fingerprint('{"amount": 10}'), scope => 'demo-payments');
+\echo '     With idempotency.require_policy on, a misspelt scope is refused'
+\echo '     instead of quietly getting the default limits (SQLSTATE 42704).'
+SET idempotency.require_policy = on;
+\set ON_ERROR_STOP 0
+SELECT outcome FROM idem_claim('order-1002', fingerprint => idem_fingerprint('{"amount": 10}'), scope => 'demo-paymnets');
+\echo SQLSTATE :LAST_ERROR_SQLSTATE
+\set ON_ERROR_STOP 1
+RESET idempotency.require_policy;
 
 \echo
 \echo '== 22. Expired rows go by themselves (the purge worker, every minute by'
 \echo '       default) or on demand; the counters show what happened.'
 SELECT backend_type, datname FROM pg_stat_activity WHERE backend_type = 'idempotency purge worker';
 SELECT outcome AS claimed_briefly FROM idem_claim('demo-short', '100 milliseconds');
-SELECT pg_sleep(0.2);
+SELECT pg_sleep(0.2) \g /dev/null
 SELECT idem_purge() AS purged_now;
-SELECT claims_claimed, claims_replayed, claims_in_progress, claims_mismatched, purged_rows FROM stats;
+SELECT claims_claimed, claims_replayed, claims_in_progress, claims_mismatched, purged_rows FROM idempotency.stats;
 
-DELETE FROM policies WHERE scope = 'demo-payments';
+DELETE FROM idempotency.policies WHERE scope = 'demo-payments';
 \echo
 \echo 'Done.  See README.md for the full reference.'

@@ -7,7 +7,7 @@
 # Usage: bash scripts/demo.sh     (as root, or as a user with sudo)
 
 source "$(dirname "$0")/lib.sh"
-IDEM_WORK=${IDEM_WORK:-/tmp/idempotency-demo}
+idem_workdir demo
 
 idem_packages
 idem_owner
@@ -15,6 +15,8 @@ idem_build
 idem_start_cluster
 
 say "walkthrough (examples/walkthrough.sql)"
-as_owner psql -X -q -v ON_ERROR_STOP=1 --echo-queries \
-	-f "$IDEM_WORK/src/examples/walkthrough.sql"
+# Read from standard input, so that errors the walkthrough shows on purpose
+# read as psql prints them to a user, without the file name and line.
+(cd "$IDEM_WORK/src/examples" &&
+	as_owner psql -X -q -v ON_ERROR_STOP=1 --echo-queries <walkthrough.sql)
 say "stopping the cluster"

@@ -8,8 +8,10 @@
 # needed); run as another user, that user owns the cluster and sudo is used
 # for apt-get and "make install".
 #
-# Every step can be repeated: a cluster left running by an interrupted run
-# is stopped, and the work directory is made anew each time.
+# Every step can be repeated.  Each run works in a directory of its own
+# (idem_workdir), so that two runs at once never share a build or a
+# cluster: the cluster listens only on a socket in that directory, so the
+# port number may be the same.  Both do install into the same PostgreSQL.
 #
 # PG chooses the major: 15, the one Debian 12 packages, by default.  Any
 # other (17, 18) comes from packages too when the machine's apt sources
@@ -122,6 +124,30 @@ idem_owner() {
 	fi
 }
 
+# Choose this run's work directory: $IDEM_WORK if given (made anew), or a
+# new /tmp/idempotency-NAME.XXXXXX, removed at exit unless the run failed
+# or IDEM_KEEP_WORK=1.
+idem_workdir() {
+	if [ -z "${IDEM_WORK:-}" ]; then
+		IDEM_WORK=$(mktemp -d "/tmp/idempotency-$1.XXXXXX")
+		IDEM_WORK_MADE=yes
+	fi
+}
+
+# At exit: stop the cluster, and remove a work directory idem_workdir made
+# if the run succeeded.
+idem_exit() {
+	local status=$1
+	idem_stop_cluster
+	if [ "${IDEM_WORK_MADE:-}" = yes ] && [ -d "$IDEM_WORK" ]; then
+		if [ "$status" -eq 0 ] && [ -z "${IDEM_KEEP_WORK:-}" ]; then
+			rm -rf "$IDEM_WORK"
+		else
+			echo "(the cluster's log and the suites' output are kept in $IDEM_WORK)"
+		fi
+	fi
+}
+
 # Copy the source tree to $IDEM_WORK/src, build it there as the owner
 # with warnings as errors, and install it.
 idem_build() {
@@ -161,5 +187,5 @@ idem_start_cluster() {
 	} | as_owner tee -a "$IDEM_WORK/data/postgresql.conf" >/dev/null
 	as_owner "$PG_BIN/pg_ctl" -D "$IDEM_WORK/data" -l "$IDEM_WORK/postgres.log" -w start >/dev/null
 	export PGHOST=$IDEM_WORK/sock PGPORT=$IDEM_PORT PGDATABASE=postgres
-	trap idem_stop_cluster EXIT
+	trap 'idem_exit $?' EXIT
 }

@@ -37,7 +37,7 @@ fi
 [ -z "${PG:-}" ] || PG=${majors[0]}
 
 source "$(dirname "$0")/lib.sh"
-IDEM_WORK=${IDEM_WORK:-/tmp/idempotency-test}
+idem_workdir test
 
 idem_packages tests
 idem_owner
