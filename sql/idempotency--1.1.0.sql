@@ -8,6 +8,9 @@
 -- generates no DDL (no EXECUTE of built strings): what it creates is
 -- written out below.  Function bodies are resolved when called, under the
 -- search_path each function pins.
+
+--------------------------------------------------------------------------
+-- Schema and roles
 --
 -- The schema is created by CREATE EXTENSION (control file: schema), owned
 -- by the installing role.  If it existed before, whoever could create
@@ -16,6 +19,8 @@
 -- other than the installing one or a superuser owns (a restored dump
 -- hands it to its first installer), that grants CREATE to such a role, or
 -- that holds anything already is refused before anything else runs.
+--------------------------------------------------------------------------
+
 DO $schema$
 DECLARE
 	nsp pg_catalog.pg_namespace;
@@ -912,14 +917,16 @@ COMMENT ON FUNCTION idempotency.idem_unguard(regclass) IS
 REVOKE ALL ON FUNCTION idempotency.idem_unguard(regclass) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION idempotency.idem_unguard(regclass) TO idempotency_admin;
 
+--------------------------------------------------------------------------
+-- Pessimistic flows
 --
--- Pessimistic flows: the transition executor, keyed locks, leases with
--- fencing tokens, one-time tokens (src/transition.c, lock.c, lease.c,
--- token.c).  idem_transition runs with the caller's rights on the caller's
--- table; the lock, lease and token functions, like the claim functions,
--- check the caller's access to the scope and then work on the extension's
--- tables with its owner's rights.
---
+-- The transition executor, keyed locks, leases with fencing tokens,
+-- one-time tokens (src/transition.c, lock.c, lease.c, token.c).
+-- idem_transition runs with the caller's rights on the caller's table; the
+-- lock, lease and token functions, like the claim functions, check the
+-- caller's access to the scope and then work on the extension's tables
+-- with its owner's rights.
+--------------------------------------------------------------------------
 
 CREATE TYPE idempotency.idem_transition_outcome AS ENUM
 	('applied', 'unchanged', 'illegal', 'stale', 'locked', 'not_found');
@@ -1069,10 +1076,13 @@ COMMENT ON FUNCTION idempotency.idem_token_consume(text, text) IS
 REVOKE ALL ON FUNCTION idempotency.idem_token_consume(text, text) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION idempotency.idem_token_consume(text, text) TO idempotency_user;
 
+--------------------------------------------------------------------------
+-- Counters
 --
--- Counters (src/stats.c): cluster-wide, kept in shared memory, since the
--- last reset or server start.
---
+-- Cluster-wide, kept in shared memory (src/stats.c), since the last reset
+-- or server start.
+--------------------------------------------------------------------------
+
 CREATE FUNCTION idempotency.idem_stats(
 	OUT claims_claimed bigint, OUT claims_replayed bigint, OUT claims_in_progress bigint,
 	OUT claims_mismatched bigint, OUT claims_reclaimed bigint, OUT purged_rows bigint,
