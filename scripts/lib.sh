@@ -161,6 +161,13 @@ idem_build() {
 	say "building idempotency (-Wall -Wextra -Werror)"
 	as_owner make -s -C "$IDEM_WORK/src" PG_CONFIG="$PG_CONFIG" -j2
 	as_root make -s -C "$IDEM_WORK/src" PG_CONFIG="$PG_CONFIG" install
+	# make install leaves scripts of versions the tree no longer has (a
+	# renamed one): remove them, so that what is installed is the tree.
+	local f ext
+	ext=$("$PG_CONFIG" --sharedir)/extension
+	for f in "$ext"/idempotency--*.sql; do
+		[ ! -e "$f" ] || [ -e "$IDEM_WORK/src/sql/${f##*/}" ] || as_root rm -f "$f"
+	done
 }
 
 idem_stop_cluster() {
