@@ -86,19 +86,7 @@ is($node->safe_psql('restored', q{SET ROLE tap_tenant; SELECT idempotency.idem_l
 	't', 'and let the listed role in');
 
 # The idempotency state.
-is($node->safe_psql('restored', q{
-	SELECT outcome || ' ' || response::text || ' ' || status
-	FROM idempotency.idem_claim('done', '1 day', idempotency.idem_fingerprint('{"amount": 10.0}'))}),
-	'completed {"paid": 10} 201', 'a completed claim is replayed after the move');
-is($node->safe_psql('restored', q{
-	SELECT outcome FROM idempotency.idem_claim('done', '1 day', idempotency.idem_fingerprint('{"amount": 11}'))}),
-	'mismatch', 'and a changed payload is a mismatch');
-is($node->safe_psql('restored', q{
-	SELECT outcome FROM idempotency.idem_claim('live', '1 day', wait => false)}),
-	'in_progress', 'a claim in progress is still in progress');
-is($node->safe_psql('restored', qq{
-	SELECT idempotency.idem_complete('live', $live_token, '{"ok": true}', 200)}),
-	't', 'and its owner completes it with the token it had');
+check_claims_kept($node, 'restored', $live_token, 'the move');
 is($node->safe_psql('restored', q{
 	SELECT count(*) FROM idempotency.claims WHERE key = 'expired'}),
 	'0', 'an expired claim is not carried over');

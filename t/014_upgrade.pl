@@ -139,19 +139,7 @@ is($node->safe_psql('upgraded', q{SELECT extversion FROM pg_extension WHERE extn
 	$default, "ALTER EXTENSION UPDATE reaches the default version $default");
 
 # Claims.
-is($node->safe_psql('upgraded', q{
-	SELECT outcome || ' ' || response::text || ' ' || status
-	FROM idempotency.idem_claim('done', '1 day', idempotency.idem_fingerprint('{"amount": 10.0}'))}),
-	'completed {"paid": 10} 201', 'a completed claim replays its stored response after the update');
-is($node->safe_psql('upgraded', q{
-	SELECT outcome FROM idempotency.idem_claim('done', '1 day', idempotency.idem_fingerprint('{"amount": 11}'))}),
-	'mismatch', 'and a changed payload is a mismatch');
-is($node->safe_psql('upgraded', q{
-	SELECT outcome FROM idempotency.idem_claim('live', '1 day', wait => false)}),
-	'in_progress', 'an open claim is still in progress');
-is($node->safe_psql('upgraded', qq{
-	SELECT idempotency.idem_complete('live', $live_token, '{"ok": true}', 200)}),
-	't', 'and its owner completes it with its token');
+check_claims_kept($node, 'upgraded', $live_token, 'the update');
 is($node->safe_psql('upgraded', q{
 	SELECT outcome || ' ' || response::text FROM idempotency.idem_claim('live', '1 day')}),
 	'completed {"ok": true}', 'which then replays');

@@ -5,8 +5,9 @@ use strict;
 use warnings;
 use Exporter 'import';
 use PostgreSQL::Test::Cluster;
+use Test::More;
 
-our @EXPORT = qw(preloaded_node);
+our @EXPORT = qw(preloaded_node check_claims_kept);
 
 # A new cluster with idempotency in shared_preload_libraries, the given
 # lines appended to postgresql.conf, started, and the extension created in
@@ -22,6 +23,30 @@ sub preloaded_node
 	$node->start;
 	$node->safe_psql('postgres', 'CREATE EXTENSION idempotency');
 	return $node;
+}
+
+# Claims made before a move (a dump and restore, an update), checked in
+# database $db after it ($after names the move): 'done', completed with
+# {"paid": 10} and status 201 under the fingerprint of {"amount": 10}, and
+# 'live', in progress under $live_token.
+sub check_claims_kept
+{
+	my ($node, $db, $live_token, $after) = @_;
+
+	is($node->safe_psql($db, q{
+		SELECT outcome || ' ' || response::text || ' ' || status
+		FROM idempotency.idem_claim('done', '1 day', idempotency.idem_fingerprint('{"amount": 10.0}'))}),
+		'completed {"paid": 10} 201', "a completed claim replays its stored response after $after");
+	is($node->safe_psql($db, q{
+		SELECT outcome FROM idempotency.idem_claim('done', '1 day', idempotency.idem_fingerprint('{"amount": 11}'))}),
+		'mismatch', 'and a changed payload is a mismatch');
+	is($node->safe_psql($db, q{
+		SELECT outcome FROM idempotency.idem_claim('live', '1 day', wait => false)}),
+		'in_progress', 'a claim in progress is still in progress');
+	is($node->safe_psql($db, qq{
+		SELECT idempotency.idem_complete('live', $live_token, '{"ok": true}', 200)}),
+		't', 'and its owner completes it with the token it had');
+	return;
 }
 
 1;
