@@ -53,3 +53,15 @@ EXTRA_CLEAN = results output_iso tmp_check log regression.diffs regression.out
 PG_CONFIG ?= pg_config
 PGXS := $(shell $(PG_CONFIG) --pgxs)
 include $(PGXS)
+
+# PGXN: "make dist" writes $(EXTENSION)-$(EXTVERSION).zip, a git archive of
+# the committed HEAD under the one directory $(EXTENSION)-$(EXTVERSION)/,
+# and keeps it only if scripts/check-meta.py finds its META.json valid for
+# PGXN (meta spec 1.0.0, versions agreeing with the control file).  PGXS
+# defines no dist target of its own.
+DISTNAME = $(EXTENSION)-$(EXTVERSION)
+.PHONY: dist
+dist:
+	@git diff --quiet HEAD -- || echo "make dist: uncommitted changes are not in $(DISTNAME).zip (git archive HEAD)" >&2
+	git archive --format=zip --prefix=$(DISTNAME)/ -o $(DISTNAME).zip HEAD
+	python3 scripts/check-meta.py $(DISTNAME).zip || { rm -f $(DISTNAME).zip; exit 1; }

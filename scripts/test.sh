@@ -96,6 +96,17 @@ tap_failed=$( (grep -Eo 'Failed [0-9]+/[0-9]+ subtests' "$IDEM_WORK/tap.log" || 
 passed=$((passed + (tap_total > tap_failed ? tap_total - tap_failed : 0)))
 failed=$((failed + tap_failed))
 
+# The packaged major's Debian package, built, installed, tested and removed
+# by scripts/package.sh, counts too; IDEM_SKIP_PACKAGE=1 skips it.
+if [ "$PG_MAJOR" = 15 ] && [ "${IDEM_SKIP_PACKAGE:-0}" != 1 ]; then
+	idem_stop_cluster
+	bash "$IDEM_SRC/scripts/package.sh" 2>&1 | tee "$IDEM_WORK/package.log" || status=1
+	line=$(grep -E '^PostgreSQL 15 package: [0-9]+ ok, [0-9]+ not ok$' "$IDEM_WORK/package.log" | tail -n 1)
+	read -r p f <<<"$(sed -E 's/.*: ([0-9]+) ok, ([0-9]+) not ok/\1 \2/' <<<"${line:-: 0 ok, 1 not ok}")"
+	passed=$((passed + p))
+	failed=$((failed + f))
+fi
+
 say "summary: regression ${result[regression]}, isolation ${result[isolation]}, tap ${result[tap]}"
 # Under PG="15 17 18" each major's line is worded apart, so that the one
 # closing line over all of them is the only "passed, failed" line.
