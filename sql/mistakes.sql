@@ -20,6 +20,7 @@ SELECT pg_temp.fails($$SELECT * FROM idem_claim('m-2', scope => 'chekout')$$) AS
 SELECT pg_temp.fails($$SELECT idem_lookup('m-1', 'chekout')$$) AS lookup_unlisted;
 SELECT pg_temp.fails($$SELECT idem_token_issue('chekout')$$) AS token_unlisted;
 SELECT pg_temp.fails($$SELECT idem_try_lock('x', 'chekout')$$) AS lock_unlisted;
+SELECT pg_temp.fails($$SELECT idem_try_lock('x', repeat('s', 300))$$) AS lock_scope_too_long_for_a_policy;
 SELECT pg_temp.fails($$SELECT idem_lease_acquire('job', 'me', '1 minute', 'chekout')$$) AS lease_unlisted;
 SELECT pg_temp.fails($$SELECT * FROM idem_claim('m-2', scope => 'o''brien')$$) AS quoted_in_hint;
 SELECT outcome FROM idem_claim('m-2', scope => 'checkout');
@@ -35,6 +36,11 @@ RESET idempotency.require_policy;
 -- A lifetime where the scope goes: refused, with the call to make.
 SELECT pg_temp.fails($$SELECT idem_token_issue('1 hour')$$) AS lifetime_as_scope;
 SELECT pg_temp.fails($$SELECT idem_token_issue('90 minutes')$$) AS minutes_as_scope;
+SELECT pg_temp.fails($$SELECT idem_token_issue('01:30')$$) AS time_of_day_as_scope;
+SELECT pg_temp.fails($$SELECT idem_token_issue('PT1H')$$) AS iso_as_scope;
+-- A number, or a name that is no interval, is a scope as before.
+SELECT length(idem_token_issue('42')) AS numeric_scope, length(idem_token_issue('2026')) AS year_scope,
+       length(idem_token_issue('tenant-7')) AS named_scope;
 SELECT length(idem_token_issue(ttl => '1 hour')) AS by_name;
 SELECT length(idem_token_issue('email', '1 hour')) AS scope_first;
 -- A scope that reads as an interval but has a row is what it says.
@@ -50,6 +56,7 @@ SELECT idem_guard('orders', machine => 'order', version_column => 'version') \g 
 INSERT INTO orders (id, state) VALUES (1, 'new');
 SELECT pg_temp.fails($$SELECT * FROM idem_transition('orders', 1, 'payed')$$) AS unknown_state;
 SELECT pg_temp.fails($$SELECT * FROM idem_transition('orders', 404, 'payed')$$) AS unknown_state_missing_row;
+SELECT pg_temp.fails($$SELECT * FROM idem_transition('orders', 1, repeat('x', 100))$$) AS long_unknown_state_cut;
 SELECT outcome, state FROM idem_transition('orders', 1, 'shipped');
 SELECT state, version FROM orders;
 
@@ -102,6 +109,42 @@ ROLLBACK;
 -- idem_transition too: spread, it applies once and reports it.
 SELECT (idem_transition('orders', 1, 'paid')).*;
 SELECT state, version FROM orders;
+-- A call that runs for the same row or key makes what earlier copies
+-- answered stale: the next copy runs again.
+SELECT idem_machine('order', 'new->paid', 'paid->shipped', 'shipped->paid', 'new->cancelled') \g /dev/null
+SELECT (idem_transition('orders', 1, 'shipped')).outcome AS to_shipped,
+       (idem_transition('orders', 1, 'paid')).outcome AS back_to_paid,
+       (idem_transition('orders', 1, 'shipped')).outcome AS shipped_again,
+       (idem_transition('orders', 1, 'shipped')).version AS version;
+SELECT state, version FROM orders;
+BEGIN;
+SELECT (idem_claim('spread-9', lease => '1 second')).outcome AS first,
+       (idem_claim('spread-9', lease => '2 seconds')).outcome AS other_lease,
+       (idem_claim('spread-9', lease => '1 second')).outcome AS first_again;
+ROLLBACK;
+-- Arguments of other types are other calls, even with the same bits.
+CREATE TABLE wide (id bigint PRIMARY KEY, state text NOT NULL, version int NOT NULL DEFAULT 0);
+SELECT idem_guard('wide', machine => 'order', version_column => 'version') \g /dev/null
+INSERT INTO wide (id, state) VALUES (1, 'new'), (4607182418800017408, 'new');
+SELECT (idem_transition('wide', 4607182418800017408::bigint, 'paid')).outcome AS big,
+       (idem_transition('wide', 1.0::float8, 'paid')).outcome AS one;
+SELECT id, state FROM wide ORDER BY id;
+DROP TABLE wide;
+-- A rolled-back subtransaction undoes only what ran in it.
+CREATE FUNCTION pg_temp.claim_and_fail(k text) RETURNS text LANGUAGE plpgsql AS $$
+BEGIN
+	BEGIN
+		PERFORM idem_claim(k);
+		RAISE EXCEPTION 'undo';
+	EXCEPTION WHEN raise_exception THEN
+		RETURN 'rolled back';
+	END;
+END $$;
+BEGIN;
+SELECT (idem_claim('spread-10')).token IS NOT NULL AS has_token,
+       pg_temp.claim_and_fail('spread-11') AS other,
+       (idem_claim('spread-10')).token IS NOT NULL AS still_has_token;
+ROLLBACK;
 
 DROP TABLE orders;
 DELETE FROM machines WHERE name = 'order';

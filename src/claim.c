@@ -474,6 +474,9 @@ fingerprint_differs(const ClaimRow *row, bytea *fingerprint)
 			   VARSIZE_ANY_EXHDR(fingerprint)) != 0;
 }
 
+/* The arguments of idem_claim that name the claim: key and scope (memo.c). */
+static const int claim_identity[] = {0, 3};
+
 /*
  * idem_claim(key, ttl, fingerprint, scope, lease, wait) → idem_claim_result
  */
@@ -552,7 +555,8 @@ idem_claim(PG_FUNCTION_ARGS)
 		values[RES_OUTCOME] = cache->outcomes[OUTCOME_IN_PROGRESS];
 		nulls[RES_OUTCOME] = false;
 		IdemCount(IDEM_CLAIMS_IN_PROGRESS);
-		return IdemMemoKeep(fcinfo, HeapTupleGetDatum(heap_form_tuple(tupdesc, values, nulls)));
+		return IdemMemoKeep(fcinfo, HeapTupleGetDatum(heap_form_tuple(tupdesc, values, nulls)),
+							claim_identity, lengthof(claim_identity));
 	}
 
 	IdemConnectSPI();
@@ -658,7 +662,7 @@ idem_claim(PG_FUNCTION_ARGS)
 	result = SPI_returntuple(heap_form_tuple(tupdesc, values, nulls), tupdesc);
 	SPI_finish();
 	IdemRestoreUser(&save);
-	return IdemMemoKeep(fcinfo, PointerGetDatum(result));
+	return IdemMemoKeep(fcinfo, PointerGetDatum(result), claim_identity, lengthof(claim_identity));
 }
 
 static void

@@ -785,6 +785,19 @@ initial_states(GuardMachine *m)
 	return state_list(m, m->initial);
 }
 
+/* A state name for a message: cut as the lists of states cut them. */
+char *
+GuardClipName(const char *name)
+{
+	int			len = strlen(name);
+	int			cut;
+
+	if (len <= MESSAGE_STATE_BYTES)
+		return pstrdup(name);
+	cut = pg_mbcliplen(name, len, MESSAGE_STATE_BYTES);
+	return psprintf("%.*s...", cut, name);
+}
+
 /* Every state of a machine, for a message. */
 char *
 GuardStateNames(GuardMachine *m)

@@ -81,6 +81,7 @@ extern void GuardUnpin(GuardEntry *g);
 extern Trigger *GuardFindTrigger(Relation rel);
 extern int	GuardStateByName(GuardEntry *g, const char *s);
 extern char *GuardStateNames(GuardMachine *m);
+extern char *GuardClipName(const char *name);
 extern uint64 GuardGeneration(void);
 extern bool GuardFires(const GuardEntry *g);
 extern int	GuardState(GuardEntry *g, Datum d, bool isnull, char **label);

@@ -166,7 +166,8 @@ extern void IdemCountN(IdemCounter c, uint64 n);
 
 /* memo.c */
 extern bool IdemMemoFind(FunctionCallInfo fcinfo, Datum *result);
-extern Datum IdemMemoKeep(FunctionCallInfo fcinfo, Datum result);
+extern Datum IdemMemoKeep(FunctionCallInfo fcinfo, Datum result,
+						  const int *identity, int nidentity);
 extern void IdemMemoForget(void);
 
 /* util.c */

@@ -16,8 +16,18 @@
  * the executor resets between rows and PL/pgSQL between statements: a
  * reset callback forgets what was remembered there.  A second call from
  * the same call site is a new evaluation (a loop, another row) and runs.
- * So do calls after any owner's call (idem_complete and the others
- * IdemMemoForget is called from) and after a subtransaction rolls back.
+ * What a call answered is forgotten once something may have changed it: a
+ * call that runs for the same object (the same key and scope, the same
+ * table and row, as the caller names it by its identity arguments), any
+ * owner's call (idem_complete and the others call IdemMemoForget), and a
+ * rollback of the subtransaction it ran in.  Arguments are equal only if
+ * their types are too.
+ *
+ * The spread copies of a call are evaluated in one context when they are
+ * columns of one target list.  Spread elsewhere too (a sort key, the
+ * argument of a set-returning function, a wrapper function's result), a
+ * copy evaluated in another context runs again: SELECT * FROM f(...) is
+ * the form to use.
  *
  *-------------------------------------------------------------------------
  */
@@ -40,7 +50,9 @@ typedef struct MemoEntry
 	FmgrInfo   *site;			/* the call site that ran */
 	Oid			fn;				/* the function */
 	Oid			user;			/* as whom */
+	SubTransactionId subid;		/* in which subtransaction */
 	int			nargs;
+	Oid			types[MEMO_MAX_ARGS];
 	Datum		args[MEMO_MAX_ARGS];
 	bool		nulls[MEMO_MAX_ARGS];
 	Datum		result;			/* a row: a varlena */
@@ -48,36 +60,94 @@ typedef struct MemoEntry
 
 typedef struct Memo
 {
-	MemoryContext cxt;			/* where entries live; NULL: empty */
-	int			n;				/* entries used */
-	int			next;			/* the slot the next one goes into */
+	MemoryContext cxt;			/* the context it lives in and serves */
+	struct Memo *next;			/* the memo of another context */
+	int			n;				/* entries used, oldest first */
 	MemoEntry	entries[MEMO_ENTRIES];
 } Memo;
 
-static Memo *memo = NULL;
-static bool subxact_callback_registered = false;
+/*
+ * One memo per context that calls ran in: a call inside another (a
+ * PL/pgSQL function in a target list) keeps its own, and leaves the outer
+ * one as it was.  The list holds no memo past the end of the transaction.
+ */
+static Memo *memos = NULL;
+static bool callbacks_registered = false;
 
-/* The memo's context is reset or deleted: what it held is gone. */
+static Memo *
+memo_of(MemoryContext cxt)
+{
+	for (Memo *m = memos; m != NULL; m = m->next)
+		if (m->cxt == cxt)
+			return m;
+	return NULL;
+}
+
+/* A memo's context is reset or deleted: what it held is gone. */
 static void
 memo_context_reset(void *arg)
 {
-	if (memo != NULL && memo->cxt == (MemoryContext) arg)
-		memo = NULL;
+	for (Memo **m = &memos; *m != NULL; m = &(*m)->next)
+		if ((*m)->cxt == (MemoryContext) arg)
+		{
+			*m = (*m)->next;
+			return;
+		}
 }
 
+/* Drop entry i of m, keeping the order of the others. */
+static void
+drop_entry(Memo *m, int i)
+{
+	memmove(&m->entries[i], &m->entries[i + 1], sizeof(MemoEntry) * (m->n - i - 1));
+	m->n--;
+}
+
+/*
+ * A subtransaction rolled back: what its calls (and those of the
+ * subtransactions in it, whose ids are greater) answered is undone.
+ */
 static void
 memo_subxact_callback(SubXactEvent event, SubTransactionId mySubid,
 					  SubTransactionId parentSubid, void *arg)
 {
-	if (event == SUBXACT_EVENT_ABORT_SUB)
-		memo = NULL;
+	if (event != SUBXACT_EVENT_ABORT_SUB)
+		return;
+	for (Memo *m = memos; m != NULL; m = m->next)
+		for (int i = m->n - 1; i >= 0; i--)
+			if (m->entries[i].subid >= mySubid)
+				drop_entry(m, i);
+}
+
+/* The transaction ended: its contexts are gone or going. */
+static void
+memo_xact_callback(XactEvent event, void *arg)
+{
+	memos = NULL;
 }
 
 /* Forget every remembered call: a write changed what they answered. */
 void
 IdemMemoForget(void)
 {
-	memo = NULL;
+	for (Memo *m = memos; m != NULL; m = m->next)
+		m->n = 0;
+}
+
+/* Is argument i of the call that of entry e: the same type and value? */
+static bool
+same_arg(FunctionCallInfo fcinfo, const MemoEntry *e, int i)
+{
+	Oid			type = get_fn_expr_argtype(fcinfo->flinfo, i);
+	int16		typlen;
+	bool		typbyval;
+
+	if (e->types[i] != type || e->nulls[i] != fcinfo->args[i].isnull)
+		return false;
+	if (e->nulls[i])
+		return true;
+	get_typlenbyval(type, &typlen, &typbyval);
+	return datumIsEqual(e->args[i], fcinfo->args[i].value, typbyval, typlen);
 }
 
 static bool
@@ -86,18 +156,8 @@ same_args(FunctionCallInfo fcinfo, const MemoEntry *e)
 	if (e->nargs != fcinfo->nargs)
 		return false;
 	for (int i = 0; i < e->nargs; i++)
-	{
-		int16		typlen;
-		bool		typbyval;
-
-		if (e->nulls[i] != fcinfo->args[i].isnull)
+		if (!same_arg(fcinfo, e, i))
 			return false;
-		if (e->nulls[i])
-			continue;
-		get_typlenbyval(get_fn_expr_argtype(fcinfo->flinfo, i), &typlen, &typbyval);
-		if (!datumIsEqual(e->args[i], fcinfo->args[i].value, typbyval, typlen))
-			return false;
-	}
 	return true;
 }
 
@@ -108,12 +168,14 @@ same_args(FunctionCallInfo fcinfo, const MemoEntry *e)
 bool
 IdemMemoFind(FunctionCallInfo fcinfo, Datum *result)
 {
-	if (memo == NULL || memo->cxt != CurrentMemoryContext ||
-		fcinfo->flinfo->fn_expr == NULL)
+	Memo	   *m;
+
+	if (memos == NULL || fcinfo->flinfo->fn_expr == NULL ||
+		(m = memo_of(CurrentMemoryContext)) == NULL)
 		return false;
-	for (int i = 0; i < memo->n; i++)
+	for (int i = 0; i < m->n; i++)
 	{
-		MemoEntry  *e = &memo->entries[i];
+		MemoEntry  *e = &m->entries[i];
 
 		if (e->fn == fcinfo->flinfo->fn_oid && e->site != fcinfo->flinfo &&
 			e->user == GetUserId() && same_args(fcinfo, e))
@@ -126,50 +188,84 @@ IdemMemoFind(FunctionCallInfo fcinfo, Datum *result)
 }
 
 /*
- * Remember the result (a row) of a call that ran, and return it.  Calls
- * made without an expression (from C) are not remembered.
+ * A call of the function ran: forget what earlier calls answered about the
+ * same object, the one its arguments identity[0..nidentity-1] name.
+ */
+static void
+forget_object(FunctionCallInfo fcinfo, const int *identity, int nidentity)
+{
+	for (Memo *m = memos; m != NULL; m = m->next)
+		for (int i = m->n - 1; i >= 0; i--)
+		{
+			MemoEntry  *e = &m->entries[i];
+			bool		same = e->fn == fcinfo->flinfo->fn_oid && e->nargs == fcinfo->nargs;
+
+			for (int k = 0; same && k < nidentity; k++)
+				same = same_arg(fcinfo, e, identity[k]);
+			if (same)
+				drop_entry(m, i);
+		}
+}
+
+/*
+ * Remember the result (a row) of a call that ran, and return it; forget
+ * first what was remembered about the same object (identity: the numbers
+ * of the arguments that name it).  Calls made without an expression (from
+ * C) are not remembered, but still make the memo forget.
  */
 Datum
-IdemMemoKeep(FunctionCallInfo fcinfo, Datum result)
+IdemMemoKeep(FunctionCallInfo fcinfo, Datum result, const int *identity, int nidentity)
 {
 	MemoryContext cxt = CurrentMemoryContext;
 	MemoryContext old;
 	MemoEntry  *e;
+	Memo	   *m;
 
 	if (fcinfo->nargs > MEMO_MAX_ARGS || fcinfo->flinfo->fn_expr == NULL)
+	{
+		IdemMemoForget();
 		return result;
-	if (!subxact_callback_registered)
+	}
+	forget_object(fcinfo, identity, nidentity);
+	if (!callbacks_registered)
 	{
 		RegisterSubXactCallback(memo_subxact_callback, NULL);
-		subxact_callback_registered = true;
+		RegisterXactCallback(memo_xact_callback, NULL);
+		callbacks_registered = true;
 	}
 	old = MemoryContextSwitchTo(cxt);
-	if (memo == NULL || memo->cxt != cxt)
+	m = memo_of(cxt);
+	if (m == NULL)
 	{
 		MemoryContextCallback *cb = palloc(sizeof(MemoryContextCallback));
 
-		memo = palloc0(sizeof(Memo));
-		memo->cxt = cxt;
+		m = palloc0(sizeof(Memo));
+		m->cxt = cxt;
+		m->next = memos;
+		memos = m;
 		cb->func = memo_context_reset;
 		cb->arg = cxt;
 		MemoryContextRegisterResetCallback(cxt, cb);
 	}
-	e = &memo->entries[memo->next];
-	memo->next = (memo->next + 1) % MEMO_ENTRIES;
-	memo->n = Min(memo->n + 1, MEMO_ENTRIES);
+	/* Full: the oldest goes. */
+	if (m->n == MEMO_ENTRIES)
+		drop_entry(m, 0);
+	e = &m->entries[m->n++];
 	e->site = fcinfo->flinfo;
 	e->fn = fcinfo->flinfo->fn_oid;
 	e->user = GetUserId();
+	e->subid = GetCurrentSubTransactionId();
 	e->nargs = fcinfo->nargs;
 	for (int i = 0; i < e->nargs; i++)
 	{
+		e->types[i] = get_fn_expr_argtype(fcinfo->flinfo, i);
 		e->nulls[i] = fcinfo->args[i].isnull;
 		if (!e->nulls[i])
 		{
 			int16		typlen;
 			bool		typbyval;
 
-			get_typlenbyval(get_fn_expr_argtype(fcinfo->flinfo, i), &typlen, &typbyval);
+			get_typlenbyval(e->types[i], &typlen, &typbyval);
 			e->args[i] = datumCopy(fcinfo->args[i].value, typbyval, typlen);
 		}
 	}

@@ -308,6 +308,13 @@ refuse(const char *scope, Oid role, const PolicyEntry *e)
 static void
 refuse_unlisted(const char *scope)
 {
+	if (strlen(scope) > POLICY_MAX_SCOPE_BYTES)
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_OBJECT),
+				 errmsg("idempotency scope of %d bytes has no policy", (int) strlen(scope)),
+				 errdetail("idempotency.require_policy is on, and a policy's scope is at most %d bytes, so a longer scope cannot have one.",
+						   POLICY_MAX_SCOPE_BYTES),
+				 errhint("Use a scope of at most %d bytes.", POLICY_MAX_SCOPE_BYTES)));
 	ereport(ERROR,
 			(errcode(ERRCODE_UNDEFINED_OBJECT),
 			 errmsg("idempotency scope \"%s\" has no policy", scope),

@@ -81,8 +81,9 @@ token_digest(const uint8 *raw)
 
 /*
  * idem_token_issue('1 hour') names a scope "1 hour": the scope comes
- * first.  A scope without a policy row that reads as an interval is taken
- * for that mistake and refused; a scope with a row is used as named.
+ * first.  A scope without a policy row that reads as an interval with a
+ * unit or a time of day ('1 hour', '90 min', '01:30', 'PT1H') is taken for
+ * that mistake and refused; a scope with a row is used as named.
  */
 static void
 refuse_lifetime_as_scope(text *scope)
@@ -94,10 +95,19 @@ refuse_lifetime_as_scope(text *scope)
 	int			nf;
 	int			dtype;
 	struct pg_itm_in itm;
+	bool		iso;
 
-	if (strlen(s) >= sizeof(workbuf) ||
-		ParseDateTime(s, workbuf, sizeof(workbuf), fields, ftypes, MAXDATEFIELDS, &nf) != 0 ||
-		DecodeInterval(fields, ftypes, nf, INTERVAL_FULL_RANGE, &dtype, &itm) != 0)
+	/*
+	 * Only text that names a unit or a time of day: a scope such as '42' or
+	 * '2026' (a tenant's number) reads as an interval of seconds too.
+	 */
+	if (strpbrk(s, ":abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ") == NULL ||
+		strlen(s) >= sizeof(workbuf))
+		return;
+	iso = s[0] == 'P' && DecodeISO8601Interval(pstrdup(s), &dtype, &itm) == 0;
+	if (!iso &&
+		(ParseDateTime(s, workbuf, sizeof(workbuf), fields, ftypes, MAXDATEFIELDS, &nf) != 0 ||
+		 DecodeInterval(fields, ftypes, nf, INTERVAL_FULL_RANGE, &dtype, &itm) != 0))
 		return;
 	ereport(ERROR,
 			(errcode(ERRCODE_INVALID_PARAMETER_VALUE),

@@ -469,6 +469,9 @@ require_column(Relation rel, AttrNumber att, AclMode mode)
 			 errhint("idem_transition needs SELECT on the key, state and version columns and UPDATE on the state and version columns.")));
 }
 
+/* The arguments of idem_transition that name the row: tbl and id (memo.c). */
+static const int transition_identity[] = {0, 1};
+
 /*
  * idem_transition(tbl, id, to_state, expected_version, lock)
  *	  → idem_transition_result
@@ -525,7 +528,7 @@ idem_transition(PG_FUNCTION_ARGS)
 	if (GuardStateByName(g, to_state) < 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("\"%s\" is not a state of machine \"%s\"", to_state, g->machine->name),
+				 errmsg("\"%s\" is not a state of machine \"%s\"", GuardClipName(to_state), g->machine->name),
 				 errdetail("Its states are %s.", GuardStateNames(g->machine)),
 				 errhint("Pass one of them as to_state, or add the state to the machine with idem_machine().")));
 
@@ -664,5 +667,5 @@ idem_transition(PG_FUNCTION_ARGS)
 	res = SPI_datumTransfer(res, false, -1);
 	SPI_finish();
 	table_close(rel, NoLock);
-	return IdemMemoKeep(fcinfo, res);
+	return IdemMemoKeep(fcinfo, res, transition_identity, lengthof(transition_identity));
 }
