@@ -122,6 +122,25 @@ SELECT (idem_claim('spread-9', lease => '1 second')).outcome AS first,
        (idem_claim('spread-9', lease => '2 seconds')).outcome AS other_lease,
        (idem_claim('spread-9', lease => '1 second')).outcome AS first_again;
 ROLLBACK;
+-- The same key or row written another way is the same object: a key read
+-- from a column, the id as another type or as text.
+CREATE TEMP TABLE keys (k text);
+INSERT INTO keys VALUES ('spread-12');
+BEGIN;
+SELECT (idem_claim('spread-12', lease => '1 second')).token IS NOT NULL AS first_has_token,
+       (idem_claim(k, lease => '2 seconds')).outcome AS from_a_column,
+       (idem_claim('spread-12', lease => '1 second')).token IS NOT NULL AS third_has_token
+FROM keys;
+ROLLBACK;
+SELECT (idem_transition('orders', 1, 'paid')).version AS v1,
+       (idem_transition('orders', 1::bigint, 'shipped')).version AS v2,
+       (idem_transition('orders', '01', 'paid')).version AS v3;
+-- An UPDATE the guard judged in between: the next copy runs again.
+CREATE FUNCTION pg_temp.ship(id bigint) RETURNS int LANGUAGE sql
+	AS $$ UPDATE orders SET state = 'shipped' WHERE orders.id = ship.id RETURNING version $$;
+SELECT (idem_transition('orders', 1, 'paid')).version AS before, pg_temp.ship(1) AS shipped_at,
+       (idem_transition('orders', 1, 'paid')).version AS after;
+SELECT state, version FROM orders;
 -- Arguments of other types are other calls, even with the same bits.
 CREATE TABLE wide (id bigint PRIMARY KEY, state text NOT NULL, version int NOT NULL DEFAULT 0);
 SELECT idem_guard('wide', machine => 'order', version_column => 'version') \g /dev/null

@@ -929,6 +929,9 @@ GuardSameState(int a, const char *a_label, int b, const char *b_label)
 GuardVerdict
 GuardJudge(const GuardEntry *g, const GuardRow *r)
 {
+	/* The row may change: what idem_transition answered may not hold. */
+	IdemMemoForget();
+
 	if (r->to_null)
 		return GUARD_NO_STATE;
 	if (g->version_att)

@@ -17,11 +17,12 @@
  * reset callback forgets what was remembered there.  A second call from
  * the same call site is a new evaluation (a loop, another row) and runs.
  * What a call answered is forgotten once something may have changed it: a
- * call that runs for the same object (the same key and scope, the same
- * table and row, as the caller names it by its identity arguments), any
- * owner's call (idem_complete and the others call IdemMemoForget), and a
- * rollback of the subtransaction it ran in.  Arguments are equal only if
- * their types are too.
+ * call that runs for the same object (idem_claim: the same key and scope;
+ * idem_transition: the same table, since one row has many spellings of
+ * its id), any owner's call (idem_complete and the others), a guard
+ * judging a row, idem_purge (these call IdemMemoForget), and a rollback
+ * of the subtransaction it ran in.  Arguments are equal only if their
+ * types are too.
  *
  * The spread copies of a call are evaluated in one context when they are
  * columns of one target list.  Spread elsewhere too (a sort key, the
@@ -134,7 +135,12 @@ IdemMemoForget(void)
 		m->n = 0;
 }
 
-/* Is argument i of the call that of entry e: the same type and value? */
+/*
+ * Is argument i of the call that of entry e: the same type and value?  A
+ * varlena is compared by its bytes, whatever its header or compression
+ * (a key read from a column has a short header, the same key written as a
+ * literal a long one).
+ */
 static bool
 same_arg(FunctionCallInfo fcinfo, const MemoEntry *e, int i)
 {
@@ -147,6 +153,14 @@ same_arg(FunctionCallInfo fcinfo, const MemoEntry *e, int i)
 	if (e->nulls[i])
 		return true;
 	get_typlenbyval(type, &typlen, &typbyval);
+	if (typlen == -1)
+	{
+		struct varlena *a = pg_detoast_datum_packed((struct varlena *) DatumGetPointer(e->args[i]));
+		struct varlena *b = pg_detoast_datum_packed((struct varlena *) DatumGetPointer(fcinfo->args[i].value));
+
+		return VARSIZE_ANY_EXHDR(a) == VARSIZE_ANY_EXHDR(b) &&
+			memcmp(VARDATA_ANY(a), VARDATA_ANY(b), VARSIZE_ANY_EXHDR(a)) == 0;
+	}
 	return datumIsEqual(e->args[i], fcinfo->args[i].value, typbyval, typlen);
 }
 

@@ -124,6 +124,8 @@ idem_purge(PG_FUNCTION_ARGS)
 	bool		more[NUM_PURGED_TABLES];
 	bool		any;
 
+	IdemMemoForget();			/* claims may go */
+
 	IdemConnectSPI();
 	memset(more, true, sizeof(more));
 	do

@@ -469,8 +469,11 @@ require_column(Relation rel, AttrNumber att, AclMode mode)
 			 errhint("idem_transition needs SELECT on the key, state and version columns and UPDATE on the state and version columns.")));
 }
 
-/* The arguments of idem_transition that name the row: tbl and id (memo.c). */
-static const int transition_identity[] = {0, 1};
+/*
+ * The argument of idem_transition whose rows a call may change: tbl (an id
+ * has many spellings: 1, '1', '01', 1::bigint; memo.c).
+ */
+static const int transition_identity[] = {0};
 
 /*
  * idem_transition(tbl, id, to_state, expected_version, lock)
