@@ -52,7 +52,7 @@ SELECT idempotency.idem_claim('r' || :r, '1 hour');"
 script select "\\set r random(1, $REPLAY_KEYS)
 SELECT response, status FROM dedup WHERE scope = 'default' AND key = 'r' || :r;"
 
-say "idempotency claims: $CLIENTS clients, $ROUNDS rounds of $SECONDS_RUN s per side"
+say "idempotency claims: $CLIENTS clients, $ROUNDS rounds of $SECONDS_RUN s per side, $QUERY_MODE statements"
 reset_new="TRUNCATE idempotency.claims, dedup"
 for commit in on off; do
 	pair "new keys: idem_claim vs INSERT" claim insert "$commit" "$reset_new"

@@ -1,14 +1,17 @@
 # bench/pairs.sh: shared by the pgbench benchmarks (sourced after
 # scripts/lib.sh).  Needs IDEM_WORK, CLIENTS, SECONDS_RUN, ROUNDS and a
-# psqlq function; QUERY_MODE (pgbench -M: simple, the default, or
-# prepared) is optional.
+# psqlq function.  QUERY_MODE is pgbench's -M: prepared (the default: the
+# extended protocol with prepared statements, as drivers such as pgx,
+# node-postgres and psycopg run them) or simple (each statement parsed and
+# planned anew).
+QUERY_MODE=${QUERY_MODE:-prepared}
 
 # Write a pgbench script $IDEM_WORK/$1.sql with the text $2.
 script() { printf '%s\n' "$2" | as_owner tee "$IDEM_WORK/$1.sql" >/dev/null; }
 
 # tps of one pgbench run of script $1 with synchronous_commit $2.
 tps() {
-	as_owner env PGOPTIONS="-c synchronous_commit=$2" pgbench -n -M "${QUERY_MODE:-simple}" -c "$CLIENTS" \
+	as_owner env PGOPTIONS="-c synchronous_commit=$2" pgbench -n -M "$QUERY_MODE" -c "$CLIENTS" \
 		-j "$CLIENTS" -T "$SECONDS_RUN" -f "$IDEM_WORK/$1.sql" postgres 2>&1 |
 		sed -n 's/^tps = \([0-9.]*\).*/\1/p'
 }

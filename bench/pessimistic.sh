@@ -77,7 +77,7 @@ SELECT idempotency.idem_try_lock('k' || :k);"
 script advisory "\\set k random(1, 1000000)
 SELECT pg_try_advisory_xact_lock(hashtext('k' || :k));"
 
-say "pessimistic flows: $CLIENTS clients, $ROUNDS rounds of $SECONDS_RUN s per side, $ROWS rows"
+say "pessimistic flows: $CLIENTS clients, $ROUNDS rounds of $SECONDS_RUN s per side, $ROWS rows, $QUERY_MODE statements"
 for commit in on off; do
 	pair "idem_transition vs FOR UPDATE + UPDATE" transition pair "$commit" "$reload"
 	pair "idem_transition vs the pair in PL/pgSQL" transition plpgsql "$commit" "$reload"

@@ -41,6 +41,7 @@
 #include "utils/snapmgr.h"
 #include "utils/syscache.h"
 #include "utils/timestamp.h"
+#include "utils/typcache.h"
 
 #include "idempotency.h"
 
@@ -137,30 +138,78 @@ IdemDurationArg(FunctionCallInfo fcinfo, int n, const char *what, Interval *max,
 
 /*
  * What a function returning a row whose first column is an outcome enum
- * keeps per call site (fn_extra): the row type, blessed, and the enum value
- * of each outcome name, looked up once.
+ * needs: the row type, blessed, and the enum value of each outcome name.
+ * A prepared statement builds its call sites anew at every execution, so
+ * the answer is kept per backend too, by function and result type (a
+ * recreated extension has other OIDs), and built again if the row type
+ * changed since (the type cache's identifier of its descriptor moved).
  */
+#define RESULT_CACHES 4
+static struct
+{
+	Oid			fn;
+	Oid			rettype;
+	uint64		tupdesc_id;
+	IdemResultCache *cache;
+}			result_caches[RESULT_CACHES];
+
 IdemResultCache *
 IdemGetResultCache(FunctionCallInfo fcinfo, const char *const *outcome_names, int noutcomes)
 {
 	IdemResultCache *cache = fcinfo->flinfo->fn_extra;
+	Oid			fn = fcinfo->flinfo->fn_oid;
+	Oid			rettype;
+	uint64		tupdesc_id = 0;
+	MemoryContext old;
+	TupleDesc	tupdesc;
+	int			slot = -1;
 
-	if (cache == NULL)
+	if (cache != NULL)
+		return cache;
+	rettype = get_fn_expr_rettype(fcinfo->flinfo);
+	if (OidIsValid(rettype) && rettype != RECORDOID)
 	{
-		MemoryContext old = MemoryContextSwitchTo(fcinfo->flinfo->fn_mcxt);
-		TupleDesc	tupdesc;
+		TypeCacheEntry *tce = lookup_type_cache(rettype, TYPECACHE_TUPDESC);
 
-		if (get_call_result_type(fcinfo, NULL, &tupdesc) != TYPEFUNC_COMPOSITE)
-			elog(ERROR, "function returning an outcome must return a row");
-		cache = palloc(offsetof(IdemResultCache, outcomes) + sizeof(Datum) * noutcomes);
-		cache->tupdesc = BlessTupleDesc(CreateTupleDescCopy(tupdesc));
-		for (int i = 0; i < noutcomes; i++)
-			cache->outcomes[i] =
-				DirectFunctionCall2(enum_in, CStringGetDatum(outcome_names[i]),
-									ObjectIdGetDatum(TupleDescAttr(cache->tupdesc, 0)->atttypid));
-		MemoryContextSwitchTo(old);
-		fcinfo->flinfo->fn_extra = cache;
+		tupdesc_id = tce->tupDesc_identifier;
+		for (int i = 0; i < RESULT_CACHES; i++)
+		{
+			if (result_caches[i].fn == fn && result_caches[i].rettype == rettype)
+			{
+				if (result_caches[i].tupdesc_id == tupdesc_id)
+					return fcinfo->flinfo->fn_extra = result_caches[i].cache;
+				slot = i;		/* changed: build it again here */
+				break;
+			}
+			if (slot < 0 && !OidIsValid(result_caches[i].fn))
+				slot = i;
+		}
+		if (slot < 0)
+			slot = fn % RESULT_CACHES;	/* full (recreated extensions) */
 	}
+
+	if (get_call_result_type(fcinfo, NULL, &tupdesc) != TYPEFUNC_COMPOSITE)
+		elog(ERROR, "function returning an outcome must return a row");
+	old = MemoryContextSwitchTo(slot >= 0 ? CacheMemoryContext : fcinfo->flinfo->fn_mcxt);
+	cache = palloc(offsetof(IdemResultCache, outcomes) + sizeof(Datum) * noutcomes);
+	cache->tupdesc = BlessTupleDesc(CreateTupleDescCopy(tupdesc));
+	for (int k = 0; k < noutcomes; k++)
+		cache->outcomes[k] =
+			DirectFunctionCall2(enum_in, CStringGetDatum(outcome_names[k]),
+								ObjectIdGetDatum(TupleDescAttr(cache->tupdesc, 0)->atttypid));
+	MemoryContextSwitchTo(old);
+	if (slot >= 0)
+	{
+		/*
+		 * What the slot held stays allocated: a call site of this query may
+		 * still point at it.  It happens once per changed or recreated type.
+		 */
+		result_caches[slot].fn = fn;
+		result_caches[slot].rettype = rettype;
+		result_caches[slot].tupdesc_id = tupdesc_id;
+		result_caches[slot].cache = cache;
+	}
+	fcinfo->flinfo->fn_extra = cache;
 	return cache;
 }
 
