@@ -208,3 +208,16 @@ REVOKE idempotency_user FROM regress_claims_plain;
 DROP ROLE regress_claims_plain;
 
 DELETE FROM claims;
+
+-- A replay of a response too large to stay in the row (toasted, out of
+-- line) carries the whole document, in a later transaction and in the
+-- same one.
+SELECT token AS big_token FROM idem_claim('big-response') \gset
+SELECT idem_complete('big-response', :big_token,
+	jsonb_build_object('blob', (SELECT string_agg(md5(i::text), '') FROM generate_series(1, 20000) i)), 200);
+SELECT pg_column_size(response) > 8192 AS larger_than_a_page_so_out_of_line
+FROM idempotency.claims WHERE key = 'big-response';
+SELECT outcome, md5(response::text) = (SELECT md5(jsonb_build_object('blob', string_agg(md5(i::text), ''))::text)
+	FROM generate_series(1, 20000) i) AS whole_document, length(response->>'blob') AS blob_length
+FROM idem_claim('big-response');
+SELECT (idem_claim('big-response')).outcome, length((idem_claim('big-response')).response->>'blob') AS spread;

@@ -474,6 +474,17 @@ fingerprint_differs(const ClaimRow *row, bytea *fingerprint)
 			   VARSIZE_ANY_EXHDR(fingerprint)) != 0;
 }
 
+/* Connect SPI before the first write of a call. */
+static void
+connect_once(bool *connected)
+{
+	if (!*connected)
+	{
+		IdemConnectSPI();
+		*connected = true;
+	}
+}
+
 /* The arguments of idem_claim that name the claim: key and scope (memo.c). */
 static const int claim_identity[] = {0, 3};
 
@@ -497,9 +508,10 @@ idem_claim(PG_FUNCTION_ARGS)
 	IdemResultCache *cache;
 	Datum		args[6];
 	char		argnulls[6];
-	HeapTupleHeader result;
+	Datum		result;
 	IdemUserSave save;
 	Datum		memo;
+	bool		spi = false;
 
 	claim_key_args(fcinfo, 0, 3, &k);
 	IdemCheckScope(k.scope, &policy);
@@ -559,7 +571,10 @@ idem_claim(PG_FUNCTION_ARGS)
 							claim_identity, lengthof(claim_identity));
 	}
 
-	IdemConnectSPI();
+	/*
+	 * SPI is connected only for a write: a replay, a mismatch or a claim in
+	 * progress is answered from the direct read alone.
+	 */
 	memset(argnulls, ' ', sizeof(argnulls));
 	args[0] = PointerGetDatum(k.scope);
 	args[1] = PointerGetDatum(k.key);
@@ -582,6 +597,7 @@ idem_claim(PG_FUNCTION_ARGS)
 			/* First time, or the old claim has expired: the caller owns it. */
 			args[4] = IntervalPGetDatum(ttl);
 			args[5] = Int64GetDatum(row.token);
+			connect_once(&spi);
 			if (row.found ? run_contested(PLAN_RENEW, args, argnulls)
 				: run_plan(PLAN_INSERT, args, argnulls, false) == 1)
 			{
@@ -626,6 +642,7 @@ idem_claim(PG_FUNCTION_ARGS)
 		{
 			/* A retryable failure, or a lease that ran out: take over. */
 			args[4] = Int64GetDatum(row.token);
+			connect_once(&spi);
 			if (run_contested(PLAN_TAKEOVER, args, argnulls))
 			{
 				HeapTuple	tup = SPI_tuptable->vals[0];
@@ -659,10 +676,19 @@ idem_claim(PG_FUNCTION_ARGS)
 	values[RES_OUTCOME] = cache->outcomes[outcome];
 	nulls[RES_OUTCOME] = false;
 	IdemCount(outcome_counters[outcome]);
-	result = SPI_returntuple(heap_form_tuple(tupdesc, values, nulls), tupdesc);
-	SPI_finish();
+	if (spi)
+	{
+		/* Copied out of SPI's memory, which the values may point into. */
+		result = PointerGetDatum(SPI_returntuple(heap_form_tuple(tupdesc, values, nulls), tupdesc));
+		SPI_finish();
+	}
+	else
+	{
+		/* A stored response may be toasted: the row carries it inline. */
+		result = HeapTupleGetDatum(heap_form_tuple(tupdesc, values, nulls));
+	}
 	IdemRestoreUser(&save);
-	return IdemMemoKeep(fcinfo, PointerGetDatum(result), claim_identity, lengthof(claim_identity));
+	return IdemMemoKeep(fcinfo, result, claim_identity, lengthof(claim_identity));
 }
 
 static void
