@@ -169,3 +169,18 @@ DROP TABLE orders;
 DELETE FROM machines WHERE name = 'order';
 DELETE FROM policies WHERE scope IN ('checkout', '1 day');
 DROP ROLE regress_mistaken;
+
+-- A result type a superuser altered is refused, not read past.
+BEGIN;
+ALTER TYPE idempotency.idem_claim_result ADD ATTRIBUTE extra text;
+SELECT pg_temp.fails($$SELECT * FROM idem_claim('altered')$$) AS altered_claim_result;
+ROLLBACK;
+BEGIN;
+SELECT idem_machine('altered', 'a->b') \g /dev/null
+CREATE TABLE altered (id int PRIMARY KEY, state text NOT NULL);
+SELECT idem_guard('altered', machine => 'altered') \g /dev/null
+INSERT INTO altered VALUES (1, 'a');
+ALTER TYPE idempotency.idem_transition_result ALTER ATTRIBUTE version TYPE text;
+SELECT pg_temp.fails($$SELECT * FROM idem_transition('altered', 1, 'b')$$) AS altered_transition_result;
+ROLLBACK;
+SELECT outcome FROM idem_claim('altered');

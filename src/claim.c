@@ -189,7 +189,8 @@ typedef struct ClaimKey
 
 static void concurrent_change(const ClaimKey *k);
 
-/* A claim row as read; datums live until SPI_finish. */
+/* A claim row as read; datums live until SPI_finish, or without SPI as
+ * long as the caller's memory context. */
 typedef struct ClaimRow
 {
 	bool		found;			/* a row exists (possibly expired) */
@@ -223,6 +224,11 @@ enum
 {
 	RES_OUTCOME, RES_TOKEN, RES_RESPONSE, RES_STATUS, RES_RECOVERY_POINT,
 	RES_ATTEMPTS, RES_EXPIRES_AT, NUM_RES_COLS
+};
+
+/* And their types, the outcome enum aside (util.c checks the row). */
+static const Oid result_types[NUM_RES_COLS] = {
+	InvalidOid, INT8OID, JSONBOID, INT4OID, TEXTOID, INT4OID, TIMESTAMPTZOID
 };
 
 static uint64
@@ -555,7 +561,8 @@ idem_claim(PG_FUNCTION_ARGS)
 	if (IdemMemoFind(fcinfo, &memo))
 		PG_RETURN_DATUM(memo);
 
-	cache = IdemGetResultCache(fcinfo, outcome_names, NUM_OUTCOMES);
+	cache = IdemGetResultCache(fcinfo, outcome_names, NUM_OUTCOMES,
+							   result_types, lengthof(result_types));
 	tupdesc = cache->tupdesc;
 	memset(nulls, true, sizeof(nulls));
 

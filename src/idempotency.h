@@ -195,7 +195,8 @@ typedef struct IdemResultCache
 
 extern IdemResultCache *IdemGetResultCache(FunctionCallInfo fcinfo,
 										   const char *const *outcome_names,
-										   int noutcomes);
+										   int noutcomes, const Oid *types,
+										   int ntypes);
 extern void IdemConnectSPI(void);
 extern uint64 IdemRunPlan(const IdemPlanDef *def, SPIPlanPtr *plan, Datum *args,
 						  const char *nulls, bool read_only);

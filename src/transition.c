@@ -371,7 +371,9 @@ id_arg(Datum value, Oid from, Oid to)
 static Datum
 result(FunctionCallInfo fcinfo, Outcome outcome, const char *state, bool has_version, int64 version)
 {
-	IdemResultCache *rc = IdemGetResultCache(fcinfo, outcome_names, NUM_OUTCOMES);
+	static const Oid types[] = {InvalidOid, TEXTOID, INT8OID};
+	IdemResultCache *rc = IdemGetResultCache(fcinfo, outcome_names, NUM_OUTCOMES,
+											 types, lengthof(types));
 	Datum		values[3];
 	bool		nulls[3] = {false, state == NULL, !has_version};
 

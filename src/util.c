@@ -36,6 +36,7 @@
 #include "miscadmin.h"
 #include "utils/builtins.h"
 #include "utils/fmgroids.h"
+#include "utils/lsyscache.h"
 #include "utils/inval.h"
 #include "utils/resowner.h"
 #include "utils/snapmgr.h"
@@ -139,10 +140,15 @@ IdemDurationArg(FunctionCallInfo fcinfo, int n, const char *what, Interval *max,
 /*
  * What a function returning a row whose first column is an outcome enum
  * needs: the row type, blessed, and the enum value of each outcome name.
- * A prepared statement builds its call sites anew at every execution, so
- * the answer is kept per backend too, by function and result type (a
- * recreated extension has other OIDs), and built again if the row type
- * changed since (the type cache's identifier of its descriptor moved).
+ * The row must have the columns the C code fills (types[], the first
+ * being the outcome enum): a superuser's ALTER TYPE is refused here
+ * rather than read past.  A prepared statement builds its call sites anew
+ * at every execution, so the answer is kept per backend too, by function
+ * and result type (a recreated extension has other OIDs), and built again
+ * if the row type changed since (the type cache's identifier of its
+ * descriptor moved).  A slot is taken only when free or when its function
+ * is gone; its old answer stays allocated, since a running call site may
+ * still point at it (a few hundred bytes per recreated extension).
  */
 #define RESULT_CACHES 4
 static struct
@@ -153,8 +159,29 @@ static struct
 	IdemResultCache *cache;
 }			result_caches[RESULT_CACHES];
 
+static void
+check_result_row(FunctionCallInfo fcinfo, TupleDesc tupdesc, const Oid *types, int ntypes)
+{
+	bool		ok = tupdesc->natts == ntypes;
+
+	for (int i = 0; ok && i < ntypes; i++)
+	{
+		Form_pg_attribute att = TupleDescAttr(tupdesc, i);
+
+		ok = !att->attisdropped &&
+			(i == 0 ? type_is_enum(att->atttypid) : att->atttypid == types[i]);
+	}
+	if (!ok)
+		ereport(ERROR,
+				(errcode(ERRCODE_DATATYPE_MISMATCH),
+				 errmsg("the result type of %s has been altered", get_func_name(fcinfo->flinfo->fn_oid)),
+				 errdetail("The function fills %d columns of the types its install script gave them.", ntypes),
+				 errhint("Put the type back as the extension created it, or reinstall the extension.")));
+}
+
 IdemResultCache *
-IdemGetResultCache(FunctionCallInfo fcinfo, const char *const *outcome_names, int noutcomes)
+IdemGetResultCache(FunctionCallInfo fcinfo, const char *const *outcome_names, int noutcomes,
+				   const Oid *types, int ntypes)
 {
 	IdemResultCache *cache = fcinfo->flinfo->fn_extra;
 	Oid			fn = fcinfo->flinfo->fn_oid;
@@ -173,7 +200,6 @@ IdemGetResultCache(FunctionCallInfo fcinfo, const char *const *outcome_names, in
 
 		tupdesc_id = tce->tupDesc_identifier;
 		for (int i = 0; i < RESULT_CACHES; i++)
-		{
 			if (result_caches[i].fn == fn && result_caches[i].rettype == rettype)
 			{
 				if (result_caches[i].tupdesc_id == tupdesc_id)
@@ -181,15 +207,15 @@ IdemGetResultCache(FunctionCallInfo fcinfo, const char *const *outcome_names, in
 				slot = i;		/* changed: build it again here */
 				break;
 			}
-			if (slot < 0 && !OidIsValid(result_caches[i].fn))
+		for (int i = 0; slot < 0 && i < RESULT_CACHES; i++)
+			if (!OidIsValid(result_caches[i].fn) ||
+				!SearchSysCacheExists1(PROCOID, ObjectIdGetDatum(result_caches[i].fn)))
 				slot = i;
-		}
-		if (slot < 0)
-			slot = fn % RESULT_CACHES;	/* full (recreated extensions) */
 	}
 
 	if (get_call_result_type(fcinfo, NULL, &tupdesc) != TYPEFUNC_COMPOSITE)
 		elog(ERROR, "function returning an outcome must return a row");
+	check_result_row(fcinfo, tupdesc, types, ntypes);
 	old = MemoryContextSwitchTo(slot >= 0 ? CacheMemoryContext : fcinfo->flinfo->fn_mcxt);
 	cache = palloc(offsetof(IdemResultCache, outcomes) + sizeof(Datum) * noutcomes);
 	cache->tupdesc = BlessTupleDesc(CreateTupleDescCopy(tupdesc));
@@ -200,10 +226,6 @@ IdemGetResultCache(FunctionCallInfo fcinfo, const char *const *outcome_names, in
 	MemoryContextSwitchTo(old);
 	if (slot >= 0)
 	{
-		/*
-		 * What the slot held stays allocated: a call site of this query may
-		 * still point at it.  It happens once per changed or recreated type.
-		 */
 		result_caches[slot].fn = fn;
 		result_caches[slot].rettype = rettype;
 		result_caches[slot].tupdesc_id = tupdesc_id;

@@ -284,5 +284,40 @@ sub version_cmp
 	return 0;
 }
 
+# A session that drops and creates the extension again and again keeps
+# what it caches per backend bounded: the result rows of idem_claim and
+# idem_transition, looked up by function, do not pile up once the
+# functions of earlier installs are gone.
+$node->safe_psql('postgres', 'CREATE DATABASE recreated');
+my $cache_growth = $node->safe_psql('recreated', q{
+	CREATE TABLE t (id int PRIMARY KEY, state text NOT NULL);
+	INSERT INTO t VALUES (1, 'new');
+	CREATE PROCEDURE recreate() LANGUAGE plpgsql AS $$ BEGIN
+		DROP EXTENSION IF EXISTS idempotency CASCADE;
+		DROP SCHEMA IF EXISTS idempotency;
+		CREATE EXTENSION idempotency;
+		PERFORM idempotency.idem_machine('t', 'new->paid', 'paid->shipped', 'shipped->paid');
+		PERFORM idempotency.idem_guard('t');
+	END $$;
+	CREATE PROCEDURE alternate(n int) LANGUAGE plpgsql AS $$ DECLARE o text; BEGIN
+		FOR i IN 1..n LOOP
+			EXECUTE 'SELECT outcome::text FROM idempotency.idem_claim(''alt'')' INTO o;
+			EXECUTE 'SELECT outcome::text FROM idempotency.idem_transition(''t'', 1, ''paid'')' INTO o;
+			EXECUTE 'SELECT outcome::text FROM idempotency.idem_transition(''t'', 1, ''shipped'')' INTO o;
+		END LOOP;
+	END $$;
+	CALL recreate(); SELECT idempotency.idem_claim('x') \g /dev/null
+	SELECT idempotency.idem_transition('t', 1, 'paid') \g /dev/null
+	CALL recreate(); SELECT idempotency.idem_claim('x') \g /dev/null
+	SELECT idempotency.idem_transition('t', 1, 'paid') \g /dev/null
+	CALL recreate();
+	CALL alternate(100);
+	SELECT sum(used_bytes) AS before FROM pg_backend_memory_contexts WHERE name = 'CacheMemoryContext' \gset
+	CALL alternate(1000);
+	SELECT sum(used_bytes) - :before FROM pg_backend_memory_contexts WHERE name = 'CacheMemoryContext';
+});
+cmp_ok($cache_growth, '<', 100_000,
+	'3,000 calls after three installs in one session grow its cache by less than 100 kB');
+
 $node->stop;
 done_testing();
