@@ -12,6 +12,7 @@ MODULE_big = idempotency
 OBJS = \
 	src/idempotency.o \
 	src/claim.o \
+	src/claims_table.o \
 	src/fingerprint.o \
 	src/guard.o \
 	src/guard_update.o \

@@ -16,3 +16,59 @@ SELECT pg_temp.fails($$SELECT idempotency.idem_claim('repair', '1 hour')$$) AS p
 ROLLBACK;
 SELECT outcome FROM idempotency.idem_claim('repair', '1 hour');
 DELETE FROM idempotency.claims WHERE key = 'repair';
+
+--
+-- The claims table changed by hand.  A new claim is inserted directly,
+-- not through SQL, while the table is as the extension made it; whatever
+-- a DBA added that an insert meets is still applied (claims_table.c).
+--
+-- A CHECK constraint: a claim that breaks it is refused by it, one that
+-- keeps it goes in.
+BEGIN;
+ALTER TABLE idempotency.claims ADD CONSTRAINT no_test_keys CHECK (key NOT LIKE 'test-%');
+SELECT split_part(pg_temp.fails($$SELECT idempotency.idem_claim('test-1', '1 hour')$$), ' | ', 1) AS check_added;
+SELECT outcome FROM idempotency.idem_claim('live-1', '1 hour');
+ROLLBACK;
+-- A trigger: it sees every new claim.
+BEGIN;
+CREATE TABLE claim_audit (key text);
+CREATE FUNCTION audit_claim() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+	INSERT INTO claim_audit VALUES (NEW.key);
+	RETURN NEW;
+END $$;
+CREATE TRIGGER audit AFTER INSERT ON idempotency.claims
+	FOR EACH ROW EXECUTE FUNCTION audit_claim();
+SELECT outcome FROM idempotency.idem_claim('audited', '1 hour');
+SELECT key FROM claim_audit;
+ROLLBACK;
+-- A default on a column a new claim leaves empty: applied.
+BEGIN;
+ALTER TABLE idempotency.claims ALTER COLUMN recovery_point SET DEFAULT 'start';
+SELECT outcome FROM idempotency.idem_claim('defaulted', '1 hour');
+SELECT recovery_point FROM idempotency.claims WHERE key = 'defaulted';
+ROLLBACK;
+-- A NOT NULL on one: the claim is refused by it.
+BEGIN;
+ALTER TABLE idempotency.claims ALTER COLUMN response SET NOT NULL;
+SELECT split_part(pg_temp.fails($$SELECT idempotency.idem_claim('not-null', '1 hour')$$), ' | ', 1) AS not_null_added;
+ROLLBACK;
+-- A column of another type: refused before anything is read through it
+-- (idem_lookup returns the table's own row type, and still answers).
+BEGIN;
+ALTER TABLE idempotency.claims ALTER COLUMN status TYPE bigint;
+SELECT pg_temp.fails($$SELECT idempotency.idem_claim('retyped', '1 hour')$$) AS column_retyped;
+SELECT pg_temp.fails($$SELECT idempotency.idem_lookup('retyped')$$) AS column_retyped_lookup;
+ROLLBACK;
+BEGIN;
+ALTER TABLE idempotency.claims DROP COLUMN recovery_point;
+SELECT pg_temp.fails($$SELECT idempotency.idem_claim('dropped', '1 hour')$$) AS column_dropped;
+ROLLBACK;
+-- The table as it was: new claims go in directly again, and a second
+-- call finds them.
+SELECT outcome, token > 0 AS has_token, attempts, expires_at > now() AS expires
+  FROM idempotency.idem_claim('direct', '1 hour');
+SELECT outcome FROM idempotency.idem_claim('direct', '1 hour');
+SELECT state, attempts, lease_until > created_at AS leased, recovery_point, response
+  FROM idempotency.claims WHERE key = 'direct';
+DELETE FROM idempotency.claims WHERE key = 'direct';

@@ -170,15 +170,13 @@ enum
 	COL_RECOVERY_POINT, COL_RESPONSE, COL_STATUS, COL_EXPIRES_AT, NUM_READ_COLS
 };
 
-static const char *const read_col_names[NUM_READ_COLS] = {
-	"state", "fingerprint", "token", "attempts", "lease_until",
-	"recovery_point", "response", "status", "expires_at"
+static const IdemClaimsColumn read_cols[NUM_READ_COLS] = {
+	CLAIMS_STATE, CLAIMS_FINGERPRINT, CLAIMS_TOKEN, CLAIMS_ATTEMPTS, CLAIMS_LEASE_UNTIL,
+	CLAIMS_RECOVERY_POINT, CLAIMS_RESPONSE, CLAIMS_STATUS, CLAIMS_EXPIRES_AT
 };
 
-/* The labels of idem_claim_state, and their OIDs (found once). */
-static const char *const state_names[] = {"in_progress", "completed", "failed"};
-static Oid	state_type = InvalidOid;
-static Oid	state_oids[lengthof(state_names)];
+/* The labels of idem_claim_state, in the order of CLAIMS_IN_PROGRESS... */
+static const char *const state_names[CLAIMS_NUM_STATES] = {"in_progress", "completed", "failed"};
 
 /* A call's key and scope, validated. */
 typedef struct ClaimKey
@@ -290,26 +288,17 @@ claim_key_args(FunctionCallInfo fcinfo, int key_arg, int scope_arg, ClaimKey *k)
 }
 
 /*
- * Open idempotency.claims; the lock is kept to the end of the transaction.
- * Looked up by name each time (a few cache lookups), so that a recreated
- * extension is simply found again.  The caller has checked the scope and
- * switched to the owner's rights.  Row-level security on the table could
- * filter nothing here (the read goes through the primary key, and the
- * owner's statements bypass it), so rather than seem to, it is refused.
+ * Open idempotency.claims (claims_table.c); the lock is kept to the end of
+ * the transaction.  The caller has checked the scope and switched to the
+ * owner's rights.  Row-level security on the table could filter nothing
+ * here (the read goes through the primary key, and the owner's statements
+ * bypass it), so rather than seem to, it is refused.
  */
 static Relation
-open_claims(void)
+open_claims(const IdemClaimsLayout **layout)
 {
-	Oid			nsp = get_namespace_oid("idempotency", false);
-	Oid			relid = get_relname_relid("claims", nsp);
-	Relation	rel;
+	Relation	rel = IdemClaimsOpen(AccessShareLock, layout);
 
-	if (!OidIsValid(relid))
-		ereport(ERROR,
-				(errcode(ERRCODE_UNDEFINED_TABLE),
-				 errmsg("table \"idempotency.claims\" does not exist"),
-				 errhint(IDEM_HINT_MISSING_TABLE)));
-	rel = table_open(relid, AccessShareLock);
 	if (rel->rd_rel->relrowsecurity)
 		ereport(ERROR,
 				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
@@ -328,15 +317,12 @@ open_claims(void)
  * always changes expires_at, so it shows up as the new version it inserts.
  */
 static bool
-version_expired(Relation rel, TupleTableSlot *slot)
+version_expired(const IdemClaimsLayout *layout, TupleTableSlot *slot)
 {
-	AttrNumber	att = get_attnum(RelationGetRelid(rel), "expires_at");
 	bool		isnull;
 	Datum		d;
 
-	if (att == InvalidAttrNumber)
-		return false;
-	d = slot_getattr(slot, att, &isnull);
+	d = slot_getattr(slot, layout->attnums[CLAIMS_EXPIRES_AT], &isnull);
 	return !isnull && DatumGetTimestampTz(d) <= GetCurrentTimestamp();
 }
 
@@ -347,7 +333,8 @@ version_expired(Relation rel, TupleTableSlot *slot)
  * deleting an expired one), instead of returning it.
  */
 static HeapTuple
-fetch_claim(Relation rel, const ClaimKey *k, Snapshot snapshot, bool *busy)
+fetch_claim(Relation rel, const IdemClaimsLayout *layout, const ClaimKey *k,
+			Snapshot snapshot, bool *busy)
 {
 	Relation	irel = index_open(idem_primary_key_index(rel), AccessShareLock);
 	ScanKeyData skey[2];
@@ -369,7 +356,7 @@ fetch_claim(Relation rel, const ClaimKey *k, Snapshot snapshot, bool *busy)
 			break;
 		}
 		if (TransactionIdIsValid(snapshot->xmin) ||
-			(TransactionIdIsValid(snapshot->xmax) && !version_expired(rel, slot)))
+			(TransactionIdIsValid(snapshot->xmax) && !version_expired(layout, slot)))
 		{
 			*busy = true;
 			break;
@@ -377,7 +364,7 @@ fetch_claim(Relation rel, const ClaimKey *k, Snapshot snapshot, bool *busy)
 	}
 	index_endscan(scan);
 	ExecDropSingleTupleTableSlot(slot);
-	index_close(irel, AccessShareLock);
+	index_close(irel, NoLock);	/* locked to the end of the transaction */
 	return tuple;
 }
 
@@ -389,8 +376,8 @@ fetch_claim(Relation rel, const ClaimKey *k, Snapshot snapshot, bool *busy)
 static void
 read_row(const ClaimKey *k, ClaimRow *row)
 {
-	Relation	rel = open_claims();
-	TupleDesc	desc = RelationGetDescr(rel);
+	const IdemClaimsLayout *layout;
+	Relation	rel = open_claims(&layout);
 	Snapshot	snapshot;
 	HeapTuple	tuple;
 	TimestampTz now;
@@ -398,42 +385,27 @@ read_row(const ClaimKey *k, ClaimRow *row)
 	memset(row, 0, sizeof(*row));
 	CommandCounterIncrement();	/* see this transaction's own writes */
 	snapshot = RegisterSnapshot(GetTransactionSnapshot());
-	tuple = fetch_claim(rel, k, snapshot, NULL);
+	tuple = fetch_claim(rel, layout, k, snapshot, NULL);
 	UnregisterSnapshot(snapshot);
 
 	if (tuple != NULL)
 	{
-		Oid			state_typid = InvalidOid;
+		TupleDesc	desc = RelationGetDescr(rel);
+		Datum		few_values[16];
+		bool		few_nulls[16];
+		Datum	   *values = desc->natts <= 16 ? few_values : palloc(desc->natts * sizeof(Datum));
+		bool	   *nulls = desc->natts <= 16 ? few_nulls : palloc(desc->natts * sizeof(bool));
 
+		heap_deform_tuple(tuple, desc, values, nulls);
 		for (int i = 0; i < NUM_READ_COLS; i++)
 		{
-			int			att = 0;
-
-			while (att < desc->natts &&
-				   (TupleDescAttr(desc, att)->attisdropped ||
-					strcmp(NameStr(TupleDescAttr(desc, att)->attname), read_col_names[i]) != 0))
-				att++;
-			if (att == desc->natts)
-				elog(ERROR, "column \"%s\" of idempotency.claims is missing", read_col_names[i]);
-			row->values[i] = heap_getattr(tuple, att + 1, desc, &row->nulls[i]);
-			if (i == COL_STATE)
-				state_typid = TupleDescAttr(desc, att)->atttypid;
+			row->values[i] = values[layout->attnums[read_cols[i]] - 1];
+			row->nulls[i] = nulls[layout->attnums[read_cols[i]] - 1];
 		}
-
-		if (state_type != state_typid)
-		{
-			/* First use, or a recreated extension: find the state labels. */
-			for (int j = 0; j < (int) lengthof(state_names); j++)
-				state_oids[j] = DatumGetObjectId(DirectFunctionCall2(enum_in,
-																	 CStringGetDatum(state_names[j]),
-																	 ObjectIdGetDatum(state_typid)));
-			state_type = state_typid;
-		}
-
 		row->found = true;
 		row->state = "unknown";
-		for (int j = 0; j < (int) lengthof(state_names); j++)
-			if (DatumGetObjectId(row->values[COL_STATE]) == state_oids[j])
+		for (int j = 0; j < CLAIMS_NUM_STATES; j++)
+			if (row->values[COL_STATE] == layout->states[j])
 				row->state = state_names[j];
 		row->token = DatumGetInt64(row->values[COL_TOKEN]);
 		now = GetCurrentTimestamp();
@@ -453,12 +425,13 @@ read_row(const ClaimKey *k, ClaimRow *row)
 static bool
 key_busy_elsewhere(const ClaimKey *k)
 {
-	Relation	rel = open_claims();
+	const IdemClaimsLayout *layout;
+	Relation	rel = open_claims(&layout);
 	SnapshotData dirty;
 	bool		busy = false;
 
 	InitDirtySnapshot(dirty);
-	(void) fetch_claim(rel, k, &dirty, &busy);
+	(void) fetch_claim(rel, layout, k, &dirty, &busy);
 	table_close(rel, NoLock);
 	return busy;
 }
@@ -602,18 +575,50 @@ idem_claim(PG_FUNCTION_ARGS)
 		if (!row.found || row.expired)
 		{
 			/* First time, or the old claim has expired: the caller owns it. */
-			args[4] = IntervalPGetDatum(ttl);
-			args[5] = Int64GetDatum(row.token);
-			connect_once(&spi);
-			if (row.found ? run_contested(PLAN_RENEW, args, argnulls)
-				: run_plan(PLAN_INSERT, args, argnulls, false) == 1)
+			IdemClaimsInsertResult direct = CLAIMS_USE_SQL;
+
+			if (!row.found && tries == 0)
 			{
-				outcome = OUTCOME_CLAIMED;
-				values[RES_TOKEN] = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &nulls[RES_TOKEN]);
-				values[RES_EXPIRES_AT] = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &nulls[RES_EXPIRES_AT]);
-				values[RES_ATTEMPTS] = Int32GetDatum(1);
-				nulls[RES_ATTEMPTS] = false;
-				break;
+				/*
+				 * A new key, at the first try: inserted directly.  A later
+				 * try runs the SQL, whose pre-check waits for the
+				 * transaction that took the key.
+				 */
+				IdemNewClaim claim = {k.scope, k.key, fingerprint, lease, ttl};
+				const IdemClaimsLayout *layout;
+				Relation	rel = open_claims(&layout);
+				int64		token;
+				TimestampTz expires_at;
+
+				direct = IdemClaimsInsert(rel, &claim, &token, &expires_at);
+				table_close(rel, NoLock);
+				if (direct == CLAIMS_INSERTED)
+				{
+					outcome = OUTCOME_CLAIMED;
+					values[RES_TOKEN] = Int64GetDatum(token);
+					nulls[RES_TOKEN] = false;
+					values[RES_EXPIRES_AT] = TimestampTzGetDatum(expires_at);
+					nulls[RES_EXPIRES_AT] = false;
+					values[RES_ATTEMPTS] = Int32GetDatum(1);
+					nulls[RES_ATTEMPTS] = false;
+					break;
+				}
+			}
+			if (direct == CLAIMS_USE_SQL)
+			{
+				args[4] = IntervalPGetDatum(ttl);
+				args[5] = Int64GetDatum(row.token);
+				connect_once(&spi);
+				if (row.found ? run_contested(PLAN_RENEW, args, argnulls)
+					: run_plan(PLAN_INSERT, args, argnulls, false) == 1)
+				{
+					outcome = OUTCOME_CLAIMED;
+					values[RES_TOKEN] = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &nulls[RES_TOKEN]);
+					values[RES_EXPIRES_AT] = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &nulls[RES_EXPIRES_AT]);
+					values[RES_ATTEMPTS] = Int32GetDatum(1);
+					nulls[RES_ATTEMPTS] = false;
+					break;
+				}
 			}
 		}
 		else if (fingerprint_differs(&row, fingerprint))

@@ -103,4 +103,16 @@
 #define IDEM_HAVE_CUSTOM_WAIT_EVENTS 1
 #endif
 
+/*
+ * ExecInsertIndexTuples took an onlySummarizing argument in PostgreSQL 16.
+ * idem_insert_index_tuples inserts a new tuple's entries into every index.
+ */
+#if PG_VERSION_NUM >= 160000
+#define idem_insert_index_tuples(rri, slot, estate, nodup, conflict, arbiters) \
+	ExecInsertIndexTuples((rri), (slot), (estate), false, (nodup), (conflict), (arbiters), false)
+#else
+#define idem_insert_index_tuples(rri, slot, estate, nodup, conflict, arbiters) \
+	ExecInsertIndexTuples((rri), (slot), (estate), false, (nodup), (conflict), (arbiters))
+#endif
+
 #endif							/* IDEMPOTENCY_COMPAT_H */

@@ -18,7 +18,9 @@
 #include "access/tupdesc.h"
 #include "port/atomics.h"
 #include "storage/lwlock.h"
+#include "storage/lockdefs.h"
 #include "storage/spin.h"
+#include "utils/relcache.h"
 
 #include "compat.h"
 #include "datatype/timestamp.h"
@@ -225,6 +227,50 @@ extern void IdemRestoreUser(const IdemUserSave *save);
 #define IDEM_HINT_MISSING_TABLE \
 	"If it was renamed or moved, put it back; if it was dropped, restore it from a backup. " \
 	"Do not drop and recreate the extension: that drops the policies, the machines and the guards of tables (README, \"Repairing an installation\")."
+
+/* claims_table.c: idempotency.claims */
+typedef enum IdemClaimsColumn
+{
+	CLAIMS_SCOPE, CLAIMS_KEY, CLAIMS_FINGERPRINT, CLAIMS_STATE, CLAIMS_TOKEN,
+	CLAIMS_ATTEMPTS, CLAIMS_LEASE_UNTIL, CLAIMS_RECOVERY_POINT,
+	CLAIMS_RESPONSE, CLAIMS_STATUS, CLAIMS_CREATED_AT, CLAIMS_EXPIRES_AT,
+	CLAIMS_NUM_COLUMNS
+} IdemClaimsColumn;
+
+/* The labels of idem_claim_state. */
+enum
+{
+	CLAIMS_IN_PROGRESS, CLAIMS_COMPLETED, CLAIMS_FAILED, CLAIMS_NUM_STATES
+};
+
+typedef struct IdemClaimsLayout
+{
+	bool		attnums_known;	/* the fields below are filled */
+	AttrNumber	attnums[CLAIMS_NUM_COLUMNS];	/* by IdemClaimsColumn */
+	Oid			state_type;		/* the type of the state column */
+	Datum		states[CLAIMS_NUM_STATES];	/* its labels */
+} IdemClaimsLayout;
+
+/* A new claim of a key. */
+typedef struct IdemNewClaim
+{
+	text	   *scope;
+	text	   *key;
+	bytea	   *fingerprint;	/* or NULL */
+	const Interval *lease;
+	const Interval *ttl;
+} IdemNewClaim;
+
+typedef enum IdemClaimsInsertResult
+{
+	CLAIMS_INSERTED,			/* the row is in */
+	CLAIMS_TAKEN,				/* another transaction holds the key */
+	CLAIMS_USE_SQL				/* run the SQL statement instead */
+} IdemClaimsInsertResult;
+
+extern Relation IdemClaimsOpen(LOCKMODE mode, const IdemClaimsLayout **layout);
+extern IdemClaimsInsertResult IdemClaimsInsert(Relation rel, const IdemNewClaim *claim,
+											   int64 *token, TimestampTz *expires_at);
 
 /* fingerprint.c */
 extern void IdemSha256(const void *data, size_t len, uint8 *digest);

@@ -28,7 +28,10 @@
  * columns of one target list.  Spread elsewhere too (a sort key, the
  * argument of a set-returning function, a wrapper function's result), a
  * copy evaluated in another context runs again: SELECT * FROM f(...) is
- * the form to use.
+ * the form to use.  A call in FROM is nobody's copy (the executor runs it
+ * once per scan, and tells by passing a ReturnSetInfo): it neither takes
+ * nor leaves an answer, and only makes earlier ones about its object be
+ * forgotten.
  *
  *-------------------------------------------------------------------------
  */
@@ -36,6 +39,7 @@
 
 #include "access/xact.h"
 #include "miscadmin.h"
+#include "nodes/execnodes.h"
 #include "utils/datum.h"
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
@@ -74,6 +78,13 @@ typedef struct Memo
  */
 static Memo *memos = NULL;
 static bool callbacks_registered = false;
+
+/* Is this a call in FROM? */
+static bool
+in_from(FunctionCallInfo fcinfo)
+{
+	return fcinfo->resultinfo != NULL && IsA(fcinfo->resultinfo, ReturnSetInfo);
+}
 
 static Memo *
 memo_of(MemoryContext cxt)
@@ -184,7 +195,7 @@ IdemMemoFind(FunctionCallInfo fcinfo, Datum *result)
 {
 	Memo	   *m;
 
-	if (memos == NULL || fcinfo->flinfo->fn_expr == NULL ||
+	if (memos == NULL || fcinfo->flinfo->fn_expr == NULL || in_from(fcinfo) ||
 		(m = memo_of(CurrentMemoryContext)) == NULL)
 		return false;
 	for (int i = 0; i < m->n; i++)
@@ -241,6 +252,8 @@ IdemMemoKeep(FunctionCallInfo fcinfo, Datum result, const int *identity, int nid
 		return result;
 	}
 	forget_object(fcinfo, identity, nidentity);
+	if (in_from(fcinfo))
+		return result;
 	if (!callbacks_registered)
 	{
 		RegisterSubXactCallback(memo_subxact_callback, NULL);

@@ -1,0 +1,406 @@
+/*-------------------------------------------------------------------------
+ *
+ * claims_table.c
+ *	  The table idempotency.claims as the claim functions use it: found
+ *	  once per backend with its columns checked, and new claims inserted
+ *	  into it directly.
+ *
+ * Finding the table.  The table's OID, the sequence of fencing tokens, the
+ * position of each column and the labels of the state type are looked up
+ * by name once and kept until an invalidation may have changed them: a
+ * relcache invalidation of the table or of the sequence, or any change of
+ * a schema (a renamed schema must stop being found under its old name).
+ * Each open locks the kept OID, which takes in pending invalidations, and
+ * looks again by name if they made the kept values stale.  A column that is
+ * missing or of another type than the extension gave it is refused before
+ * anything is read through it.
+ *
+ * Inserting.  A claim of a key without a row used to run INSERT ... ON
+ * CONFLICT DO NOTHING through SPI; its executor start, the arbiter
+ * pre-check (a second descent of the primary key, after the read that
+ * had just found no row) and the table's CHECK constraints, parsed again
+ * at every execution, were most of what a new claim cost beyond the
+ * hand-written insert it replaces.  IdemClaimsInsert makes the same
+ * speculative insertion the executor makes, without the pre-check: the
+ * tuple goes in with a speculative token, its index entries with the
+ * primary key as arbiter, and the tuple is then confirmed or, when another
+ * transaction holds the key, killed.  A conflict goes back to the caller,
+ * whose next try runs the SQL statement, and its pre-check waits for the
+ * other transaction as before.  The CHECK constraints are planned once per
+ * version of the table and evaluated on the row.
+ *
+ * The direct insert is made only while the table is, in everything an
+ * insert meets, as the extension created it: a plain table without
+ * triggers (so without foreign keys), rules, generated or identity columns,
+ * with no column but its own, no default or NOT NULL added to a column
+ * the insert leaves empty, and an immediate, valid primary key.  And only
+ * while the row passes the CHECK constraints.  Otherwise the SQL
+ * statement runs, and PostgreSQL applies, or reports, whatever was added.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "access/genam.h"
+#include "access/table.h"
+#include "access/tableam.h"
+#include "access/xact.h"
+#include "catalog/namespace.h"
+#include "catalog/pg_type.h"
+#include "executor/executor.h"
+#include "miscadmin.h"
+#include "nodes/makefuncs.h"
+#include "optimizer/optimizer.h"
+#include "storage/lmgr.h"
+#include "utils/builtins.h"
+#include "utils/fmgrprotos.h"
+#include "utils/inval.h"
+#include "utils/lsyscache.h"
+#include "utils/memutils.h"
+#include "utils/rel.h"
+#include "utils/syscache.h"
+#include "utils/timestamp.h"
+
+#include "idempotency.h"
+
+/* The columns, in the order of IdemClaimsColumn, and their types. */
+static const struct
+{
+	const char *name;
+	Oid			type;			/* InvalidOid: an enum (the state) */
+	bool		always_set;		/* every insert gives it a value */
+}			columns[CLAIMS_NUM_COLUMNS] = {
+	[CLAIMS_SCOPE] = {"scope", TEXTOID, true},
+	[CLAIMS_KEY] = {"key", TEXTOID, true},
+	[CLAIMS_FINGERPRINT] = {"fingerprint", BYTEAOID, false},
+	[CLAIMS_STATE] = {"state", InvalidOid, true},
+	[CLAIMS_TOKEN] = {"token", INT8OID, true},
+	[CLAIMS_ATTEMPTS] = {"attempts", INT4OID, true},
+	[CLAIMS_LEASE_UNTIL] = {"lease_until", TIMESTAMPTZOID, true},
+	[CLAIMS_RECOVERY_POINT] = {"recovery_point", TEXTOID, false},
+	[CLAIMS_RESPONSE] = {"response", JSONBOID, false},
+	[CLAIMS_STATUS] = {"status", INT4OID, false},
+	[CLAIMS_CREATED_AT] = {"created_at", TIMESTAMPTZOID, true},
+	[CLAIMS_EXPIRES_AT] = {"expires_at", TIMESTAMPTZOID, true},
+};
+
+static const char *const state_labels[CLAIMS_NUM_STATES] = {
+	[CLAIMS_IN_PROGRESS] = "in_progress",
+	[CLAIMS_COMPLETED] = "completed",
+	[CLAIMS_FAILED] = "failed",
+};
+
+/* What is kept; valid until an invalidation clears it. */
+static bool valid = false;
+static Oid	claims_relid = InvalidOid;
+static Oid	tokens_relid = InvalidOid;
+static IdemClaimsLayout layout;
+
+/* For the direct insert (filled on its first use after each look-up). */
+static bool insert_checked = false;
+static bool insert_direct = false;	/* the table allows it */
+static bool fingerprint_not_null = false;
+static List *check_exprs = NIL;		/* planned CHECK expressions */
+static List *check_names = NIL;
+static MemoryContext checks_cxt = NULL;
+static bool callbacks = false;
+
+static void
+relcache_changed(Datum arg, Oid relid)
+{
+	if (!OidIsValid(relid) || relid == claims_relid || relid == tokens_relid)
+		valid = false;
+}
+
+static void
+schema_changed(Datum arg, int cacheid, uint32 hashvalue)
+{
+	valid = false;
+}
+
+/*
+ * Look the table up by name, check its columns, and keep what was found.
+ * Errors leave nothing kept.
+ */
+static Oid
+look_up(void)
+{
+	Oid			nsp = get_namespace_oid("idempotency", true);
+	Oid			relid = OidIsValid(nsp) ? get_relname_relid("claims", nsp) : InvalidOid;
+
+	if (!callbacks)
+	{
+		CacheRegisterRelcacheCallback(relcache_changed, (Datum) 0);
+		CacheRegisterSyscacheCallback(NAMESPACEOID, schema_changed, (Datum) 0);
+		callbacks = true;
+	}
+	if (!OidIsValid(relid))
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_TABLE),
+				 errmsg("table \"idempotency.claims\" does not exist"),
+				 errhint(IDEM_HINT_MISSING_TABLE)));
+	valid = true;
+	claims_relid = relid;
+	tokens_relid = get_relname_relid("claim_tokens", nsp);
+	layout.attnums_known = false;
+	insert_checked = false;
+	return relid;
+}
+
+/*
+ * Find each column and check its type; then the labels of the state type.
+ */
+static void
+check_columns(Relation rel)
+{
+	TupleDesc	desc = RelationGetDescr(rel);
+
+	for (int c = 0; c < CLAIMS_NUM_COLUMNS; c++)
+	{
+		Form_pg_attribute found = NULL;
+
+		for (int i = 0; i < desc->natts && found == NULL; i++)
+		{
+			Form_pg_attribute a = TupleDescAttr(desc, i);
+
+			if (!a->attisdropped && strcmp(NameStr(a->attname), columns[c].name) == 0)
+				found = a;
+		}
+		if (found == NULL)
+			ereport(ERROR,
+					(errcode(ERRCODE_UNDEFINED_COLUMN),
+					 errmsg("column \"%s\" of table \"idempotency.claims\" does not exist",
+							columns[c].name),
+					 errhint("Restore the column as the extension created it (README, \"Repairing an installation\").")));
+		if (OidIsValid(columns[c].type) ? found->atttypid != columns[c].type
+			: get_typtype(found->atttypid) != TYPTYPE_ENUM)
+			ereport(ERROR,
+					(errcode(ERRCODE_DATATYPE_MISMATCH),
+					 errmsg("column \"%s\" of table \"idempotency.claims\" has type %s, not %s",
+							columns[c].name, format_type_be(found->atttypid),
+							OidIsValid(columns[c].type) ? format_type_be(columns[c].type)
+							: "idempotency.idem_claim_state"),
+					 errhint("Change the column back to its type (README, \"Repairing an installation\").")));
+		layout.attnums[c] = found->attnum;
+		if (c == CLAIMS_STATE)
+			layout.state_type = found->atttypid;
+	}
+	for (int s = 0; s < CLAIMS_NUM_STATES; s++)
+		layout.states[s] = DirectFunctionCall2(enum_in, CStringGetDatum(state_labels[s]),
+											   ObjectIdGetDatum(layout.state_type));
+	layout.attnums_known = true;
+}
+
+/*
+ * Open idempotency.claims with the given lock, kept to the end of the
+ * transaction, and return it with its layout.
+ */
+Relation
+IdemClaimsOpen(LOCKMODE mode, const IdemClaimsLayout **layoutp)
+{
+	Relation	rel;
+
+	for (int tries = 0;; tries++)
+	{
+		Oid			relid = valid && tries == 0 ? claims_relid : look_up();
+
+		LockRelationOid(relid, mode);
+		/* Locking took in invalidations: is what was kept still true? */
+		if (valid && claims_relid == relid)
+		{
+			rel = table_open(relid, NoLock);
+			break;
+		}
+		UnlockRelationOid(relid, mode);
+		if (tries >= 100)
+			elog(ERROR, "idempotency.claims keeps changing");
+	}
+	if (!layout.attnums_known)
+		check_columns(rel);
+	*layoutp = &layout;
+	return rel;
+}
+
+/*
+ * Does the table allow a direct insert?  Checked once per look-up; the
+ * CHECK constraints are planned then too.
+ */
+static bool
+direct_insert_allowed(Relation rel)
+{
+	TupleDesc	desc = RelationGetDescr(rel);
+	TupleConstr *constr = desc->constr;
+	Oid			pk = idem_primary_key_index(rel);
+	int			ours = 0;
+	MemoryContext old;
+
+	if (insert_checked)
+		return insert_direct;
+
+	if (checks_cxt != NULL)
+	{
+		/* The old expressions may be in use further up: free them at commit. */
+		MemoryContextSetParent(checks_cxt, TopTransactionContext);
+		checks_cxt = NULL;
+	}
+	check_exprs = check_names = NIL;
+	insert_direct = false;
+
+	if (rel->rd_rel->relkind != RELKIND_RELATION || rel->rd_rel->relispartition ||
+		rel->rd_rel->relhasrules || rel->trigdesc != NULL ||
+		!OidIsValid(tokens_relid) || !OidIsValid(pk))
+		goto done;
+	for (int i = 0; i < desc->natts; i++)
+	{
+		Form_pg_attribute a = TupleDescAttr(desc, i);
+		int			c = 0;
+
+		if (a->attisdropped)
+			continue;
+		while (c < CLAIMS_NUM_COLUMNS && layout.attnums[c] != a->attnum)
+			c++;
+		if (c == CLAIMS_NUM_COLUMNS || a->attgenerated != '\0' || a->attidentity != '\0')
+			goto done;
+		if (!columns[c].always_set && c != CLAIMS_FINGERPRINT && (a->attnotnull || a->atthasdef))
+			goto done;
+		if (c == CLAIMS_FINGERPRINT)
+			fingerprint_not_null = a->attnotnull;
+		ours++;
+	}
+	if (ours != CLAIMS_NUM_COLUMNS)
+		goto done;
+	{
+		Relation	irel = index_open(pk, AccessShareLock);
+		bool		usable = irel->rd_index->indimmediate && irel->rd_index->indisvalid;
+
+		index_close(irel, AccessShareLock);
+		if (!usable)
+			goto done;
+	}
+
+	checks_cxt = AllocSetContextCreate(CacheMemoryContext, "idempotency claims checks",
+									   ALLOCSET_SMALL_SIZES);
+	old = MemoryContextSwitchTo(checks_cxt);
+	for (int i = 0; constr != NULL && i < constr->num_check; i++)
+	{
+#if PG_VERSION_NUM >= 180000
+		if (!constr->check[i].ccenforced)
+			continue;
+#endif
+		check_exprs = lappend(check_exprs,
+							  expression_planner((Expr *) stringToNode(constr->check[i].ccbin)));
+		check_names = lappend(check_names, pstrdup(constr->check[i].ccname));
+	}
+	MemoryContextSwitchTo(old);
+	insert_direct = constr == NULL || constr->num_check == rel->rd_rel->relchecks;
+
+done:
+	insert_checked = true;
+	return insert_direct;
+}
+
+/* Do the row's values pass the table's CHECK constraints? */
+static bool
+checks_pass(EState *estate, TupleTableSlot *slot)
+{
+	ExprContext *econtext = GetPerTupleExprContext(estate);
+	ListCell   *lc;
+
+	econtext->ecxt_scantuple = slot;
+	foreach(lc, check_exprs)
+	{
+		MemoryContext old = MemoryContextSwitchTo(estate->es_query_cxt);
+		ExprState  *state = ExecInitExpr((Expr *) lfirst(lc), NULL);
+
+		MemoryContextSwitchTo(old);
+		if (!ExecCheck(state, econtext))
+			return false;
+	}
+	return true;
+}
+
+/*
+ * Insert a new claim of a key: state in_progress, a new fencing token,
+ * attempts 1, the lease and expiry counted from the clock now.  The caller
+ * has the table open (IdemClaimsOpen) and has found no row for the key.
+ * Returns CLAIMS_INSERTED with the token and expiry set, CLAIMS_TAKEN if
+ * another transaction holds the key (nothing is left behind), or
+ * CLAIMS_USE_SQL if the insert must go through the SQL statement.
+ */
+IdemClaimsInsertResult
+IdemClaimsInsert(Relation rel, const IdemNewClaim *claim, int64 *token,
+				 TimestampTz *expires_at)
+{
+	EState	   *estate;
+	ResultRelInfo *rri;
+	TupleTableSlot *slot;
+	Datum	   *values;
+	bool	   *nulls;
+	TimestampTz now;
+	TransactionId xid;
+	uint32		spec_token;
+	bool		conflict = false;
+	List	   *recheck;
+
+	/* A writer's lock; what it takes in may change the table. */
+	LockRelationOid(RelationGetRelid(rel), RowExclusiveLock);
+	if (!valid || !layout.attnums_known || !direct_insert_allowed(rel) || !valid ||
+		(claim->fingerprint == NULL && fingerprint_not_null))
+		return CLAIMS_USE_SQL;
+
+	estate = CreateExecutorState();
+	estate->es_output_cid = GetCurrentCommandId(true);
+	rri = makeNode(ResultRelInfo);
+	InitResultRelInfo(rri, rel, 0, NULL, 0);
+	ExecOpenIndices(rri, true);
+	slot = ExecInitExtraTupleSlot(estate, RelationGetDescr(rel), table_slot_callbacks(rel));
+
+	ExecClearTuple(slot);
+	values = slot->tts_values;
+	nulls = slot->tts_isnull;
+	memset(nulls, true, RelationGetDescr(rel)->natts * sizeof(bool));
+#define SET(c, d) (values[layout.attnums[c] - 1] = (d), nulls[layout.attnums[c] - 1] = false)
+	now = GetCurrentTimestamp();
+	*token = DatumGetInt64(DirectFunctionCall1(nextval_oid, ObjectIdGetDatum(tokens_relid)));
+	*expires_at = DatumGetTimestampTz(DirectFunctionCall2(timestamptz_pl_interval,
+														  TimestampTzGetDatum(now),
+														  IntervalPGetDatum(claim->ttl)));
+	SET(CLAIMS_SCOPE, PointerGetDatum(claim->scope));
+	SET(CLAIMS_KEY, PointerGetDatum(claim->key));
+	if (claim->fingerprint != NULL)
+		SET(CLAIMS_FINGERPRINT, PointerGetDatum(claim->fingerprint));
+	SET(CLAIMS_STATE, layout.states[CLAIMS_IN_PROGRESS]);
+	SET(CLAIMS_TOKEN, Int64GetDatum(*token));
+	SET(CLAIMS_ATTEMPTS, Int32GetDatum(1));
+	SET(CLAIMS_LEASE_UNTIL, DirectFunctionCall2(timestamptz_pl_interval,
+												TimestampTzGetDatum(now),
+												IntervalPGetDatum(claim->lease)));
+	SET(CLAIMS_CREATED_AT, TimestampTzGetDatum(GetCurrentTransactionStartTimestamp()));
+	SET(CLAIMS_EXPIRES_AT, TimestampTzGetDatum(*expires_at));
+#undef SET
+	ExecStoreVirtualTuple(slot);
+
+	if (!checks_pass(estate, slot))
+	{
+		/* Let the SQL statement report the violated constraint. */
+		ExecCloseIndices(rri);
+		ExecResetTupleTable(estate->es_tupleTable, false);
+		FreeExecutorState(estate);
+		return CLAIMS_USE_SQL;
+	}
+
+	/* As the executor inserts with ON CONFLICT, the pre-check aside. */
+	xid = GetCurrentTransactionId();
+	spec_token = SpeculativeInsertionLockAcquire(xid);
+	table_tuple_insert_speculative(rel, slot, estate->es_output_cid, 0, NULL, spec_token);
+	recheck = idem_insert_index_tuples(rri, slot, estate, true, &conflict,
+									   list_make1_oid(idem_primary_key_index(rel)));
+	table_tuple_complete_speculative(rel, slot, spec_token, !conflict);
+	SpeculativeInsertionLockRelease(xid);
+	list_free(recheck);
+
+	ExecCloseIndices(rri);
+	ExecResetTupleTable(estate->es_tupleTable, false);
+	FreeExecutorState(estate);
+	return conflict ? CLAIMS_TAKEN : CLAIMS_INSERTED;
+}
