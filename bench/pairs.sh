@@ -19,21 +19,27 @@ tps() {
 median() { sort -n | awk '{a[NR] = $1} END {print (NR % 2) ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2}'; }
 
 # pair LABEL OURS THEIRS COMMIT [RESET]: alternate two scripts for ROUNDS
-# rounds, running the SQL RESET before each run; print medians and ratio.
+# rounds, running the SQL RESET before each run; print the median
+# throughput of each side and the median of the rounds' ratios (each
+# round's two runs are back to back, so a ratio is the steadier figure on
+# a machine whose speed drifts).
 pair() {
-	local label=$1 ours=$2 theirs=$3 commit=$4 reset=$5 a=() b=() r
+	local label=$1 ours=$2 theirs=$3 commit=$4 reset=$5 a=() b=() q=() r x y
 	for r in $(seq 1 "$ROUNDS"); do
 		[ -z "$reset" ] || printf '%s\n' "$reset" | psqlq
-		a+=("$(tps "$ours" "$commit")")
+		x=$(tps "$ours" "$commit")
 		[ -z "$reset" ] || printf '%s\n' "$reset" | psqlq
-		b+=("$(tps "$theirs" "$commit")")
+		y=$(tps "$theirs" "$commit")
+		a+=("$x") b+=("$y")
+		q+=("$(awk -v x="$x" -v y="$y" 'BEGIN { print x / y }')")
 		printf '.'
 	done
 	printf '\r'
-	local ma mb
+	local ma mb mq
 	ma=$(printf '%s\n' "${a[@]}" | median)
 	mb=$(printf '%s\n' "${b[@]}" | median)
-	awk -v l="$label" -v c="$commit" -v a="$ma" -v b="$mb" -v o="$ours" -v t="$theirs" 'BEGIN {
-		printf "  %-40s sync_commit=%-3s %-9s %9.0f tps   %-9s %9.0f tps   ratio %.3f\n", l, c, o, a, t, b, a / b
+	mq=$(printf '%s\n' "${q[@]}" | median)
+	awk -v l="$label" -v c="$commit" -v a="$ma" -v b="$mb" -v q="$mq" -v o="$ours" -v t="$theirs" 'BEGIN {
+		printf "  %-44s sync_commit=%-3s %-10s %7.0f tps  %-8s %7.0f tps  ratio %.3f\n", l, c, o, a, t, b, q
 	}'
 }

@@ -29,6 +29,23 @@ ALTER TABLE idempotency.claims ADD CONSTRAINT no_test_keys CHECK (key NOT LIKE '
 SELECT split_part(pg_temp.fails($$SELECT idempotency.idem_claim('test-1', '1 hour')$$), ' | ', 1) AS check_added;
 SELECT outcome FROM idempotency.idem_claim('live-1', '1 hour');
 ROLLBACK;
+-- A CHECK calling a SQL function, which is then replaced: the new body
+-- applies at once (the constraint is planned at each insert).
+BEGIN;
+CREATE FUNCTION key_allowed(k text) RETURNS boolean LANGUAGE sql IMMUTABLE
+	AS $$ SELECT k <> 'banned-1' $$;
+ALTER TABLE idempotency.claims ADD CONSTRAINT allowed_keys CHECK (key_allowed(key));
+SELECT outcome FROM idempotency.idem_claim('banned-2', '1 hour');
+CREATE OR REPLACE FUNCTION key_allowed(k text) RETURNS boolean LANGUAGE sql IMMUTABLE
+	AS $$ SELECT k NOT LIKE 'banned-%' $$;
+SELECT split_part(pg_temp.fails($$SELECT idempotency.idem_claim('banned-3', '1 hour')$$), ' | ', 1) AS function_replaced;
+ROLLBACK;
+-- A CHECK reading tableoid sees the table's.
+BEGIN;
+ALTER TABLE idempotency.claims ADD CONSTRAINT own_table
+	CHECK (key <> 'elsewhere' OR tableoid = 0);
+SELECT split_part(pg_temp.fails($$SELECT idempotency.idem_claim('elsewhere', '1 hour')$$), ' | ', 1) AS tableoid_check;
+ROLLBACK;
 -- A trigger: it sees every new claim.
 BEGIN;
 CREATE TABLE claim_audit (key text);

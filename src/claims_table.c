@@ -26,15 +26,17 @@
  * primary key as arbiter, and the tuple is then confirmed or, when another
  * transaction holds the key, killed.  A conflict goes back to the caller,
  * whose next try runs the SQL statement, and its pre-check waits for the
- * other transaction as before.  The CHECK constraints are planned once per
- * version of the table and evaluated on the row.
+ * other transaction as before.  The CHECK constraints are read once per
+ * version of the table, and planned (as the executor plans them at each
+ * start) and evaluated at each insert.
  *
  * The direct insert is made only while the table is, in everything an
  * insert meets, as the extension created it: a plain table without
  * triggers (so without foreign keys), rules, generated or identity columns,
  * with no column but its own, no default or NOT NULL added to a column
- * the insert leaves empty, and an immediate, valid primary key.  And only
- * while the row passes the CHECK constraints.  Otherwise the SQL
+ * the insert leaves empty, and an immediate, valid primary key as its only
+ * unique index.  And only while the row passes the CHECK constraints, the
+ * transaction may write and the owner may insert.  Otherwise the SQL
  * statement runs, and PostgreSQL applies, or reports, whatever was added.
  *
  *-------------------------------------------------------------------------
@@ -52,6 +54,7 @@
 #include "nodes/makefuncs.h"
 #include "optimizer/optimizer.h"
 #include "storage/lmgr.h"
+#include "utils/acl.h"
 #include "utils/builtins.h"
 #include "utils/fmgrprotos.h"
 #include "utils/inval.h"
@@ -100,7 +103,7 @@ static IdemClaimsLayout layout;
 static bool insert_checked = false;
 static bool insert_direct = false;	/* the table allows it */
 static bool fingerprint_not_null = false;
-static List *check_exprs = NIL;		/* planned CHECK expressions */
+static List *check_exprs = NIL;		/* CHECK expressions, as read, unplanned */
 static List *check_names = NIL;
 static MemoryContext checks_cxt = NULL;
 static bool callbacks = false;
@@ -270,10 +273,25 @@ direct_insert_allowed(Relation rel)
 	if (ours != CLAIMS_NUM_COLUMNS)
 		goto done;
 	{
-		Relation	irel = index_open(pk, AccessShareLock);
-		bool		usable = irel->rd_index->indimmediate && irel->rd_index->indisvalid;
+		/*
+		 * The primary key must be immediate and valid, and the only unique
+		 * index: ON CONFLICT (scope, key) would take another one on those
+		 * columns as an arbiter too, and an insert must wait on any other.
+		 */
+		List	   *indexes = RelationGetIndexList(rel);
+		ListCell   *lc;
+		bool		usable = true;
 
-		index_close(irel, AccessShareLock);
+		foreach(lc, indexes)
+		{
+			Relation	irel = index_open(lfirst_oid(lc), AccessShareLock);
+
+			if (lfirst_oid(lc) == pk ? !(irel->rd_index->indimmediate && irel->rd_index->indisvalid)
+				: (irel->rd_index->indisunique || irel->rd_index->indisexclusion))
+				usable = false;
+			index_close(irel, AccessShareLock);
+		}
+		list_free(indexes);
 		if (!usable)
 			goto done;
 	}
@@ -287,8 +305,7 @@ direct_insert_allowed(Relation rel)
 		if (!constr->check[i].ccenforced)
 			continue;
 #endif
-		check_exprs = lappend(check_exprs,
-							  expression_planner((Expr *) stringToNode(constr->check[i].ccbin)));
+		check_exprs = lappend(check_exprs, stringToNode(constr->check[i].ccbin));
 		check_names = lappend(check_names, pstrdup(constr->check[i].ccname));
 	}
 	MemoryContextSwitchTo(old);
@@ -309,8 +326,13 @@ checks_pass(EState *estate, TupleTableSlot *slot)
 	econtext->ecxt_scantuple = slot;
 	foreach(lc, check_exprs)
 	{
+		/*
+		 * Planned at each call, as the executor plans them at each start:
+		 * planning inlines SQL functions and folds immutable calls, whose
+		 * definitions may have changed since the expression was read.
+		 */
 		MemoryContext old = MemoryContextSwitchTo(estate->es_query_cxt);
-		ExprState  *state = ExecInitExpr((Expr *) lfirst(lc), NULL);
+		ExprState  *state = ExecPrepareExpr(copyObject((Expr *) lfirst(lc)), estate);
 
 		MemoryContextSwitchTo(old);
 		if (!ExecCheck(state, econtext))
@@ -342,6 +364,13 @@ IdemClaimsInsert(Relation rel, const IdemNewClaim *claim, int64 *token,
 	bool		conflict = false;
 	List	   *recheck;
 
+	/*
+	 * Whatever the SQL statement would refuse, it refuses itself: a
+	 * read-only transaction, an owner without the right to insert.
+	 */
+	if (XactReadOnly ||
+		pg_class_aclcheck(RelationGetRelid(rel), GetUserId(), ACL_INSERT) != ACLCHECK_OK)
+		return CLAIMS_USE_SQL;
 	/* A writer's lock; what it takes in may change the table. */
 	LockRelationOid(RelationGetRelid(rel), RowExclusiveLock);
 	if (!valid || !layout.attnums_known || !direct_insert_allowed(rel) || !valid ||
@@ -356,6 +385,7 @@ IdemClaimsInsert(Relation rel, const IdemNewClaim *claim, int64 *token,
 	slot = ExecInitExtraTupleSlot(estate, RelationGetDescr(rel), table_slot_callbacks(rel));
 
 	ExecClearTuple(slot);
+	slot->tts_tableOid = RelationGetRelid(rel);	/* for a CHECK reading tableoid */
 	values = slot->tts_values;
 	nulls = slot->tts_isnull;
 	memset(nulls, true, RelationGetDescr(rel)->natts * sizeof(bool));
