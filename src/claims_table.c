@@ -36,7 +36,8 @@
  * with no column but its own, no default or NOT NULL added to a column
  * the insert leaves empty, and an immediate, valid primary key as its only
  * unique index.  And only while the row passes the CHECK constraints, the
- * transaction may write and the owner may insert.  Otherwise the SQL
+ * transaction may write and the owner may insert and read (the statement
+ * returns what it inserted).  Otherwise the SQL
  * statement runs, and PostgreSQL applies, or reports, whatever was added.
  *
  *-------------------------------------------------------------------------
@@ -48,6 +49,7 @@
 #include "access/tableam.h"
 #include "access/xact.h"
 #include "catalog/namespace.h"
+#include "catalog/pg_index.h"
 #include "catalog/pg_type.h"
 #include "executor/executor.h"
 #include "miscadmin.h"
@@ -286,8 +288,21 @@ direct_insert_allowed(Relation rel)
 		{
 			Relation	irel = index_open(lfirst_oid(lc), AccessShareLock);
 
-			if (lfirst_oid(lc) == pk ? !(irel->rd_index->indimmediate && irel->rd_index->indisvalid)
-				: (irel->rd_index->indisunique || irel->rd_index->indisexclusion))
+			Form_pg_index ind = irel->rd_index;
+
+			if (lfirst_oid(lc) == pk)
+			{
+				/* Exactly (scope, key), in either order, as ON CONFLICT infers. */
+				if (!ind->indimmediate || !ind->indisvalid || ind->indnkeyatts != 2 ||
+					!heap_attisnull(irel->rd_indextuple, Anum_pg_index_indexprs, NULL) ||
+					!heap_attisnull(irel->rd_indextuple, Anum_pg_index_indpred, NULL) ||
+					!((ind->indkey.values[0] == layout.attnums[CLAIMS_SCOPE] &&
+					   ind->indkey.values[1] == layout.attnums[CLAIMS_KEY]) ||
+					  (ind->indkey.values[0] == layout.attnums[CLAIMS_KEY] &&
+					   ind->indkey.values[1] == layout.attnums[CLAIMS_SCOPE])))
+					usable = false;
+			}
+			else if (ind->indisunique || ind->indisexclusion)
 				usable = false;
 			index_close(irel, AccessShareLock);
 		}
@@ -369,7 +384,8 @@ IdemClaimsInsert(Relation rel, const IdemNewClaim *claim, int64 *token,
 	 * read-only transaction, an owner without the right to insert.
 	 */
 	if (XactReadOnly ||
-		pg_class_aclcheck(RelationGetRelid(rel), GetUserId(), ACL_INSERT) != ACLCHECK_OK)
+		pg_class_aclcheck(RelationGetRelid(rel), GetUserId(), ACL_INSERT) != ACLCHECK_OK ||
+		pg_class_aclcheck(RelationGetRelid(rel), GetUserId(), ACL_SELECT) != ACLCHECK_OK)
 		return CLAIMS_USE_SQL;
 	/* A writer's lock; what it takes in may change the table. */
 	LockRelationOid(RelationGetRelid(rel), RowExclusiveLock);
