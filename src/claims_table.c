@@ -106,7 +106,6 @@ static bool insert_checked = false;
 static bool insert_direct = false;	/* the table allows it */
 static bool fingerprint_not_null = false;
 static List *check_exprs = NIL;		/* CHECK expressions, as read, unplanned */
-static List *check_names = NIL;
 static MemoryContext checks_cxt = NULL;
 static bool callbacks = false;
 
@@ -228,7 +227,7 @@ IdemClaimsOpen(LOCKMODE mode, const IdemClaimsLayout **layoutp)
 
 /*
  * Does the table allow a direct insert?  Checked once per look-up; the
- * CHECK constraints are planned then too.
+ * CHECK constraints are read then too.
  */
 static bool
 direct_insert_allowed(Relation rel)
@@ -248,7 +247,7 @@ direct_insert_allowed(Relation rel)
 		MemoryContextSetParent(checks_cxt, TopTransactionContext);
 		checks_cxt = NULL;
 	}
-	check_exprs = check_names = NIL;
+	check_exprs = NIL;
 	insert_direct = false;
 
 	if (rel->rd_rel->relkind != RELKIND_RELATION || rel->rd_rel->relispartition ||
@@ -321,7 +320,6 @@ direct_insert_allowed(Relation rel)
 			continue;
 #endif
 		check_exprs = lappend(check_exprs, stringToNode(constr->check[i].ccbin));
-		check_names = lappend(check_names, pstrdup(constr->check[i].ccname));
 	}
 	MemoryContextSwitchTo(old);
 	insert_direct = constr == NULL || constr->num_check == rel->rd_rel->relchecks;
@@ -389,7 +387,8 @@ IdemClaimsInsert(Relation rel, const IdemNewClaim *claim, int64 *token,
 		return CLAIMS_USE_SQL;
 	/* A writer's lock; what it takes in may change the table. */
 	LockRelationOid(RelationGetRelid(rel), RowExclusiveLock);
-	if (!valid || !layout.attnums_known || !direct_insert_allowed(rel) || !valid ||
+	if (!valid || !layout.attnums_known || !direct_insert_allowed(rel) ||
+		!valid ||				/* opening the indexes took in invalidations */
 		(claim->fingerprint == NULL && fingerprint_not_null))
 		return CLAIMS_USE_SQL;
 
