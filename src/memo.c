@@ -79,6 +79,40 @@ typedef struct Memo
 static Memo *memos = NULL;
 static bool callbacks_registered = false;
 
+/*
+ * A type's length and whether it is passed by value, kept for the few
+ * types the remembered functions take: a type's storage never changes
+ * under its OID, and a catalog look-up for each argument of each call is
+ * a good part of what remembering costs.
+ */
+static void
+type_storage(Oid type, int16 *typlen, bool *typbyval)
+{
+	static struct
+	{
+		Oid			type;
+		int16		typlen;
+		bool		typbyval;
+	}			known[8];
+	static int	nknown = 0;
+
+	for (int i = 0; i < nknown; i++)
+		if (known[i].type == type)
+		{
+			*typlen = known[i].typlen;
+			*typbyval = known[i].typbyval;
+			return;
+		}
+	get_typlenbyval(type, typlen, typbyval);
+	if (nknown < (int) lengthof(known))
+	{
+		known[nknown].type = type;
+		known[nknown].typlen = *typlen;
+		known[nknown].typbyval = *typbyval;
+		nknown++;
+	}
+}
+
 /* Is this a call in FROM? */
 static bool
 in_from(FunctionCallInfo fcinfo)
@@ -163,7 +197,7 @@ same_arg(FunctionCallInfo fcinfo, const MemoEntry *e, int i)
 		return false;
 	if (e->nulls[i])
 		return true;
-	get_typlenbyval(type, &typlen, &typbyval);
+	type_storage(type, &typlen, &typbyval);
 	if (typlen == -1)
 	{
 		struct varlena *a = pg_detoast_datum_packed((struct varlena *) DatumGetPointer(e->args[i]));
@@ -292,7 +326,7 @@ IdemMemoKeep(FunctionCallInfo fcinfo, Datum result, const int *identity, int nid
 			int16		typlen;
 			bool		typbyval;
 
-			get_typlenbyval(e->types[i], &typlen, &typbyval);
+			type_storage(e->types[i], &typlen, &typbyval);
 			e->args[i] = datumCopy(fcinfo->args[i].value, typbyval, typlen);
 		}
 	}
