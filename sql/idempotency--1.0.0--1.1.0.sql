@@ -9,3 +9,47 @@ RETURNS boolean
 	LANGUAGE C STABLE PARALLEL SAFE;
 COMMENT ON FUNCTION idempotency.idem_preloaded() IS
 	'whether the server preloads the library (shared_preload_libraries), which snowflake IDs, the counters and the purge worker need';
+
+-- Stored responses as bytes: the body as the client sent it, its content
+-- type and the headers to replay, beside response jsonb for SQL callers.
+ALTER TABLE idempotency.claims
+	ADD COLUMN body bytea,
+	ADD COLUMN content_type text,
+	ADD COLUMN headers jsonb;
+COMMENT ON COLUMN idempotency.claims.body IS 'stored response body as the client sent it, replayed byte for byte';
+COMMENT ON COLUMN idempotency.claims.content_type IS 'content type of the stored body';
+COMMENT ON COLUMN idempotency.claims.headers IS 'response headers kept with the body: a JSON object of strings or arrays of strings';
+ALTER TYPE idempotency.idem_claim_result
+	ADD ATTRIBUTE body bytea,
+	ADD ATTRIBUTE content_type text,
+	ADD ATTRIBUTE headers jsonb;
+
+-- idem_complete and idem_fail take the body, its content type and the
+-- headers after the scope (and idem_complete's response and status may be
+-- left out).  A function's arguments cannot be added in place: the old
+-- declarations go, with their grants, and the new ones are granted again.
+DROP FUNCTION idempotency.idem_complete(text, bigint, jsonb, int, text);
+DROP FUNCTION idempotency.idem_fail(text, bigint, boolean, jsonb, int, text);
+CREATE FUNCTION idempotency.idem_complete(
+	key text, token bigint, response jsonb DEFAULT NULL, status int DEFAULT NULL,
+	scope text DEFAULT 'default',
+	body bytea DEFAULT NULL, content_type text DEFAULT NULL, headers jsonb DEFAULT NULL)
+RETURNS boolean
+	AS 'MODULE_PATHNAME', 'idem_complete'
+	LANGUAGE C VOLATILE PARALLEL UNSAFE;
+COMMENT ON FUNCTION idempotency.idem_complete(text, bigint, jsonb, int, text, bytea, text, jsonb) IS
+	'store the response of a claim (a jsonb response, or a body as bytes with its content type and headers); true if completed now, false if this token had already completed it';
+REVOKE ALL ON FUNCTION idempotency.idem_complete(text, bigint, jsonb, int, text, bytea, text, jsonb) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION idempotency.idem_complete(text, bigint, jsonb, int, text, bytea, text, jsonb) TO idempotency_user;
+
+CREATE FUNCTION idempotency.idem_fail(
+	key text, token bigint, retryable boolean,
+	response jsonb DEFAULT NULL, status int DEFAULT NULL, scope text DEFAULT 'default',
+	body bytea DEFAULT NULL, content_type text DEFAULT NULL, headers jsonb DEFAULT NULL)
+RETURNS boolean
+	AS 'MODULE_PATHNAME', 'idem_fail'
+	LANGUAGE C VOLATILE PARALLEL UNSAFE;
+COMMENT ON FUNCTION idempotency.idem_fail(text, bigint, boolean, jsonb, int, text, bytea, text, jsonb) IS
+	'record a failed attempt: retryable frees the key for the next caller (reclaimed), otherwise the response is replayed like a completion';
+REVOKE ALL ON FUNCTION idempotency.idem_fail(text, bigint, boolean, jsonb, int, text, bytea, text, jsonb) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION idempotency.idem_fail(text, bigint, boolean, jsonb, int, text, bytea, text, jsonb) TO idempotency_user;

@@ -462,7 +462,10 @@ CREATE TYPE idempotency.idem_claim_result AS (
 	status int,
 	recovery_point text,
 	attempts int,
-	expires_at timestamptz
+	expires_at timestamptz,
+	body bytea,
+	content_type text,
+	headers jsonb
 );
 COMMENT ON TYPE idempotency.idem_claim_result IS 'result of idem_claim';
 
@@ -489,6 +492,9 @@ CREATE TABLE idempotency.claims (
 	status int,
 	created_at timestamptz NOT NULL DEFAULT pg_catalog.now(),
 	expires_at timestamptz NOT NULL,
+	body bytea,
+	content_type text,
+	headers jsonb,
 	PRIMARY KEY (scope, key)
 );
 COMMENT ON TABLE idempotency.claims IS
@@ -500,6 +506,9 @@ COMMENT ON COLUMN idempotency.claims.lease_until IS 'the owner''s lease; once pa
 COMMENT ON COLUMN idempotency.claims.recovery_point IS 'where the last owner got to (idem_checkpoint), handed to the next';
 COMMENT ON COLUMN idempotency.claims.response IS 'stored response, replayed to later callers';
 COMMENT ON COLUMN idempotency.claims.status IS 'stored status (for example an HTTP status), replayed with the response';
+COMMENT ON COLUMN idempotency.claims.body IS 'stored response body as the client sent it, replayed byte for byte';
+COMMENT ON COLUMN idempotency.claims.content_type IS 'content type of the stored body';
+COMMENT ON COLUMN idempotency.claims.headers IS 'response headers kept with the body: a JSON object of strings or arrays of strings';
 CREATE INDEX claims_expires_at ON idempotency.claims (expires_at);
 SELECT pg_catalog.pg_extension_config_dump('idempotency.claims',
 	'WHERE expires_at OPERATOR(pg_catalog.>) pg_catalog.now()');
@@ -520,25 +529,28 @@ REVOKE ALL ON FUNCTION idempotency.idem_claim(text, interval, bytea, text, inter
 GRANT EXECUTE ON FUNCTION idempotency.idem_claim(text, interval, bytea, text, interval, boolean) TO idempotency_user;
 
 CREATE FUNCTION idempotency.idem_complete(
-	key text, token bigint, response jsonb, status int, scope text DEFAULT 'default')
+	key text, token bigint, response jsonb DEFAULT NULL, status int DEFAULT NULL,
+	scope text DEFAULT 'default',
+	body bytea DEFAULT NULL, content_type text DEFAULT NULL, headers jsonb DEFAULT NULL)
 RETURNS boolean
 	AS 'MODULE_PATHNAME', 'idem_complete'
 	LANGUAGE C VOLATILE PARALLEL UNSAFE;
-COMMENT ON FUNCTION idempotency.idem_complete(text, bigint, jsonb, int, text) IS
-	'store the response of a claim; true if completed now, false if this token had already completed it';
-REVOKE ALL ON FUNCTION idempotency.idem_complete(text, bigint, jsonb, int, text) FROM PUBLIC;
-GRANT EXECUTE ON FUNCTION idempotency.idem_complete(text, bigint, jsonb, int, text) TO idempotency_user;
+COMMENT ON FUNCTION idempotency.idem_complete(text, bigint, jsonb, int, text, bytea, text, jsonb) IS
+	'store the response of a claim (a jsonb response, or a body as bytes with its content type and headers); true if completed now, false if this token had already completed it';
+REVOKE ALL ON FUNCTION idempotency.idem_complete(text, bigint, jsonb, int, text, bytea, text, jsonb) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION idempotency.idem_complete(text, bigint, jsonb, int, text, bytea, text, jsonb) TO idempotency_user;
 
 CREATE FUNCTION idempotency.idem_fail(
 	key text, token bigint, retryable boolean,
-	response jsonb DEFAULT NULL, status int DEFAULT NULL, scope text DEFAULT 'default')
+	response jsonb DEFAULT NULL, status int DEFAULT NULL, scope text DEFAULT 'default',
+	body bytea DEFAULT NULL, content_type text DEFAULT NULL, headers jsonb DEFAULT NULL)
 RETURNS boolean
 	AS 'MODULE_PATHNAME', 'idem_fail'
 	LANGUAGE C VOLATILE PARALLEL UNSAFE;
-COMMENT ON FUNCTION idempotency.idem_fail(text, bigint, boolean, jsonb, int, text) IS
+COMMENT ON FUNCTION idempotency.idem_fail(text, bigint, boolean, jsonb, int, text, bytea, text, jsonb) IS
 	'record a failed attempt: retryable frees the key for the next caller (reclaimed), otherwise the response is replayed like a completion';
-REVOKE ALL ON FUNCTION idempotency.idem_fail(text, bigint, boolean, jsonb, int, text) FROM PUBLIC;
-GRANT EXECUTE ON FUNCTION idempotency.idem_fail(text, bigint, boolean, jsonb, int, text) TO idempotency_user;
+REVOKE ALL ON FUNCTION idempotency.idem_fail(text, bigint, boolean, jsonb, int, text, bytea, text, jsonb) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION idempotency.idem_fail(text, bigint, boolean, jsonb, int, text, bytea, text, jsonb) TO idempotency_user;
 
 CREATE FUNCTION idempotency.idem_checkpoint(
 	key text, token bigint, recovery_point text, scope text DEFAULT 'default')

@@ -50,6 +50,7 @@
 #include "access/xact.h"
 #include "access/table.h"
 #include "catalog/namespace.h"
+#include "catalog/pg_collation.h"
 #include "catalog/pg_type.h"
 #include "datatype/timestamp.h"
 #include "executor/spi.h"
@@ -94,8 +95,10 @@ typedef enum ClaimPlan
 {
 	PLAN_INSERT,
 	PLAN_RENEW,
+	PLAN_RENEW_1_0,
 	PLAN_TAKEOVER,
 	PLAN_FINISH,
+	PLAN_FINISH_1_0,
 	PLAN_CHECKPOINT,
 	PLAN_EXTEND,
 	PLAN_RELEASE,
@@ -116,6 +119,17 @@ static const IdemPlanDef plan_defs[NUM_PLANS] = {
 		"UPDATE idempotency.claims SET fingerprint = $3, state = 'in_progress',"
 		" token = " NEXT_TOKEN ", attempts = 1, lease_until = " CLOCK PLUS "$4,"
 		" recovery_point = NULL, response = NULL, status = NULL,"
+		" body = NULL, content_type = NULL, headers = NULL,"
+		" created_at = pg_catalog.now(), expires_at = " CLOCK PLUS "$5"
+		KEY_IS TOKEN_IS(6) " AND expires_at OPERATOR(pg_catalog.<=) " CLOCK
+		" RETURNING token, expires_at",
+		6, {TEXTOID, TEXTOID, BYTEAOID, INTERVALOID, INTERVALOID, INT8OID}
+	},
+	/* The same, on a table of 1.0.0 (the library updated, the extension not yet). */
+	[PLAN_RENEW_1_0] = {
+		"UPDATE idempotency.claims SET fingerprint = $3, state = 'in_progress',"
+		" token = " NEXT_TOKEN ", attempts = 1, lease_until = " CLOCK PLUS "$4,"
+		" recovery_point = NULL, response = NULL, status = NULL,"
 		" created_at = pg_catalog.now(), expires_at = " CLOCK PLUS "$5"
 		KEY_IS TOKEN_IS(6) " AND expires_at OPERATOR(pg_catalog.<=) " CLOCK
 		" RETURNING token, expires_at",
@@ -133,6 +147,14 @@ static const IdemPlanDef plan_defs[NUM_PLANS] = {
 		5, {TEXTOID, TEXTOID, BYTEAOID, INTERVALOID, INT8OID}
 	},
 	[PLAN_FINISH] = {
+		"UPDATE idempotency.claims SET state = CASE WHEN $6 THEN 'failed'"
+		" ELSE 'completed' END::idempotency.idem_claim_state,"
+		" response = $4, status = $5, body = $7, content_type = $8, headers = $9,"
+		" lease_until = NULL"
+		KEY_IS OWNED(3),
+		9, {TEXTOID, TEXTOID, INT8OID, JSONBOID, INT4OID, BOOLOID, BYTEAOID, TEXTOID, JSONBOID}
+	},
+	[PLAN_FINISH_1_0] = {
 		"UPDATE idempotency.claims SET state = CASE WHEN $6 THEN 'failed'"
 		" ELSE 'completed' END::idempotency.idem_claim_state,"
 		" response = $4, status = $5, lease_until = NULL"
@@ -167,12 +189,14 @@ static SPIPlanPtr plans[NUM_PLANS];
 enum
 {
 	COL_STATE, COL_FINGERPRINT, COL_TOKEN, COL_ATTEMPTS, COL_LEASE_UNTIL,
-	COL_RECOVERY_POINT, COL_RESPONSE, COL_STATUS, COL_EXPIRES_AT, NUM_READ_COLS
+	COL_RECOVERY_POINT, COL_RESPONSE, COL_STATUS, COL_EXPIRES_AT,
+	COL_BODY, COL_CONTENT_TYPE, COL_HEADERS, NUM_READ_COLS
 };
 
 static const IdemClaimsColumn read_cols[NUM_READ_COLS] = {
 	CLAIMS_STATE, CLAIMS_FINGERPRINT, CLAIMS_TOKEN, CLAIMS_ATTEMPTS, CLAIMS_LEASE_UNTIL,
-	CLAIMS_RECOVERY_POINT, CLAIMS_RESPONSE, CLAIMS_STATUS, CLAIMS_EXPIRES_AT
+	CLAIMS_RECOVERY_POINT, CLAIMS_RESPONSE, CLAIMS_STATUS, CLAIMS_EXPIRES_AT,
+	CLAIMS_BODY, CLAIMS_CONTENT_TYPE, CLAIMS_HEADERS
 };
 
 /* The labels of idem_claim_state, in the order of CLAIMS_IN_PROGRESS... */
@@ -198,6 +222,7 @@ typedef struct ClaimRow
 	int64		token;			/* current owner's token */
 	bool		expired;		/* past expires_at: counts as absent */
 	bool		lease_over;		/* the owner's lease has run out */
+	bool		has_body;		/* the table has the columns of 1.1.0 */
 } ClaimRow;
 
 /* The outcomes, in the order of idem_outcome. */
@@ -221,12 +246,18 @@ static const char *const outcome_names[NUM_OUTCOMES] = {
 enum
 {
 	RES_OUTCOME, RES_TOKEN, RES_RESPONSE, RES_STATUS, RES_RECOVERY_POINT,
-	RES_ATTEMPTS, RES_EXPIRES_AT, NUM_RES_COLS
+	RES_ATTEMPTS, RES_EXPIRES_AT,
+	RES_BODY, RES_CONTENT_TYPE, RES_HEADERS,	/* since 1.1.0 */
+	NUM_RES_COLS
 };
+
+/* The fields of 1.0.0's idem_claim_result, still filled before an update. */
+#define NUM_RES_COLS_1_0	RES_BODY
 
 /* And their types, the outcome enum aside (util.c checks the row). */
 static const Oid result_types[NUM_RES_COLS] = {
-	InvalidOid, INT8OID, JSONBOID, INT4OID, TEXTOID, INT4OID, TIMESTAMPTZOID
+	InvalidOid, INT8OID, JSONBOID, INT4OID, TEXTOID, INT4OID, TIMESTAMPTZOID,
+	BYTEAOID, TEXTOID, JSONBOID
 };
 
 static uint64
@@ -383,6 +414,7 @@ read_row(const ClaimKey *k, ClaimRow *row)
 	TimestampTz now;
 
 	memset(row, 0, sizeof(*row));
+	row->has_body = layout->has_body;
 	CommandCounterIncrement();	/* see this transaction's own writes */
 	snapshot = RegisterSnapshot(GetTransactionSnapshot());
 	tuple = fetch_claim(rel, layout, k, snapshot, NULL);
@@ -399,8 +431,10 @@ read_row(const ClaimKey *k, ClaimRow *row)
 		heap_deform_tuple(tuple, desc, values, nulls);
 		for (int i = 0; i < NUM_READ_COLS; i++)
 		{
-			row->values[i] = values[layout->attnums[read_cols[i]] - 1];
-			row->nulls[i] = nulls[layout->attnums[read_cols[i]] - 1];
+			AttrNumber	att = layout->attnums[read_cols[i]];
+
+			row->values[i] = att == InvalidAttrNumber ? (Datum) 0 : values[att - 1];
+			row->nulls[i] = att == InvalidAttrNumber || nulls[att - 1];
 		}
 		row->found = true;
 		row->state = "unknown";
@@ -535,7 +569,7 @@ idem_claim(PG_FUNCTION_ARGS)
 		PG_RETURN_DATUM(memo);
 
 	cache = IdemGetResultCache(fcinfo, outcome_names, NUM_OUTCOMES,
-							   result_types, lengthof(result_types));
+							   result_types, NUM_RES_COLS_1_0, lengthof(result_types));
 	tupdesc = cache->tupdesc;
 	memset(nulls, true, sizeof(nulls));
 
@@ -609,7 +643,7 @@ idem_claim(PG_FUNCTION_ARGS)
 				args[4] = IntervalPGetDatum(ttl);
 				args[5] = Int64GetDatum(row.token);
 				connect_once(&spi);
-				if (row.found ? run_contested(PLAN_RENEW, args, argnulls)
+				if (row.found ? run_contested(row.has_body ? PLAN_RENEW : PLAN_RENEW_1_0, args, argnulls)
 					: run_plan(PLAN_INSERT, args, argnulls, false) == 1)
 				{
 					outcome = OUTCOME_CLAIMED;
@@ -638,6 +672,12 @@ idem_claim(PG_FUNCTION_ARGS)
 			nulls[RES_ATTEMPTS] = false;
 			values[RES_EXPIRES_AT] = row.values[COL_EXPIRES_AT];
 			nulls[RES_EXPIRES_AT] = false;
+			values[RES_BODY] = row.values[COL_BODY];
+			nulls[RES_BODY] = row.nulls[COL_BODY];
+			values[RES_CONTENT_TYPE] = row.values[COL_CONTENT_TYPE];
+			nulls[RES_CONTENT_TYPE] = row.nulls[COL_CONTENT_TYPE];
+			values[RES_HEADERS] = row.values[COL_HEADERS];
+			nulls[RES_HEADERS] = row.nulls[COL_HEADERS];
 			break;
 		}
 		else if (strcmp(row.state, "in_progress") == 0 && !row.lease_over)
@@ -773,6 +813,16 @@ owner_write(const ClaimKey *k, int64 token, ClaimPlan plan, Datum *args,
 		if (strcmp(row.state, "in_progress") != 0)
 			not_in_progress(k, row.state);
 
+		if (plan == PLAN_FINISH && !row.has_body)
+		{
+			/* A table of 1.0.0, under the newer library. */
+			if (argnulls[6] != 'n' || argnulls[7] != 'n' || argnulls[8] != 'n')
+				ereport(ERROR,
+						(errcode(ERRCODE_UNDEFINED_COLUMN),
+						 errmsg("column \"body\" of table \"idempotency.claims\" does not exist"),
+						 errhint("Update the extension: ALTER EXTENSION idempotency UPDATE.")));
+			plan = PLAN_FINISH_1_0;
+		}
 		if (run_plan(plan, args, argnulls, false) == 1)
 			return OWNER_CHANGED;
 		check_tries(k, tries);
@@ -815,18 +865,59 @@ owner_end(const IdemUserSave *save)
 	IdemRestoreUser(save);
 }
 
+/* Are two stored values, each perhaps null, the same (by the type's equality)? */
+static bool
+same_value(bool null_a, Datum a, bool null_b, Datum b, PGFunction eq)
+{
+	if (null_a || null_b)
+		return null_a == null_b;
+	return DatumGetBool(DirectFunctionCall2Coll(eq, C_COLLATION_OID, a, b));
+}
+
+/*
+ * The headers to keep with a response: a JSON object, each value a string
+ * or an array of strings (a header sent several times), as a client will
+ * send them back.
+ */
+static void
+check_headers(Jsonb *headers)
+{
+	JsonbIterator *it;
+	JsonbValue	v;
+	JsonbIteratorToken tok;
+	int			depth = 0;
+	bool		ok = JB_ROOT_IS_OBJECT(headers);
+
+	it = JsonbIteratorInit(&headers->root);
+	while (ok && (tok = JsonbIteratorNext(&it, &v, false)) != WJB_DONE)
+	{
+		if (tok == WJB_BEGIN_OBJECT || tok == WJB_BEGIN_ARRAY)
+			ok = ++depth <= (tok == WJB_BEGIN_ARRAY ? 2 : 1);
+		else if (tok == WJB_END_OBJECT || tok == WJB_END_ARRAY)
+			depth--;
+		else if (tok == WJB_VALUE || tok == WJB_ELEM)
+			ok = v.type == jbvString;
+	}
+	if (!ok)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("headers must be a JSON object of strings or arrays of strings"),
+				 errhint("Pass the response headers to replay, such as '{\"location\": \"/orders/7\"}'.")));
+}
+
 /*
  * Shared by idem_complete and idem_fail: store the outcome of the current
  * owner's attempt.  Repeating the call with the same token changes nothing
- * and returns false.
+ * and returns false.  The body, its content type and the headers to keep
+ * follow the scope argument; a declaration of 1.0.0 has none of them.
  */
 static bool
 finish(FunctionCallInfo fcinfo, int scope_arg, bool failed, int response_arg, int status_arg)
 {
 	ClaimKey	k;
 	int64		token;
-	Datum		args[6];
-	char		argnulls[6];
+	Datum		args[9];
+	char		argnulls[9];
 	OwnerResult result;
 	ClaimRow	row;
 	IdemUserSave save;
@@ -838,6 +929,17 @@ finish(FunctionCallInfo fcinfo, int scope_arg, bool failed, int response_arg, in
 	args[4] = PG_ARGISNULL(status_arg) ? (Datum) 0 : PG_GETARG_DATUM(status_arg);
 	argnulls[4] = PG_ARGISNULL(status_arg) ? 'n' : ' ';
 	args[5] = BoolGetDatum(failed);
+	for (int i = 0; i < 3; i++)
+	{
+		int			n = scope_arg + 1 + i;
+		bool		null = n >= PG_NARGS() || PG_ARGISNULL(n);
+
+		args[6 + i] = null ? (Datum) 0 : PG_GETARG_DATUM(n);
+		argnulls[6 + i] = null ? 'n' : ' ';
+	}
+	if (argnulls[8] != 'n')
+		check_headers(DatumGetJsonbP(args[8]));
+
 	owner_begin(&save);
 	result = owner_write(&k, token, PLAN_FINISH, args, argnulls,
 						 failed ? "failed" : "completed", false, &row);
@@ -848,12 +950,11 @@ finish(FunctionCallInfo fcinfo, int scope_arg, bool failed, int response_arg, in
 	 * silently lose it, so it is refused.
 	 */
 	if (result == OWNER_ALREADY_DONE && !failed &&
-		!(row.nulls[COL_RESPONSE] == (argnulls[3] == 'n') &&
-		  (row.nulls[COL_RESPONSE] ||
-		   DatumGetBool(DirectFunctionCall2(jsonb_eq, row.values[COL_RESPONSE], args[3]))) &&
-		  row.nulls[COL_STATUS] == (argnulls[4] == 'n') &&
-		  (row.nulls[COL_STATUS] ||
-		   DatumGetInt32(row.values[COL_STATUS]) == DatumGetInt32(args[4]))))
+		!(same_value(row.nulls[COL_RESPONSE], row.values[COL_RESPONSE], argnulls[3] == 'n', args[3], jsonb_eq) &&
+		  same_value(row.nulls[COL_STATUS], row.values[COL_STATUS], argnulls[4] == 'n', args[4], int4eq) &&
+		  same_value(row.nulls[COL_BODY], row.values[COL_BODY], argnulls[6] == 'n', args[6], byteaeq) &&
+		  same_value(row.nulls[COL_CONTENT_TYPE], row.values[COL_CONTENT_TYPE], argnulls[7] == 'n', args[7], texteq) &&
+		  same_value(row.nulls[COL_HEADERS], row.values[COL_HEADERS], argnulls[8] == 'n', args[8], jsonb_eq)))
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 				 errmsg("claim of idempotency key \"%s\" has already ended with another response",
@@ -865,7 +966,8 @@ finish(FunctionCallInfo fcinfo, int scope_arg, bool failed, int response_arg, in
 }
 
 /*
- * idem_complete(key, token, response, status, scope) → boolean
+ * idem_complete(key, token, response, status, scope, body, content_type,
+ *				 headers) → boolean
  */
 Datum
 idem_complete(PG_FUNCTION_ARGS)
@@ -874,7 +976,8 @@ idem_complete(PG_FUNCTION_ARGS)
 }
 
 /*
- * idem_fail(key, token, retryable, response, status, scope) → boolean
+ * idem_fail(key, token, retryable, response, status, scope, body,
+ *			 content_type, headers) → boolean
  *
  * A retryable failure frees the key: the next caller takes over as
  * reclaimed.  A final one is stored like a completion, so that its

@@ -74,6 +74,7 @@ static const struct
 	const char *name;
 	Oid			type;			/* InvalidOid: an enum (the state) */
 	bool		always_set;		/* every insert gives it a value */
+	bool		since_1_1;		/* a 1.0.0 table lacks it */
 }			columns[CLAIMS_NUM_COLUMNS] = {
 	[CLAIMS_SCOPE] = {"scope", TEXTOID, true},
 	[CLAIMS_KEY] = {"key", TEXTOID, true},
@@ -87,6 +88,9 @@ static const struct
 	[CLAIMS_STATUS] = {"status", INT4OID, false},
 	[CLAIMS_CREATED_AT] = {"created_at", TIMESTAMPTZOID, true},
 	[CLAIMS_EXPIRES_AT] = {"expires_at", TIMESTAMPTZOID, true},
+	[CLAIMS_BODY] = {"body", BYTEAOID, false, true},
+	[CLAIMS_CONTENT_TYPE] = {"content_type", TEXTOID, false, true},
+	[CLAIMS_HEADERS] = {"headers", JSONBOID, false, true},
 };
 
 static const char *const state_labels[CLAIMS_NUM_STATES] = {
@@ -151,8 +155,26 @@ look_up(void)
 	return relid;
 }
 
+/* Has the table any of the columns 1.1.0 added? */
+static bool
+has_any_1_1_column(TupleDesc desc)
+{
+	for (int i = 0; i < desc->natts; i++)
+	{
+		Form_pg_attribute a = TupleDescAttr(desc, i);
+
+		for (int c = 0; c < CLAIMS_NUM_COLUMNS; c++)
+			if (columns[c].since_1_1 && !a->attisdropped &&
+				strcmp(NameStr(a->attname), columns[c].name) == 0)
+				return true;
+	}
+	return false;
+}
+
 /*
  * Find each column and check its type; then the labels of the state type.
+ * The columns 1.1.0 added may all be missing (a 1.0.0 table under the
+ * newer library), but not some of them.
  */
 static void
 check_columns(Relation rel)
@@ -169,6 +191,16 @@ check_columns(Relation rel)
 
 			if (!a->attisdropped && strcmp(NameStr(a->attname), columns[c].name) == 0)
 				found = a;
+		}
+		if (found == NULL && columns[c].since_1_1 && !has_any_1_1_column(desc))
+		{
+			/*
+			 * The library was updated and the extension not yet (ALTER
+			 * EXTENSION idempotency UPDATE): claims are made and finished
+			 * as 1.0.0 did, without stored bodies.
+			 */
+			layout.attnums[c] = InvalidAttrNumber;
+			continue;
 		}
 		if (found == NULL)
 			ereport(ERROR,
@@ -189,6 +221,11 @@ check_columns(Relation rel)
 		if (c == CLAIMS_STATE)
 			layout.state_type = found->atttypid;
 	}
+	layout.ncolumns = 0;
+	for (int c = 0; c < CLAIMS_NUM_COLUMNS; c++)
+		if (layout.attnums[c] != InvalidAttrNumber)
+			layout.ncolumns++;
+	layout.has_body = layout.ncolumns == CLAIMS_NUM_COLUMNS;
 	for (int s = 0; s < CLAIMS_NUM_STATES; s++)
 		layout.states[s] = DirectFunctionCall2(enum_in, CStringGetDatum(state_labels[s]),
 											   ObjectIdGetDatum(layout.state_type));
@@ -271,7 +308,7 @@ direct_insert_allowed(Relation rel)
 			fingerprint_not_null = a->attnotnull;
 		ours++;
 	}
-	if (ours != CLAIMS_NUM_COLUMNS)
+	if (ours != layout.ncolumns)
 		goto done;
 	{
 		/*

@@ -177,7 +177,7 @@ typedef struct IdemPlanDef
 {
 	const char *sql;			/* the statement */
 	int			nargs;			/* how many $n */
-	Oid			argtypes[8];	/* their types */
+	Oid			argtypes[9];	/* their types */
 } IdemPlanDef;
 
 extern void IdemRequireArg(FunctionCallInfo fcinfo, int n, const char *name);
@@ -198,7 +198,7 @@ typedef struct IdemResultCache
 extern IdemResultCache *IdemGetResultCache(FunctionCallInfo fcinfo,
 										   const char *const *outcome_names,
 										   int noutcomes, const Oid *types,
-										   int ntypes);
+										   int nrequired, int ntypes);
 extern void IdemConnectSPI(void);
 extern uint64 IdemRunPlan(const IdemPlanDef *def, SPIPlanPtr *plan, Datum *args,
 						  const char *nulls, bool read_only);
@@ -234,6 +234,8 @@ typedef enum IdemClaimsColumn
 	CLAIMS_SCOPE, CLAIMS_KEY, CLAIMS_FINGERPRINT, CLAIMS_STATE, CLAIMS_TOKEN,
 	CLAIMS_ATTEMPTS, CLAIMS_LEASE_UNTIL, CLAIMS_RECOVERY_POINT,
 	CLAIMS_RESPONSE, CLAIMS_STATUS, CLAIMS_CREATED_AT, CLAIMS_EXPIRES_AT,
+	/* Since 1.1.0: a table of 1.0.0 (not yet updated) lacks them. */
+	CLAIMS_BODY, CLAIMS_CONTENT_TYPE, CLAIMS_HEADERS,
 	CLAIMS_NUM_COLUMNS
 } IdemClaimsColumn;
 
@@ -246,7 +248,9 @@ enum
 typedef struct IdemClaimsLayout
 {
 	bool		attnums_known;	/* the fields below are filled */
-	AttrNumber	attnums[CLAIMS_NUM_COLUMNS];	/* by IdemClaimsColumn */
+	AttrNumber	attnums[CLAIMS_NUM_COLUMNS];	/* by IdemClaimsColumn; 0 if absent */
+	int			ncolumns;		/* how many are there */
+	bool		has_body;		/* all are: the columns of 1.1.0 too */
 	Oid			state_type;		/* the type of the state column */
 	Datum		states[CLAIMS_NUM_STATES];	/* its labels */
 } IdemClaimsLayout;

@@ -373,7 +373,7 @@ result(FunctionCallInfo fcinfo, Outcome outcome, const char *state, bool has_ver
 {
 	static const Oid types[] = {InvalidOid, TEXTOID, INT8OID};
 	IdemResultCache *rc = IdemGetResultCache(fcinfo, outcome_names, NUM_OUTCOMES,
-											 types, lengthof(types));
+											 types, lengthof(types), lengthof(types));
 	Datum		values[3];
 	bool		nulls[3] = {false, state == NULL, !has_version};
 

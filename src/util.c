@@ -159,12 +159,17 @@ static struct
 	IdemResultCache *cache;
 }			result_caches[RESULT_CACHES];
 
+/*
+ * The row type must have the first nrequired columns of types, or more of
+ * them (the columns a later version added), with those types.
+ */
 static void
-check_result_row(FunctionCallInfo fcinfo, TupleDesc tupdesc, const Oid *types, int ntypes)
+check_result_row(FunctionCallInfo fcinfo, TupleDesc tupdesc, const Oid *types,
+				 int nrequired, int ntypes)
 {
-	bool		ok = tupdesc->natts == ntypes;
+	bool		ok = tupdesc->natts >= nrequired && tupdesc->natts <= ntypes;
 
-	for (int i = 0; ok && i < ntypes; i++)
+	for (int i = 0; ok && i < tupdesc->natts; i++)
 	{
 		Form_pg_attribute att = TupleDescAttr(tupdesc, i);
 
@@ -181,7 +186,7 @@ check_result_row(FunctionCallInfo fcinfo, TupleDesc tupdesc, const Oid *types, i
 
 IdemResultCache *
 IdemGetResultCache(FunctionCallInfo fcinfo, const char *const *outcome_names, int noutcomes,
-				   const Oid *types, int ntypes)
+				   const Oid *types, int nrequired, int ntypes)
 {
 	IdemResultCache *cache = fcinfo->flinfo->fn_extra;
 	Oid			fn = fcinfo->flinfo->fn_oid;
@@ -215,7 +220,7 @@ IdemGetResultCache(FunctionCallInfo fcinfo, const char *const *outcome_names, in
 
 	if (get_call_result_type(fcinfo, NULL, &tupdesc) != TYPEFUNC_COMPOSITE)
 		elog(ERROR, "function returning an outcome must return a row");
-	check_result_row(fcinfo, tupdesc, types, ntypes);
+	check_result_row(fcinfo, tupdesc, types, nrequired, ntypes);
 	old = MemoryContextSwitchTo(slot >= 0 ? CacheMemoryContext : fcinfo->flinfo->fn_mcxt);
 	cache = palloc(offsetof(IdemResultCache, outcomes) + sizeof(Datum) * noutcomes);
 	cache->tupdesc = BlessTupleDesc(CreateTupleDescCopy(tupdesc));

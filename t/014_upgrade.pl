@@ -150,6 +150,12 @@ is("$outcome $attempts $recovery", 'reclaimed 2 step-2',
 cmp_ok($token, '>', $failed_token, 'under a greater token');
 cmp_ok($node->safe_psql('upgraded', q{SELECT (idempotency.idem_claim('new', '1 day')).token}),
 	'>', $token, 'and a new claim gets a greater token still');
+is($node->safe_psql('upgraded', q{
+	SELECT idempotency.idem_complete('new', (idempotency.idem_lookup('new')).token, status => 201,
+		body => '\x00ff', content_type => 'application/octet-stream', headers => '{"location": "/n"}');
+	SELECT outcome, status, body, content_type, headers FROM idempotency.idem_claim('new', '1 day')}),
+	"t\ncompleted|201|\\x00ff|application/octet-stream|{\"location\": \"/n\"}",
+	'a body stored as bytes after the update is replayed as it was');
 
 # The guard.
 my ($ret, $out, $err) = $node->psql('upgraded',
