@@ -178,7 +178,7 @@ RESET ROLE;
 -- Given the function, it is still refused the scope, before it sees
 -- anything; nor does a right on the table let it in (the functions use
 -- the extension owner's rights, and check the scope first).
-GRANT EXECUTE ON FUNCTION idem_claim(text, interval, bytea, text, interval, boolean)
+GRANT EXECUTE ON FUNCTION idem_claim(text, interval, bytea, text, interval, boolean, interval)
 	TO regress_claims_plain;
 SET ROLE regress_claims_plain;
 SELECT pg_temp.fails($$SELECT idempotency.idem_claim('order-1', '1 hour')$$) AS no_scope;
@@ -189,7 +189,7 @@ SET ROLE regress_claims_plain;
 SELECT pg_temp.fails($$SELECT idempotency.idem_claim('order-1', '1 hour')$$) AS select_only;
 RESET ROLE;
 REVOKE ALL ON claims FROM regress_claims_plain;
-REVOKE ALL ON FUNCTION idem_claim(text, interval, bytea, text, interval, boolean)
+REVOKE ALL ON FUNCTION idem_claim(text, interval, bytea, text, interval, boolean, interval)
 	FROM regress_claims_plain;
 -- Membership in idempotency_user is all it takes, and no right on the
 -- table comes with it.

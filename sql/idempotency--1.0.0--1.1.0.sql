@@ -53,3 +53,22 @@ COMMENT ON FUNCTION idempotency.idem_fail(text, bigint, boolean, jsonb, int, tex
 	'record a failed attempt: retryable frees the key for the next caller (reclaimed), otherwise the response is replayed like a completion';
 REVOKE ALL ON FUNCTION idempotency.idem_fail(text, bigint, boolean, jsonb, int, text, bytea, text, jsonb) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION idempotency.idem_fail(text, bigint, boolean, jsonb, int, text, bytea, text, jsonb) TO idempotency_user;
+
+-- idem_claim's wait_for: a duplicate waits, up to that long, for the claim
+-- in progress to end, woken when it does.
+DROP FUNCTION idempotency.idem_claim(text, interval, bytea, text, interval, boolean);
+CREATE FUNCTION idempotency.idem_claim(
+	key text,
+	ttl interval DEFAULT NULL,
+	fingerprint bytea DEFAULT NULL,
+	scope text DEFAULT 'default',
+	lease interval DEFAULT NULL,
+	wait boolean DEFAULT true,
+	wait_for interval DEFAULT NULL)
+RETURNS idempotency.idem_claim_result
+	AS 'MODULE_PATHNAME', 'idem_claim'
+	LANGUAGE C VOLATILE PARALLEL UNSAFE;
+COMMENT ON FUNCTION idempotency.idem_claim(text, interval, bytea, text, interval, boolean, interval) IS
+	'claim an idempotency key: claimed, completed (replay), in_progress, mismatch or reclaimed; ttl and lease default to the scope''s policy; wait_for waits up to that long for a claim in progress to end';
+REVOKE ALL ON FUNCTION idempotency.idem_claim(text, interval, bytea, text, interval, boolean, interval) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION idempotency.idem_claim(text, interval, bytea, text, interval, boolean, interval) TO idempotency_user;

@@ -519,14 +519,15 @@ CREATE FUNCTION idempotency.idem_claim(
 	fingerprint bytea DEFAULT NULL,
 	scope text DEFAULT 'default',
 	lease interval DEFAULT NULL,
-	wait boolean DEFAULT true)
+	wait boolean DEFAULT true,
+	wait_for interval DEFAULT NULL)
 RETURNS idempotency.idem_claim_result
 	AS 'MODULE_PATHNAME', 'idem_claim'
 	LANGUAGE C VOLATILE PARALLEL UNSAFE;
-COMMENT ON FUNCTION idempotency.idem_claim(text, interval, bytea, text, interval, boolean) IS
-	'claim an idempotency key: claimed, completed (replay), in_progress, mismatch or reclaimed; ttl and lease default to the scope''s policy';
-REVOKE ALL ON FUNCTION idempotency.idem_claim(text, interval, bytea, text, interval, boolean) FROM PUBLIC;
-GRANT EXECUTE ON FUNCTION idempotency.idem_claim(text, interval, bytea, text, interval, boolean) TO idempotency_user;
+COMMENT ON FUNCTION idempotency.idem_claim(text, interval, bytea, text, interval, boolean, interval) IS
+	'claim an idempotency key: claimed, completed (replay), in_progress, mismatch or reclaimed; ttl and lease default to the scope''s policy; wait_for waits up to that long for a claim in progress to end';
+REVOKE ALL ON FUNCTION idempotency.idem_claim(text, interval, bytea, text, interval, boolean, interval) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION idempotency.idem_claim(text, interval, bytea, text, interval, boolean, interval) TO idempotency_user;
 
 CREATE FUNCTION idempotency.idem_complete(
 	key text, token bigint, response jsonb DEFAULT NULL, status int DEFAULT NULL,

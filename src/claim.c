@@ -60,6 +60,7 @@
 #include "utils/fmgroids.h"
 #include "utils/jsonb.h"
 #include "utils/lsyscache.h"
+#include "utils/memutils.h"
 #include "utils/rel.h"
 #include "utils/resowner.h"
 #include "utils/snapmgr.h"
@@ -223,6 +224,7 @@ typedef struct ClaimRow
 	bool		expired;		/* past expires_at: counts as absent */
 	bool		lease_over;		/* the owner's lease has run out */
 	bool		has_body;		/* the table has the columns of 1.1.0 */
+	bool		mine;			/* written by this transaction */
 } ClaimRow;
 
 /* The outcomes, in the order of idem_outcome. */
@@ -437,6 +439,7 @@ read_row(const ClaimKey *k, ClaimRow *row)
 			row->nulls[i] = att == InvalidAttrNumber || nulls[att - 1];
 		}
 		row->found = true;
+		row->mine = TransactionIdIsCurrentTransactionId(HeapTupleHeaderGetRawXmin(tuple->t_data));
 		row->state = "unknown";
 		for (int j = 0; j < CLAIMS_NUM_STATES; j++)
 			if (row->values[COL_STATE] == layout->states[j])
@@ -498,6 +501,54 @@ connect_once(bool *connected)
 	}
 }
 
+/*
+ * Wait, up to bound, while another caller holds the key: its claim not yet
+ * committed, or committed and in progress under a live lease
+ * (claim_wait.c wakes us when it ends).  Then the caller goes on as usual
+ * and finds what it left: a response to replay, a failure or a lease run
+ * out to take over, a key to claim, or, the bound passed, a claim still in
+ * progress.  A claim of this transaction's own is not waited for.
+ */
+static void
+wait_for_owner(const ClaimKey *k, bytea *fingerprint, const Interval *bound)
+{
+	TimestampTz deadline;
+	int			slot = IdemClaimWaitSlot(k->scope, k->key);
+	MemoryContext cxt = AllocSetContextCreate(CurrentMemoryContext, "idem_claim wait",
+											  ALLOCSET_SMALL_SIZES);
+	MemoryContext old = MemoryContextSwitchTo(cxt);
+
+	deadline = DatumGetTimestampTz(DirectFunctionCall2(timestamptz_pl_interval,
+													   TimestampTzGetDatum(GetCurrentTimestamp()),
+													   IntervalPGetDatum(bound)));
+	for (;;)
+	{
+		TimestampTz until = deadline;
+		TimestampTz now;
+		ClaimRow	row;
+
+		MemoryContextReset(cxt);
+		IdemClaimWaitPrepare(slot);	/* before reading: no wake-up is missed */
+		if (!key_busy_elsewhere(k))
+		{
+			read_row(k, &row);
+			if (!row.found || row.expired || row.mine || row.lease_over ||
+				strcmp(row.state, "in_progress") != 0 ||
+				fingerprint_differs(&row, fingerprint))
+				break;
+			/* Nobody announces a lease running out: read again then. */
+			until = Min(deadline, DatumGetTimestampTz(row.values[COL_LEASE_UNTIL]) + 1000);
+		}
+		now = GetCurrentTimestamp();
+		if (now >= deadline)
+			break;
+		IdemClaimWaitSleep(slot, (long) ((Max(until, now) - now + 999) / 1000));
+	}
+	IdemClaimWaitDone();
+	MemoryContextSwitchTo(old);
+	MemoryContextDelete(cxt);
+}
+
 /* The arguments of idem_claim that name the claim: key and scope (memo.c). */
 static const int claim_identity[] = {0, 3};
 
@@ -513,6 +564,7 @@ idem_claim(PG_FUNCTION_ARGS)
 	IdemPolicy	policy;
 	bytea	   *fingerprint = NULL;
 	bool		wait;
+	const Interval *wait_for = NULL;
 	ClaimRow	row;
 	TupleDesc	tupdesc;
 	Datum		values[NUM_RES_COLS];
@@ -563,6 +615,20 @@ idem_claim(PG_FUNCTION_ARGS)
 		lease = IdemDurationArg(fcinfo, 4, "lease", ttl, "the ttl", NULL);
 	IdemRequireArg(fcinfo, 5, "wait");
 	wait = PG_GETARG_BOOL(5);
+	/* wait_for: since 1.1.0 (a declaration of 1.0.0 has six arguments). */
+	if (PG_NARGS() > 6 && !PG_ARGISNULL(6))
+	{
+		Interval	hour = {.time = USECS_PER_HOUR};
+
+		wait_for = IdemDurationArg(fcinfo, 6, "wait_for", &hour, "an hour",
+								   "Pass how long a duplicate may wait for the first request's answer, such as '5 seconds'.");
+		if (IsolationUsesXactSnapshot())
+			ereport(ERROR,
+					(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+					 errmsg("wait_for requires the READ COMMITTED isolation level"),
+					 errdetail("A transaction that keeps one snapshot would not see the answer it waited for."),
+					 errhint("Claim in a READ COMMITTED transaction, or leave wait_for out.")));
+	}
 
 	/* The same call spread over a row's columns answers once (memo.c). */
 	if (IdemMemoFind(fcinfo, &memo))
@@ -574,6 +640,11 @@ idem_claim(PG_FUNCTION_ARGS)
 	memset(nulls, true, sizeof(nulls));
 
 	IdemAsOwner(&save);
+	if (wait_for != NULL)
+	{
+		wait_for_owner(&k, fingerprint, wait_for);
+		wait = false;			/* and no wait for a row lock past the bound */
+	}
 	if (!wait && key_busy_elsewhere(&k))
 	{
 		/* Another transaction is claiming or finishing this key right now. */
@@ -717,6 +788,10 @@ idem_claim(PG_FUNCTION_ARGS)
 		check_tries(&k, tries);
 	}
 
+	/* Whoever waits for this key learns of the claim when we end. */
+	if (outcome == OUTCOME_CLAIMED || outcome == OUTCOME_RECLAIMED)
+		IdemClaimWaitNote(k.scope, k.key);
+
 	/*
 	 * A replay, or a mismatch, answers from a commit that may not have
 	 * reached the synchronous standbys yet; see sync_wait.c.
@@ -824,7 +899,10 @@ owner_write(const ClaimKey *k, int64 token, ClaimPlan plan, Datum *args,
 			plan = PLAN_FINISH_1_0;
 		}
 		if (run_plan(plan, args, argnulls, false) == 1)
+		{
+			IdemClaimWaitNote(k->scope, k->key);
 			return OWNER_CHANGED;
+		}
 		check_tries(k, tries);
 	}
 }

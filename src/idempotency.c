@@ -252,6 +252,7 @@ idem_shmem_startup(void)
 			&(GetNamedLWLockTranche("idempotency"))[0].lock;
 	SnowflakeShmemInit(&idem_shared->snowflake, found);
 	IdemStatsShmemInit(&idem_shared->stats, found);
+	IdemClaimWaitShmemInit(&idem_shared->claim_wait, found);
 
 	LWLockRelease(AddinShmemInitLock);
 	IdemWaitEventsInit();
@@ -376,6 +377,7 @@ static const char *const idem_wait_names[IDEM_WAIT_COUNT] = {
 	[IDEM_WAIT_SYNC_STANDBY] = "IdempotencySyncStandby",
 	[IDEM_WAIT_CLOCK] = "IdempotencySnowflakeClock",
 	[IDEM_WAIT_PURGE_NAP] = "IdempotencyPurgeNap",
+	[IDEM_WAIT_CLAIM] = "IdempotencyClaimWait",
 };
 static uint32 idem_wait_events[IDEM_WAIT_COUNT];
 #endif

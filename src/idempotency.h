@@ -17,6 +17,7 @@
 #include "fmgr.h"
 #include "access/tupdesc.h"
 #include "port/atomics.h"
+#include "storage/condition_variable.h"
 #include "storage/lwlock.h"
 #include "storage/lockdefs.h"
 #include "storage/spin.h"
@@ -106,10 +107,18 @@ typedef struct IdemStatsShared
 	void	   *slots;			/* per-backend counters (stats.c) */
 } IdemStatsShared;
 
+/* claim_wait.c: what waiters for a claim in progress sleep on */
+#define IDEM_CLAIM_WAIT_SLOTS 1024
+typedef struct IdemClaimWaitShared
+{
+	ConditionVariable cv[IDEM_CLAIM_WAIT_SLOTS];	/* by a hash of the key */
+} IdemClaimWaitShared;
+
 typedef struct IdemShared
 {
 	SnowflakeShared snowflake;	/* the ID generator */
 	IdemStatsShared stats;		/* the counters */
+	IdemClaimWaitShared claim_wait; /* waking claim waiters */
 } IdemShared;
 
 /* idempotency.c */
@@ -153,6 +162,7 @@ typedef enum IdemWait
 	IDEM_WAIT_SYNC_STANDBY,		/* a replay waits for synchronous standbys */
 	IDEM_WAIT_CLOCK,			/* a snowflake burst waits for the clock */
 	IDEM_WAIT_PURGE_NAP,		/* the purge worker between rounds */
+	IDEM_WAIT_CLAIM,			/* a claim waits for another one to end */
 	IDEM_WAIT_COUNT
 } IdemWait;
 
@@ -275,6 +285,14 @@ typedef enum IdemClaimsInsertResult
 extern Relation IdemClaimsOpen(LOCKMODE mode, const IdemClaimsLayout **layout);
 extern IdemClaimsInsertResult IdemClaimsInsert(Relation rel, const IdemNewClaim *claim,
 											   int64 *token, TimestampTz *expires_at);
+
+/* claim_wait.c */
+extern void IdemClaimWaitShmemInit(IdemClaimWaitShared *w, bool found);
+extern int	IdemClaimWaitSlot(const text *scope, const text *key);
+extern void IdemClaimWaitNote(const text *scope, const text *key);
+extern void IdemClaimWaitPrepare(int slot);
+extern void IdemClaimWaitSleep(int slot, long timeout_ms);
+extern void IdemClaimWaitDone(void);
 
 /* fingerprint.c */
 extern void IdemSha256(const void *data, size_t len, uint8 *digest);
