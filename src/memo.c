@@ -37,6 +37,7 @@
  */
 #include "postgres.h"
 
+#include "access/transam.h"
 #include "access/xact.h"
 #include "miscadmin.h"
 #include "nodes/execnodes.h"
@@ -81,9 +82,11 @@ static bool callbacks_registered = false;
 
 /*
  * A type's length and whether it is passed by value, kept for the few
- * types the remembered functions take: a type's storage never changes
- * under its OID, and a catalog look-up for each argument of each call is
- * a good part of what remembering costs.
+ * built-in types the remembered functions take (text, interval, ...): a
+ * catalog look-up for each argument of each call is a good part of what
+ * remembering costs.  A built-in type's storage never changes; a type of
+ * the user's (idem_transition's id) is looked up every time, since its OID
+ * could, after a DROP TYPE, one day name another type.
  */
 static void
 type_storage(Oid type, int16 *typlen, bool *typbyval)
@@ -104,7 +107,7 @@ type_storage(Oid type, int16 *typlen, bool *typbyval)
 			return;
 		}
 	get_typlenbyval(type, typlen, typbyval);
-	if (nknown < (int) lengthof(known))
+	if (type < FirstNormalObjectId && nknown < (int) lengthof(known))
 	{
 		known[nknown].type = type;
 		known[nknown].typlen = *typlen;
