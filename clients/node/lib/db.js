@@ -17,12 +17,10 @@ const resultTypes = {
   },
 }
 
-// The claim, with and without a bound on waiting.  Without one, wait_for is
-// left to its default (NULL): a claim that meets an uncommitted claim of
-// the same key waits for that transaction, as idem_claim always does.
+// The claim.  wait_for NULL (no waitFor) is its default: a claim that meets
+// an uncommitted claim of the same key waits for that transaction, one that
+// meets a committed claim in progress answers in_progress at once.
 const CLAIM =
-  'SELECT * FROM idempotency.idem_claim($1, $2::interval, $3::bytea, $4, $5::interval)'
-const CLAIM_WAIT =
   'SELECT * FROM idempotency.idem_claim($1, $2::interval, $3::bytea, $4, $5::interval,' +
   ' wait_for => $6::interval)'
 const COMPLETE =
@@ -44,12 +42,8 @@ function interval(value) {
 }
 
 function claimQuery(c) {
-  const values = [c.key, interval(c.ttl), c.fingerprint || null, c.scope, interval(c.lease)]
-  if (c.waitFor === null || c.waitFor === undefined) {
-    return { name: 'idem_node_claim', text: CLAIM, values, types: resultTypes }
-  }
-  values.push(interval(c.waitFor))
-  return { name: 'idem_node_claim_wait', text: CLAIM_WAIT, values, types: resultTypes }
+  const values = [c.key, interval(c.ttl), c.fingerprint || null, c.scope, interval(c.lease), interval(c.waitFor)]
+  return { name: 'idem_node_claim', text: CLAIM, values, types: resultTypes }
 }
 
 function completeQuery(c, token, response) {
