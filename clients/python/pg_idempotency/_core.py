@@ -12,6 +12,7 @@ import datetime
 import hashlib
 import json
 import logging
+import time
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
@@ -62,6 +63,8 @@ class Options:
         if self.retries < 0:
             raise ValueError("retries must be 0 or more")
         self.wait_for = _duration(self.wait_for, "wait_for")
+        if self.wait_for is not None and self.wait_for > datetime.timedelta(hours=1):
+            raise ValueError("wait_for must be at most an hour")
         self.lease = _duration(self.lease, "lease")
         self.ttl = _duration(self.ttl, "ttl")
 
@@ -135,6 +138,25 @@ def claim_params(key: str, fp: bytes, scope: str, opts: Options, lease: bool) ->
 
 def claim_result(row: Tuple[Any, ...]) -> ClaimResult:
     return ClaimResult(*row)
+
+
+def wait_deadline(opts: Options) -> Optional[float]:
+    if opts.wait_for is None:
+        return None
+    return time.monotonic() + opts.wait_for.total_seconds()  # type: ignore[union-attr]
+
+
+def wait_again(claim: ClaimResult, deadline: Optional[float], params: Dict[str, Any]) -> Optional[Dict[str, Any]]:
+    """The parameters of one more claim, when a waiting claim answered
+    in_progress before its bound: it lost the race to take over from an
+    owner that ended (another waiter became the owner).  It waits for
+    that owner in turn, up to what is left of the bound; None otherwise."""
+    if claim.outcome != "in_progress" or deadline is None:
+        return None
+    left = deadline - time.monotonic()
+    if left < 0.005:
+        return None
+    return dict(params, wait_for=datetime.timedelta(seconds=left))
 
 
 def fingerprint(method: str, target: bytes, body: bytes) -> bytes:
