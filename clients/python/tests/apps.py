@@ -71,6 +71,8 @@ def make_flask(world, pool, **options):
         key = ctx.key
         run, plan = world.start(key)
         body = flask_request.get_data()
+        if _applies(plan, "extend_runs", run):
+            world.extended = ctx.extend(plan["extend"])
         if _applies(plan, "sleep_runs", run):
             time.sleep(plan["sleep"])
         if _applies(plan, "checkpoint_runs", run):
@@ -108,6 +110,8 @@ def make_starlette(world, pool, **options):
         key = ctx.key
         run, plan = world.start(key)
         body = await request.body()
+        if _applies(plan, "extend_runs", run):
+            world.extended = await ctx.extend(plan["extend"])
         if _applies(plan, "sleep_runs", run):
             await asyncio.sleep(plan["sleep"])
         if _applies(plan, "checkpoint_runs", run):

@@ -185,17 +185,33 @@ def test_lease_run_out_is_taken_over_exactly_once(serve, db, key):
     assert is_replay(after) and after.body == took[0].body
 
 
-def test_waiting_duplicates_take_over_a_lapsed_lease_once(serve, db, key):
-    s = serve(multi_transaction=True, lease=1, wait_for=10)
-    s.world.plan[key] = {"sleep_runs": {1}, "sleep": 2.5}
+@pytest.mark.parametrize("case", ["multi, lease runs out", "multi, owner fails", "single, owner rolls back"])
+def test_waiting_duplicates_take_over_once(serve, db, key, case):
+    multi = case.startswith("multi")
+    s = serve(multi_transaction=multi, lease=1 if "lease" in case else None, wait_for=10)
+    plan = {"sleep_runs": {1}, "sleep": 2.5 if "lease" in case else 1.0}
+    if "lease" not in case:
+        plan["raise_runs"] = {1}
+    s.world.plan[key] = plan
     owner = s.start(key=key)
     time.sleep(0.3)
     dups = s.many([dict(key=key)] * 8)
     took = [d for d in dups if not is_replay(d)]
-    assert len(took) == 1 and took[0].status == 201
+    assert len(took) == 1 and took[0].status == 201, [(d.status, d.body) for d in dups]
     assert all(d.status == 201 and d.body == took[0].body for d in dups)
-    assert owner.result().status == 409
+    assert json.loads(took[0].body)["run"] == 2
+    assert owner.result().status == (409 if "lease" in case else 500)
     assert s.world.runs[key] == 2
+
+
+def test_multi_transaction_extend_keeps_the_key(serve, db, key):
+    s = serve(multi_transaction=True, lease=1)
+    s.world.plan[key] = {"extend_runs": {1}, "extend": 5, "sleep_runs": {1}, "sleep": 1.6}
+    owner = s.start(key=key)
+    time.sleep(1.3)                        # past the first lease, within the extended one
+    assert s.request(key=key).status == 409
+    assert owner.result().status == 201
+    assert s.world.extended is not None and s.world.runs[key] == 1
 
 
 def test_multi_transaction_checkpoint_reaches_the_next_owner(serve, db, key):
@@ -208,3 +224,16 @@ def test_multi_transaction_checkpoint_reaches_the_next_owner(serve, db, key):
     body = json.loads(r.body)
     assert (body["run"], body["attempts"], body["recovery_point"]) == (2, 2, "charged")
     assert is_replay(s.request(key=key))
+
+
+def test_fingerprint_is_sha256_of_method_target_and_body(serve, db, key):
+    import hashlib
+
+    s = serve()
+    body = b'{"b": 1,  "a": 2}'
+    target = "/orders/a%20b%7E?z=1&a=%41"
+    assert s.request(key=key, body=body, path=target).status == 201
+    fp = db.execute("SELECT fingerprint FROM idempotency.claims WHERE key = %s", (key,)).fetchone()[0]
+    assert fp == hashlib.sha256(b"POST " + target.encode() + b"\n" + body).digest()
+    # The query as sent: another order of its parameters is another request.
+    assert s.request(key=key, body=body, path="/orders/a%20b%7E?a=%41&z=1").status == 422
