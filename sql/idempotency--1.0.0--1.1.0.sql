@@ -24,6 +24,32 @@ ALTER TYPE idempotency.idem_claim_result
 	ADD ATTRIBUTE content_type text,
 	ADD ATTRIBUTE headers jsonb;
 
+-- The functions dropped below lose the grants made on them directly;
+-- idempotency_user is granted them again, any other role is named here.
+DO $grants$
+DECLARE
+	g record;
+BEGIN
+	FOR g IN
+		SELECT p.oid::pg_catalog.regprocedure AS fn,
+			CASE WHEN a.grantee OPERATOR(pg_catalog.=) 0 THEN 'PUBLIC'
+				ELSE pg_catalog.quote_ident(pg_catalog.pg_get_userbyid(a.grantee)) END AS grantee
+		FROM pg_catalog.pg_proc p, pg_catalog.aclexplode(p.proacl) a
+		WHERE p.oid OPERATOR(pg_catalog.=) ANY (ARRAY[
+			'idempotency.idem_claim(text, interval, bytea, text, interval, boolean)'::pg_catalog.regprocedure,
+			'idempotency.idem_complete(text, bigint, jsonb, integer, text)'::pg_catalog.regprocedure,
+			'idempotency.idem_fail(text, bigint, boolean, jsonb, integer, text)'::pg_catalog.regprocedure]::pg_catalog.oid[])
+		AND a.grantee OPERATOR(pg_catalog.<>) p.proowner
+		AND (a.grantee OPERATOR(pg_catalog.=) 0
+			OR pg_catalog.pg_get_userbyid(a.grantee) OPERATOR(pg_catalog.<>) 'idempotency_user')
+	LOOP
+		RAISE WARNING '% loses its EXECUTE grant on %', g.grantee, g.fn
+			USING DETAIL = 'The update recreates the function with new arguments.',
+				  HINT = 'Grant it again after the update, or grant the role idempotency_user.';
+	END LOOP;
+END
+$grants$;
+
 -- idem_complete and idem_fail take the body, its content type and the
 -- headers after the scope (and idem_complete's response and status may be
 -- left out).  A function's arguments cannot be added in place: the old

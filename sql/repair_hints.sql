@@ -81,6 +81,16 @@ BEGIN;
 ALTER TABLE idempotency.claims DROP COLUMN recovery_point;
 SELECT pg_temp.fails($$SELECT idempotency.idem_claim('dropped', '1 hour')$$) AS column_dropped;
 ROLLBACK;
+-- The columns 1.1.0 added, one or all dropped: refused too (only a table
+-- of 1.0.0, not yet updated, goes without them).
+BEGIN;
+ALTER TABLE idempotency.claims DROP COLUMN headers;
+SELECT pg_temp.fails($$SELECT idempotency.idem_claim('dropped', '1 hour')$$) AS headers_dropped;
+ROLLBACK;
+BEGIN;
+ALTER TABLE idempotency.claims DROP COLUMN body, DROP COLUMN content_type, DROP COLUMN headers;
+SELECT pg_temp.fails($$SELECT idempotency.idem_claim('dropped', '1 hour')$$) AS body_columns_dropped;
+ROLLBACK;
 -- The table as it was: new claims go in directly again, and a second
 -- call finds them.
 SELECT outcome, token > 0 AS has_token, attempts, expires_at > now() AS expires

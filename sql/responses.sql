@@ -56,6 +56,13 @@ SELECT pg_temp.fails($$SELECT idempotency.idem_complete('bytes-4', $$ || :t4 || 
 SELECT pg_temp.fails($$SELECT idempotency.idem_complete('bytes-4', $$ || :t4 || $$, status => 200, headers => '{"x": {"y": "z"}}')$$) AS headers_nested;
 SELECT pg_temp.fails($$SELECT idempotency.idem_complete('bytes-4', $$ || :t4 || $$, status => 200, headers => '{"x": [["y"]]}')$$) AS headers_nested_array;
 SELECT pg_temp.fails($$SELECT idempotency.idem_complete('bytes-4', $$ || :t4 || $$, status => 200, headers => '"location"')$$) AS headers_scalar;
+-- Names are HTTP tokens and values have no line break, so that a header
+-- replayed as stored cannot end itself and add another.
+SELECT pg_temp.fails($$SELECT idempotency.idem_complete('bytes-4', $$ || :t4 || $$, status => 200, headers => '{"x\r\nset-cookie: a": "b"}')$$) AS name_with_newline;
+SELECT pg_temp.fails($$SELECT idempotency.idem_complete('bytes-4', $$ || :t4 || $$, status => 200, headers => '{"": "x"}')$$) AS empty_name;
+SELECT pg_temp.fails($$SELECT idempotency.idem_complete('bytes-4', $$ || :t4 || $$, status => 200, headers => '{"x-a b": "x"}')$$) AS name_with_space;
+SELECT pg_temp.fails($$SELECT idempotency.idem_complete('bytes-4', $$ || :t4 || $$, status => 200, headers => '{"x": "a\r\nset-cookie: b"}')$$) AS value_with_newline;
+SELECT pg_temp.fails($$SELECT idempotency.idem_complete('bytes-4', $$ || :t4 || $$, status => 200, headers => '{"x": ["ok", "a\nb"]}')$$) AS array_value_with_newline;
 SELECT state, body, headers FROM claims WHERE key = 'bytes-4';
 SELECT idem_complete('bytes-4', :t4, status => 204, headers => '{}') AS empty_headers_completed;
 

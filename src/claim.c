@@ -56,6 +56,7 @@
 #include "executor/spi.h"
 #include "funcapi.h"
 #include "miscadmin.h"
+#include "storage/lmgr.h"
 #include "utils/builtins.h"
 #include "utils/fmgroids.h"
 #include "utils/jsonb.h"
@@ -268,10 +269,14 @@ run_plan(ClaimPlan which, Datum *args, const char *nulls, bool read_only)
 	return IdemRunPlan(&plan_defs[which], &plans[which], args, nulls, read_only);
 }
 
+/*
+ * A write that may lose a race (util.c), its lock waits given up at
+ * deadline if there is one (wait_for): then it reports no change.
+ */
 static bool
-run_contested(ClaimPlan which, Datum *args, const char *nulls)
+run_contested(ClaimPlan which, Datum *args, const char *nulls, TimestampTz deadline)
 {
-	return IdemRunContested(&plan_defs[which], &plans[which], args, nulls);
+	return IdemRunContestedUntil(&plan_defs[which], &plans[which], args, nulls, deadline);
 }
 
 /*
@@ -365,9 +370,16 @@ version_expired(const IdemClaimsLayout *layout, TupleTableSlot *slot)
  * another transaction is inserting, updating or deleting the row (but not
  * deleting an expired one), instead of returning it.
  */
+/* A transaction writing a key's row: the one to wait for. */
+typedef struct ClaimWriter
+{
+	TransactionId xid;
+	uint32		speculative_token;	/* an insertion not yet confirmed */
+} ClaimWriter;
+
 static HeapTuple
 fetch_claim(Relation rel, const IdemClaimsLayout *layout, const ClaimKey *k,
-			Snapshot snapshot, bool *busy)
+			Snapshot snapshot, bool *busy, ClaimWriter *writer)
 {
 	Relation	irel = index_open(idem_primary_key_index(rel), AccessShareLock);
 	ScanKeyData skey[2];
@@ -392,6 +404,11 @@ fetch_claim(Relation rel, const IdemClaimsLayout *layout, const ClaimKey *k,
 			(TransactionIdIsValid(snapshot->xmax) && !version_expired(layout, slot)))
 		{
 			*busy = true;
+			if (writer)
+			{
+				writer->xid = TransactionIdIsValid(snapshot->xmin) ? snapshot->xmin : snapshot->xmax;
+				writer->speculative_token = snapshot->speculativeToken;
+			}
 			break;
 		}
 	}
@@ -419,7 +436,7 @@ read_row(const ClaimKey *k, ClaimRow *row)
 	row->has_body = layout->has_body;
 	CommandCounterIncrement();	/* see this transaction's own writes */
 	snapshot = RegisterSnapshot(GetTransactionSnapshot());
-	tuple = fetch_claim(rel, layout, k, snapshot, NULL);
+	tuple = fetch_claim(rel, layout, k, snapshot, NULL, NULL);
 	UnregisterSnapshot(snapshot);
 
 	if (tuple != NULL)
@@ -460,7 +477,7 @@ read_row(const ClaimKey *k, ClaimRow *row)
  * count: they change nothing.)
  */
 static bool
-key_busy_elsewhere(const ClaimKey *k)
+key_busy_elsewhere(const ClaimKey *k, ClaimWriter *writer)
 {
 	const IdemClaimsLayout *layout;
 	Relation	rel = open_claims(&layout);
@@ -468,7 +485,7 @@ key_busy_elsewhere(const ClaimKey *k)
 	bool		busy = false;
 
 	InitDirtySnapshot(dirty);
-	(void) fetch_claim(rel, layout, k, &dirty, &busy);
+	(void) fetch_claim(rel, layout, k, &dirty, &busy, writer);
 	table_close(rel, NoLock);
 	return busy;
 }
@@ -502,34 +519,58 @@ connect_once(bool *connected)
 }
 
 /*
- * Wait, up to bound, while another caller holds the key: its claim not yet
+ * Wait, until deadline, while another caller holds the key: its claim not yet
  * committed, or committed and in progress under a live lease
  * (claim_wait.c wakes us when it ends).  Then the caller goes on as usual
  * and finds what it left: a response to replay, a failure or a lease run
  * out to take over, a key to claim, or, the bound passed, a claim still in
  * progress.  A claim of this transaction's own is not waited for.
  */
-static void
-wait_for_owner(const ClaimKey *k, bytea *fingerprint, const Interval *bound)
+/* For IdemInSubtransactionUntil: wait for the writer's transaction. */
+static bool
+wait_for_writer(void *arg)
 {
-	TimestampTz deadline;
+	ClaimWriter *w = arg;
+
+	if (w->speculative_token != 0)
+		SpeculativeInsertionWait(w->xid, w->speculative_token);
+	else
+		XactLockTableWait(w->xid, NULL, NULL, XLTW_None);
+	return false;
+}
+
+static void
+wait_for_owner(const ClaimKey *k, bytea *fingerprint, TimestampTz deadline)
+{
 	int			slot = IdemClaimWaitSlot(k->scope, k->key);
 	MemoryContext cxt = AllocSetContextCreate(CurrentMemoryContext, "idem_claim wait",
 											  ALLOCSET_SMALL_SIZES);
 	MemoryContext old = MemoryContextSwitchTo(cxt);
 
-	deadline = DatumGetTimestampTz(DirectFunctionCall2(timestamptz_pl_interval,
-													   TimestampTzGetDatum(GetCurrentTimestamp()),
-													   IntervalPGetDatum(bound)));
 	for (;;)
 	{
 		TimestampTz until = deadline;
 		TimestampTz now;
 		ClaimRow	row;
 
+		ClaimWriter writer;
+
 		MemoryContextReset(cxt);
 		IdemClaimWaitPrepare(slot);	/* before reading: no wake-up is missed */
-		if (!key_busy_elsewhere(k))
+		if (key_busy_elsewhere(k, &writer))
+		{
+			/*
+			 * A transaction is writing the key: wait for it as a row wait
+			 * would, on its lock, which the deadlock detector sees and a
+			 * rollback to a savepoint releases.
+			 */
+			IdemClaimWaitDone();
+			if (GetCurrentTimestamp() >= deadline)
+				break;
+			IdemInSubtransactionUntil(wait_for_writer, &writer, deadline);
+			continue;
+		}
+		else
 		{
 			read_row(k, &row);
 			if (!row.found || row.expired || row.mine || row.lease_over ||
@@ -537,7 +578,8 @@ wait_for_owner(const ClaimKey *k, bytea *fingerprint, const Interval *bound)
 				fingerprint_differs(&row, fingerprint))
 				break;
 			/* Nobody announces a lease running out: read again then. */
-			until = Min(deadline, DatumGetTimestampTz(row.values[COL_LEASE_UNTIL]) + 1000);
+			if (!row.nulls[COL_LEASE_UNTIL])
+				until = Min(deadline, DatumGetTimestampTz(row.values[COL_LEASE_UNTIL]) + 1000);
 		}
 		now = GetCurrentTimestamp();
 		if (now >= deadline)
@@ -565,6 +607,7 @@ idem_claim(PG_FUNCTION_ARGS)
 	bytea	   *fingerprint = NULL;
 	bool		wait;
 	const Interval *wait_for = NULL;
+	TimestampTz deadline = 0;
 	ClaimRow	row;
 	TupleDesc	tupdesc;
 	Datum		values[NUM_RES_COLS];
@@ -642,10 +685,12 @@ idem_claim(PG_FUNCTION_ARGS)
 	IdemAsOwner(&save);
 	if (wait_for != NULL)
 	{
-		wait_for_owner(&k, fingerprint, wait_for);
-		wait = false;			/* and no wait for a row lock past the bound */
+		deadline = DatumGetTimestampTz(DirectFunctionCall2(timestamptz_pl_interval,
+														   TimestampTzGetDatum(GetCurrentTimestamp()),
+														   IntervalPGetDatum(wait_for)));
+		wait = false;			/* no wait for a row lock: the bound rules */
 	}
-	if (!wait && key_busy_elsewhere(&k))
+	else if (!wait && key_busy_elsewhere(&k, NULL))
 	{
 		/* Another transaction is claiming or finishing this key right now. */
 		IdemRestoreUser(&save);
@@ -669,8 +714,17 @@ idem_claim(PG_FUNCTION_ARGS)
 
 	for (int tries = 0;; tries++)
 	{
-		if (tries > 0 && !wait && key_busy_elsewhere(&k))
+		/*
+		 * With wait_for, every try (the first, and one after a race lost to
+		 * another waiter that took the key over) waits first for whoever
+		 * holds the key, as long as the bound allows.
+		 */
+		if (wait_for != NULL)
+			wait_for_owner(&k, fingerprint, deadline);
+		if ((tries > 0 || wait_for != NULL) && !wait && key_busy_elsewhere(&k, NULL))
 		{
+			if (wait_for != NULL && GetCurrentTimestamp() < deadline)
+				continue;		/* the bound has not passed: wait again */
 			/* Lost a race to a claim still being written: report, do not wait. */
 			outcome = OUTCOME_IN_PROGRESS;
 			break;
@@ -714,7 +768,8 @@ idem_claim(PG_FUNCTION_ARGS)
 				args[4] = IntervalPGetDatum(ttl);
 				args[5] = Int64GetDatum(row.token);
 				connect_once(&spi);
-				if (row.found ? run_contested(row.has_body ? PLAN_RENEW : PLAN_RENEW_1_0, args, argnulls)
+				if (row.found ? run_contested(row.has_body ? PLAN_RENEW : PLAN_RENEW_1_0, args, argnulls, deadline)
+					: deadline != 0 ? run_contested(PLAN_INSERT, args, argnulls, deadline)
 					: run_plan(PLAN_INSERT, args, argnulls, false) == 1)
 				{
 					outcome = OUTCOME_CLAIMED;
@@ -754,6 +809,8 @@ idem_claim(PG_FUNCTION_ARGS)
 		else if (strcmp(row.state, "in_progress") == 0 && !row.lease_over)
 		{
 			/* Someone else owns it, under a live lease. */
+			if (wait_for != NULL && !row.mine && GetCurrentTimestamp() < deadline)
+				continue;		/* taken over by another waiter meanwhile */
 			outcome = OUTCOME_IN_PROGRESS;
 			values[RES_ATTEMPTS] = row.values[COL_ATTEMPTS];
 			nulls[RES_ATTEMPTS] = false;
@@ -766,7 +823,7 @@ idem_claim(PG_FUNCTION_ARGS)
 			/* A retryable failure, or a lease that ran out: take over. */
 			args[4] = Int64GetDatum(row.token);
 			connect_once(&spi);
-			if (run_contested(PLAN_TAKEOVER, args, argnulls))
+			if (run_contested(PLAN_TAKEOVER, args, argnulls, deadline))
 			{
 				HeapTuple	tup = SPI_tuptable->vals[0];
 				TupleDesc	td = SPI_tuptable->tupdesc;
@@ -952,10 +1009,33 @@ same_value(bool null_a, Datum a, bool null_b, Datum b, PGFunction eq)
 	return DatumGetBool(DirectFunctionCall2Coll(eq, C_COLLATION_OID, a, b));
 }
 
+/* A header name: an HTTP token (RFC 9110, 5.6.2). */
+static bool
+header_name_ok(const char *name, int len)
+{
+	if (len == 0)
+		return false;
+	for (int i = 0; i < len; i++)
+		if (!(isalnum((unsigned char) name[i]) || strchr("!#$%&'*+-.^_`|~", name[i]) != NULL) ||
+			name[i] == '\0')
+			return false;
+	return true;
+}
+
+/* A header value: no line break or NUL, which would let it end the header. */
+static bool
+header_value_ok(const char *value, int len)
+{
+	for (int i = 0; i < len; i++)
+		if (value[i] == '\r' || value[i] == '\n' || value[i] == '\0')
+			return false;
+	return true;
+}
+
 /*
- * The headers to keep with a response: a JSON object, each value a string
- * or an array of strings (a header sent several times), as a client will
- * send them back.
+ * The headers to keep with a response: a JSON object, each name an HTTP
+ * token and each value a string or an array of strings (a header sent
+ * several times) without line breaks, as a client will send them back.
  */
 static void
 check_headers(Jsonb *headers)
@@ -973,13 +1053,16 @@ check_headers(Jsonb *headers)
 			ok = ++depth <= (tok == WJB_BEGIN_ARRAY ? 2 : 1);
 		else if (tok == WJB_END_OBJECT || tok == WJB_END_ARRAY)
 			depth--;
+		else if (tok == WJB_KEY)
+			ok = header_name_ok(v.val.string.val, v.val.string.len);
 		else if (tok == WJB_VALUE || tok == WJB_ELEM)
-			ok = v.type == jbvString;
+			ok = v.type == jbvString && header_value_ok(v.val.string.val, v.val.string.len);
 	}
 	if (!ok)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("headers must be a JSON object of strings or arrays of strings"),
+				 errmsg("headers must be a JSON object of header names and values"),
+				 errdetail("Each name must be an HTTP token, and each value a string, or an array of strings, without line breaks."),
 				 errhint("Pass the response headers to replay, such as '{\"location\": \"/orders/7\"}'.")));
 }
 

@@ -4,8 +4,12 @@
  *	  Waking the callers that wait for a claim in progress to end.
  *
  * idem_claim(..., wait_for => bound) waits, when another caller holds the
- * key, for that caller's claim to end: a completion or failure committed,
- * a release, a rollback, or the lease running out.  The waiter sleeps on
+ * key, for that caller's claim to end.  A claim not yet committed is
+ * waited for on its transaction's lock, as a row wait would (claim.c), so
+ * that the deadlock detector sees the wait.  A claim committed and in
+ * progress under a lease, its owner working outside any transaction, ends
+ * with a completion, a failure or a release committed later, or with the
+ * lease running out; for it there is no lock to wait on.  The waiter sleeps on
  * one of a fixed set of condition variables in shared memory, chosen by a
  * hash of the database, scope and key, so that keys share them and no
  * memory is needed per key.  Every backend that writes a claim notes the

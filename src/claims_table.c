@@ -155,6 +155,18 @@ look_up(void)
 	return relid;
 }
 
+/*
+ * Is the extension past 1.0.0 (then the columns 1.1.0 added must be
+ * there)?  Asked only when they are missing, which is rare.
+ */
+static bool
+updated_past_1_0(void)
+{
+	char	   *version = IdemExtensionVersion();
+
+	return version != NULL && strcmp(version, "1.0.0") != 0;
+}
+
 /* Has the table any of the columns 1.1.0 added? */
 static bool
 has_any_1_1_column(TupleDesc desc)
@@ -192,7 +204,8 @@ check_columns(Relation rel)
 			if (!a->attisdropped && strcmp(NameStr(a->attname), columns[c].name) == 0)
 				found = a;
 		}
-		if (found == NULL && columns[c].since_1_1 && !has_any_1_1_column(desc))
+		if (found == NULL && columns[c].since_1_1 && !has_any_1_1_column(desc) &&
+			!updated_past_1_0())
 		{
 			/*
 			 * The library was updated and the extension not yet (ALTER

@@ -216,6 +216,11 @@ extern uint64 IdemReadLatest(const IdemPlanDef *def, SPIPlanPtr *plan, Datum *ar
 							 Snapshot snapshot);
 extern bool IdemInSubtransaction(bool (*fn) (void *arg), void *arg, int swallow,
 								 bool *swallowed);
+extern char *IdemExtensionVersion(void);
+extern bool IdemInSubtransactionUntil(bool (*fn) (void *arg), void *arg,
+									  TimestampTz deadline);
+extern bool IdemRunContestedUntil(const IdemPlanDef *def, SPIPlanPtr *plan, Datum *args,
+								  const char *nulls, TimestampTz deadline);
 extern bool IdemRunContested(const IdemPlanDef *def, SPIPlanPtr *plan, Datum *args,
 							 const char *nulls);
 

@@ -23,6 +23,8 @@
  */
 #include "postgres.h"
 
+#include <limits.h>
+
 #include "access/genam.h"
 #include "access/htup_details.h"
 #include "access/table.h"
@@ -34,6 +36,7 @@
 #include "fmgr.h"
 #include "funcapi.h"
 #include "miscadmin.h"
+#include "storage/proc.h"
 #include "utils/builtins.h"
 #include "utils/fmgroids.h"
 #include "utils/lsyscache.h"
@@ -385,6 +388,47 @@ IdemRunContested(const IdemPlanDef *def, SPIPlanPtr *plan, Datum *args, const ch
 }
 
 /*
+ * IdemInSubtransaction(fn, arg) with its lock waits cut off at deadline: a
+ * wait still going then is given up, the subtransaction rolled back, and
+ * false returned, as if fn had changed nothing.  A shorter lock_timeout of
+ * the caller's applies instead, and raises its error as usual.
+ */
+bool
+IdemInSubtransactionUntil(bool (*fn) (void *arg), void *arg, TimestampTz deadline)
+{
+	long		ms = TimestampDifferenceMilliseconds(GetCurrentTimestamp(), deadline);
+	int			saved = LockTimeout;
+	volatile bool keep = false;
+	bool		given_up;
+
+	if (saved > 0 && saved <= ms)
+		return IdemInSubtransaction(fn, arg, 0, NULL);
+	LockTimeout = (int) Max(Min(ms, INT_MAX), 1);	/* 0 would mean never */
+	PG_TRY();
+	{
+		keep = IdemInSubtransaction(fn, arg, ERRCODE_LOCK_NOT_AVAILABLE, &given_up);
+	}
+	PG_FINALLY();
+	{
+		LockTimeout = saved;
+	}
+	PG_END_TRY();
+	return keep;
+}
+
+/* IdemRunContested, its lock waits cut off at deadline (0: none). */
+bool
+IdemRunContestedUntil(const IdemPlanDef *def, SPIPlanPtr *plan, Datum *args,
+					  const char *nulls, TimestampTz deadline)
+{
+	ContestedWrite w = {def, plan, args, nulls};
+
+	if (deadline == 0)
+		return IdemInSubtransaction(contested_write, &w, 0, NULL);
+	return IdemInSubtransactionUntil(contested_write, &w, deadline);
+}
+
+/*
  * The owner of the extension (pg_extension.extowner), looked up once and
  * kept until an invalidation may have changed it.  PostgreSQL 15 keeps no
  * cache of pg_extension whose invalidations could be watched.  The owner
@@ -443,6 +487,34 @@ extension_owner(void)
 				 errhint("Run CREATE EXTENSION idempotency; in this database.")));
 	owner_id = owner;
 	return owner;
+}
+
+/* The installed version of the extension in this database, or NULL. */
+char *
+IdemExtensionVersion(void)
+{
+	Relation	rel = table_open(ExtensionRelationId, AccessShareLock);
+	ScanKeyData key;
+	SysScanDesc scan;
+	HeapTuple	tup;
+	char	   *version = NULL;
+
+	ScanKeyInit(&key, Anum_pg_extension_extname, BTEqualStrategyNumber, F_NAMEEQ,
+				CStringGetDatum("idempotency"));
+	scan = systable_beginscan(rel, ExtensionNameIndexId, true, NULL, 1, &key);
+	tup = systable_getnext(scan);
+	if (HeapTupleIsValid(tup))
+	{
+		bool		isnull;
+		Datum		d = heap_getattr(tup, Anum_pg_extension_extversion,
+									 RelationGetDescr(rel), &isnull);
+
+		if (!isnull)
+			version = TextDatumGetCString(d);
+	}
+	systable_endscan(scan);
+	table_close(rel, AccessShareLock);
+	return version;
 }
 
 /*

@@ -134,7 +134,13 @@ ok($live_token && $failed_token && $lease_token && $one_time && $used && $lock_i
 	'claims, a lease, one-time tokens and a lock id before the update');
 
 # ---------------------------------------------------------------- update
-$node->safe_psql('upgraded', 'ALTER EXTENSION idempotency UPDATE');
+# A role granted a function directly, which the update recreates, is named.
+$node->safe_psql('upgraded', q{CREATE ROLE upgrade_app;
+	GRANT EXECUTE ON FUNCTION idempotency.idem_claim(text, interval, bytea, text, interval, boolean) TO upgrade_app});
+my ($update_ret, $update_out, $update_err) = $node->psql('upgraded', 'ALTER EXTENSION idempotency UPDATE');
+is($update_ret, 0, 'ALTER EXTENSION UPDATE succeeds');
+like($update_err, qr/WARNING:  upgrade_app loses its EXECUTE grant on (?:idempotency\.)?idem_claim\(text,interval,bytea,text,interval,boolean\)/,
+	'and warns of a direct grant it drops');
 is($node->safe_psql('upgraded', q{SELECT extversion FROM pg_extension WHERE extname = 'idempotency'}),
 	$default, "ALTER EXTENSION UPDATE reaches the default version $default");
 
