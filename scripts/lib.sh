@@ -156,7 +156,7 @@ idem_build() {
 	mkdir -p "$IDEM_WORK/src" "$IDEM_WORK/sock"
 	tar -C "$IDEM_SRC" --exclude=.git --exclude='*.o' --exclude='*.so' \
 		--exclude='*.bc' --exclude=results --exclude=output_iso \
-		--exclude=tmp_check --exclude=log -cf - . | tar -C "$IDEM_WORK/src" -xf -
+		--exclude=tmp_check --exclude=log --exclude=node_modules -cf - . | tar -C "$IDEM_WORK/src" -xf -
 	[ "$(id -u)" -ne 0 ] || chown -R "$IDEM_USER" "$IDEM_WORK"
 	say "building idempotency (-Wall -Wextra -Werror)"
 	as_owner make -s -C "$IDEM_WORK/src" PG_CONFIG="$PG_CONFIG" -j2

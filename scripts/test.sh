@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # scripts/test.sh: install what is missing, build with warnings as errors,
 # start a throwaway cluster that preloads idempotency, and run every suite:
-# regression (sql/, expected/), isolation (specs/) and TAP (t/).
+# regression (sql/, expected/), isolation (specs/), TAP (t/), and each
+# client's own tests (clients/*/test.sh: go test, node --test, pytest).
 # Exits non-zero if any test fails.  Safe to run again.
 #
 # Usage: bash scripts/test.sh          (as root, or as a user with sudo)
@@ -72,6 +73,28 @@ set +e
 suite regression ISOLATION= TAP_TESTS=
 suite isolation REGRESS= TAP_TESTS=
 suite tap REGRESS= ISOLATION= PROVE_FLAGS=--timer
+
+# The clients (clients/*/test.sh): each installs what its runner needs,
+# then runs its own tests (go test, node --test, pytest) against this
+# cluster, as its owner.  Last, since one of them restarts the server.
+say "client tests"
+clients_passed=0
+clients_failed=0
+for t in "$IDEM_WORK"/src/clients/*/test.sh; do
+	[ -f "$t" ] || continue
+	name=$(basename "$(dirname "$t")")
+	mkdir -p "$IDEM_WORK/clients/$name"
+	[ "$(id -u)" -ne 0 ] || chown -R "$IDEM_USER" "$IDEM_WORK/clients"
+	PG_BIN=$PG_BIN IDEM_PGDATA=$IDEM_WORK/data IDEM_USER=$IDEM_USER \
+		IDEM_CLIENT_WORK=$IDEM_WORK/clients/$name \
+		bash "$t" 2>&1 | tee "$IDEM_WORK/clients-$name.log"
+	line=$(grep -E "^clients/$name: [0-9]+ passed, [0-9]+ failed\$" "$IDEM_WORK/clients-$name.log" | tail -n 1)
+	read -r p f <<<"$(sed -E 's/.*: ([0-9]+) passed, ([0-9]+) failed/\1 \2/' <<<"${line:-: 0 passed, 1 failed}")"
+	clients_passed=$((clients_passed + p))
+	clients_failed=$((clients_failed + f))
+done
+result[clients]=ok
+[ "$clients_failed" -eq 0 ] || { result[clients]=FAILED; status=1; }
 set -e
 
 # One closing line over all suites: a regression test or spec counts once,
@@ -95,6 +118,8 @@ tap_failed=$( (grep -Eo 'Failed [0-9]+/[0-9]+ subtests' "$IDEM_WORK/tap.log" || 
 [ "${result[tap]}" = ok ] || [ "$tap_failed" -gt 0 ] || tap_failed=1
 passed=$((passed + (tap_total > tap_failed ? tap_total - tap_failed : 0)))
 failed=$((failed + tap_failed))
+passed=$((passed + clients_passed))
+failed=$((failed + clients_failed))
 
 # The packaged major's Debian package, built, installed, tested and removed
 # by scripts/package.sh, counts too; IDEM_SKIP_PACKAGE=1 skips it.
@@ -107,7 +132,7 @@ if [ "$PG_MAJOR" = 15 ] && [ "${IDEM_SKIP_PACKAGE:-0}" != 1 ]; then
 	failed=$((failed + f))
 fi
 
-say "summary: regression ${result[regression]}, isolation ${result[isolation]}, tap ${result[tap]}"
+say "summary: regression ${result[regression]}, isolation ${result[isolation]}, tap ${result[tap]}, clients ${result[clients]}"
 # Under PG="15 17 18" each major's line is worded apart, so that the one
 # closing line over all of them is the only "passed, failed" line.
 if [ -n "${IDEM_SUMMARY_LABEL:-}" ]; then

@@ -29,8 +29,15 @@ for v in PGHOST PGPORT PGUSER PGDATABASE PG_BIN IDEM_PGDATA IDEM_USER IDEM_CLIEN
 		finish 0 1
 	fi
 done
+# A machine without Node gets Debian's (18, with npm 9), as root.
+if { ! command -v node >/dev/null || ! command -v npm >/dev/null; } && [ "$(id -u)" -eq 0 ]; then
+	echo "== installing nodejs npm"
+	{ DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 update -qq &&
+		DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 install -y -qq \
+			--no-install-recommends nodejs npm; } >&2 || finish 0 1
+fi
 if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
-	echo "clients/node/test.sh: node and npm are needed on the PATH (Node 18 or later)" >&2
+	echo "clients/node/test.sh: node and npm are needed on the PATH (Node 18 or later); run as root to install Debian's" >&2
 	finish 0 1
 fi
 if [ "$(node -p 'process.versions.node.split(".")[0]')" -lt 18 ]; then
