@@ -91,7 +91,7 @@ async function main () {
     })
   })
   server.keepAliveTimeout = 60000
-  server.listen(Number(port), '127.0.0.1', () => console.log(`listening ${mode} ${port}`))
+  server.listen(Number(port), '127.0.0.1', () => console.log(`listening ${mode} ${port} pid ${process.pid}`))
 }
 
 main().catch((e) => { console.error(e); process.exit(1) })

@@ -33,12 +33,17 @@ start_redis() {
 
 # start_app MODE PORT [REDIS_SOCKET]: bench/http/app.js in the background.
 start_app() {
+	local log=$IDEM_WORK/app-$2.log
+	: >"$log"
 	as_owner env NODE_PATH="$HTTP_DIR/node_modules" PGHOST="$PGHOST" PGPORT="$PGPORT" \
 		PGUSER="$PGUSER" PGDATABASE="$PGDATABASE" \
-		node "$HTTP_DIR/app.js" "$1" "$2" "${3:-}" >>"$IDEM_WORK/app-$2.log" 2>&1 &
-	echo $! >"$IDEM_WORK/app-$2.pid"
-	for _ in $(seq 1 100); do
-		grep -q "listening" "$IDEM_WORK/app-$2.log" 2>/dev/null && return
+		node "$HTTP_DIR/app.js" "$1" "$2" "${3:-}" >>"$log" 2>&1 &
+	# The service's own pid (not runuser's), for kill -9.
+	for _ in $(seq 1 200); do
+		if grep -q "listening" "$log" 2>/dev/null; then
+			sed -n 's/^listening .* pid \([0-9]*\)$/\1/p' "$log" | tail -n 1 >"$IDEM_WORK/app-$2.pid"
+			return
+		fi
 		sleep 0.05
 	done
 	echo "app $1 on $2 did not start" >&2
