@@ -63,6 +63,14 @@ SELECT pg_temp.fails($$SELECT idempotency.idem_complete('bytes-4', $$ || :t4 || 
 SELECT pg_temp.fails($$SELECT idempotency.idem_complete('bytes-4', $$ || :t4 || $$, status => 200, headers => '{"x-a b": "x"}')$$) AS name_with_space;
 SELECT pg_temp.fails($$SELECT idempotency.idem_complete('bytes-4', $$ || :t4 || $$, status => 200, headers => '{"x": "a\r\nset-cookie: b"}')$$) AS value_with_newline;
 SELECT pg_temp.fails($$SELECT idempotency.idem_complete('bytes-4', $$ || :t4 || $$, status => 200, headers => '{"x": ["ok", "a\nb"]}')$$) AS array_value_with_newline;
+-- Nothing a client library would refuse to send: control characters,
+-- characters beyond ASCII, framing headers; and content_type is a header
+-- value too.
+SELECT pg_temp.fails($$SELECT idempotency.idem_complete('bytes-4', $$ || :t4 || $$, status => 200, headers => '{"x": "a\u0001b"}')$$) AS control_character;
+SELECT pg_temp.fails($$SELECT idempotency.idem_complete('bytes-4', $$ || :t4 || $$, status => 200, headers => '{"x": "5 €"}')$$) AS beyond_ascii;
+SELECT pg_temp.fails($$SELECT idempotency.idem_complete('bytes-4', $$ || :t4 || $$, status => 200, headers => '{"Content-Length": "999"}')$$) AS framing_header;
+SELECT pg_temp.fails($$SELECT idempotency.idem_complete('bytes-4', $$ || :t4 || $$, status => 200, body => 'x', content_type => E'text/plain\r\nset-cookie: a=b')$$) AS content_type_newline;
+SELECT pg_temp.fails($$SELECT idempotency.idem_fail('bytes-4', $$ || :t4 || $$, false, status => 400, body => 'x', content_type => '')$$) AS content_type_empty;
 SELECT state, body, headers FROM claims WHERE key = 'bytes-4';
 SELECT idem_complete('bytes-4', :t4, status => 204, headers => '{}') AS empty_headers_completed;
 

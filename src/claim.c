@@ -48,6 +48,7 @@
 #include "access/htup_details.h"
 #include "access/skey.h"
 #include "access/xact.h"
+#include "access/xlog.h"
 #include "access/table.h"
 #include "catalog/namespace.h"
 #include "catalog/pg_collation.h"
@@ -665,6 +666,12 @@ idem_claim(PG_FUNCTION_ARGS)
 
 		wait_for = IdemDurationArg(fcinfo, 6, "wait_for", &hour, "an hour",
 								   "Pass how long a duplicate may wait for the first request's answer, such as '5 seconds'.");
+		if (RecoveryInProgress())
+			ereport(ERROR,
+					(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+					 errmsg("wait_for is not supported during recovery"),
+					 errdetail("A standby cannot wait for a transaction of the primary's."),
+					 errhint("Claim on the primary.")));
 		if (IsolationUsesXactSnapshot())
 			ereport(ERROR,
 					(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
@@ -842,6 +849,16 @@ idem_claim(PG_FUNCTION_ARGS)
 		 * took over or finished the key and committed while we waited for
 		 * it.  Read again and report what it left.
 		 */
+		/*
+		 * With wait_for, a write can also have given up a lock wait at the
+		 * bound (a row locked, or being deleted, by a transaction that did
+		 * not look busy): the bound has passed, so stop trying.
+		 */
+		if (wait_for != NULL && GetCurrentTimestamp() >= deadline)
+		{
+			outcome = OUTCOME_IN_PROGRESS;
+			break;
+		}
 		check_tries(&k, tries);
 	}
 
@@ -1022,12 +1039,36 @@ header_name_ok(const char *name, int len)
 	return true;
 }
 
-/* A header value: no line break or NUL, which would let it end the header. */
+/*
+ * A header value: visible ASCII, spaces and tabs only.  No line break,
+ * which would end the header and let the value add another; no other
+ * control character, and nothing beyond ASCII, which HTTP libraries
+ * refuse to send (a replay would then fail every time).
+ */
 static bool
 header_value_ok(const char *value, int len)
 {
 	for (int i = 0; i < len; i++)
-		if (value[i] == '\r' || value[i] == '\n' || value[i] == '\0')
+		if (!(value[i] == '\t' || (value[i] >= 0x20 && value[i] <= 0x7e)))
+			return false;
+	return true;
+}
+
+/*
+ * Headers that describe the message or the connection rather than the
+ * answer: the server that replays the body sets them itself, and a stored
+ * one would contradict it.
+ */
+static bool
+header_name_kept(const char *name, int len)
+{
+	static const char *const framing[] = {
+		"content-length", "transfer-encoding", "connection", "keep-alive",
+		"upgrade", "te", "trailer", "proxy-connection"
+	};
+
+	for (int i = 0; i < (int) lengthof(framing); i++)
+		if ((int) strlen(framing[i]) == len && pg_strncasecmp(name, framing[i], len) == 0)
 			return false;
 	return true;
 }
@@ -1054,7 +1095,8 @@ check_headers(Jsonb *headers)
 		else if (tok == WJB_END_OBJECT || tok == WJB_END_ARRAY)
 			depth--;
 		else if (tok == WJB_KEY)
-			ok = header_name_ok(v.val.string.val, v.val.string.len);
+			ok = header_name_ok(v.val.string.val, v.val.string.len) &&
+				header_name_kept(v.val.string.val, v.val.string.len);
 		else if (tok == WJB_VALUE || tok == WJB_ELEM)
 			ok = v.type == jbvString && header_value_ok(v.val.string.val, v.val.string.len);
 	}
@@ -1062,7 +1104,7 @@ check_headers(Jsonb *headers)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("headers must be a JSON object of header names and values"),
-				 errdetail("Each name must be an HTTP token, and each value a string, or an array of strings, without line breaks."),
+				 errdetail("Each name must be an HTTP token other than a framing header (Content-Length, Transfer-Encoding, Connection and the like), and each value a string, or an array of strings, of visible ASCII, spaces and tabs."),
 				 errhint("Pass the response headers to replay, such as '{\"location\": \"/orders/7\"}'.")));
 }
 
@@ -1097,6 +1139,17 @@ finish(FunctionCallInfo fcinfo, int scope_arg, bool failed, int response_arg, in
 
 		args[6 + i] = null ? (Datum) 0 : PG_GETARG_DATUM(n);
 		argnulls[6 + i] = null ? 'n' : ' ';
+	}
+	if (argnulls[7] != 'n')
+	{
+		text	   *ct = DatumGetTextPP(args[7]);
+
+		if (VARSIZE_ANY_EXHDR(ct) == 0 || !header_value_ok(VARDATA_ANY(ct), VARSIZE_ANY_EXHDR(ct)))
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("content_type must be a header value"),
+					 errdetail("It must not be empty, and be visible ASCII, spaces and tabs."),
+					 errhint("Pass the Content-Type of the body, such as 'application/json'.")));
 	}
 	if (argnulls[8] != 'n')
 		check_headers(DatumGetJsonbP(args[8]));

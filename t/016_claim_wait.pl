@@ -247,6 +247,20 @@ is_deeply(\%outcomes, { 'reclaimed true' => 1, 'in_progress true' => 3 },
 	'the waiters that lost to a new owner answer within their bound although it holds the key')
   or diag explain \%outcomes;
 
+# A row locked by a transaction that is not writing it (here FOR SHARE on
+# an expired claim): the renewal waits for the lock up to the bound, then
+# the answer is in_progress, without retrying (each retry would burn a
+# transaction id).
+$node->safe_psql('postgres', q{SELECT idempotency.idem_claim('locked', '1 s')});
+sleep 1.2;
+$owner->query_safe(q{BEGIN; SELECT 1 FROM idempotency.claims WHERE key = 'locked' FOR SHARE});
+my $xid_before = $node->safe_psql('postgres', 'SELECT pg_current_xact_id()');
+is($node->safe_psql('postgres', q{SELECT outcome FROM idempotency.idem_claim('locked', '1 hour', wait_for => '1 s')}),
+	'in_progress', 'a claim whose row another transaction only locks answers in_progress at the bound');
+cmp_ok($node->safe_psql('postgres', 'SELECT pg_current_xact_id()') - $xid_before, '<', 20,
+	'having tried its write only a few times');
+$owner->query_safe('ROLLBACK');
+
 $owner->quit;
 $node->stop;
 done_testing();
