@@ -53,7 +53,7 @@ kill_postgres() {
 # scenario NAME PORT MODE REDIS_SOCKET KILL...: a run with the kills at a
 # third and two thirds of it, the retry pass, and the audit.
 scenario() {
-	local name=$1 port=$2 prefix=crash-$RANDOM-$1 keys=$IDEM_WORK/keys-$2-$RANDOM
+	local name=$1 port=$2 prefix=crash$RANDOM-$2 keys=$IDEM_WORK/keys-$2-$RANDOM
 	shift 2
 	local kill=("$@")
 	run_load "$port" 16 "$SECONDS_RUN" 0.3 "$prefix" "$keys" >"$IDEM_WORK/run.json" &

@@ -94,6 +94,15 @@ PG_FUNCTION_INFO_V1(idem_lookup);
 #define OWNED(n)	TOKEN_IS(n) " AND state OPERATOR(pg_catalog.=) 'in_progress'" \
 					" AND expires_at OPERATOR(pg_catalog.>) " CLOCK
 
+/* An expired claim made anew; also_cleared: the columns of 1.1.0 or "". */
+#define RENEW(also_cleared) \
+	"UPDATE idempotency.claims SET fingerprint = $3, state = 'in_progress'," \
+	" token = " NEXT_TOKEN ", attempts = 1, lease_until = " CLOCK PLUS "$4," \
+	" recovery_point = NULL, response = NULL, status = NULL," also_cleared \
+	" created_at = pg_catalog.now(), expires_at = " CLOCK PLUS "$5" \
+	KEY_IS TOKEN_IS(6) " AND expires_at OPERATOR(pg_catalog.<=) " CLOCK \
+	" RETURNING token, expires_at"
+
 typedef enum ClaimPlan
 {
 	PLAN_INSERT,
@@ -119,23 +128,12 @@ static const IdemPlanDef plan_defs[NUM_PLANS] = {
 		5, {TEXTOID, TEXTOID, BYTEAOID, INTERVALOID, INTERVALOID}
 	},
 	[PLAN_RENEW] = {
-		"UPDATE idempotency.claims SET fingerprint = $3, state = 'in_progress',"
-		" token = " NEXT_TOKEN ", attempts = 1, lease_until = " CLOCK PLUS "$4,"
-		" recovery_point = NULL, response = NULL, status = NULL,"
-		" body = NULL, content_type = NULL, headers = NULL,"
-		" created_at = pg_catalog.now(), expires_at = " CLOCK PLUS "$5"
-		KEY_IS TOKEN_IS(6) " AND expires_at OPERATOR(pg_catalog.<=) " CLOCK
-		" RETURNING token, expires_at",
+		RENEW(" body = NULL, content_type = NULL, headers = NULL,"),
 		6, {TEXTOID, TEXTOID, BYTEAOID, INTERVALOID, INTERVALOID, INT8OID}
 	},
 	/* The same, on a table of 1.0.0 (the library updated, the extension not yet). */
 	[PLAN_RENEW_1_0] = {
-		"UPDATE idempotency.claims SET fingerprint = $3, state = 'in_progress',"
-		" token = " NEXT_TOKEN ", attempts = 1, lease_until = " CLOCK PLUS "$4,"
-		" recovery_point = NULL, response = NULL, status = NULL,"
-		" created_at = pg_catalog.now(), expires_at = " CLOCK PLUS "$5"
-		KEY_IS TOKEN_IS(6) " AND expires_at OPERATOR(pg_catalog.<=) " CLOCK
-		" RETURNING token, expires_at",
+		RENEW(""),
 		6, {TEXTOID, TEXTOID, BYTEAOID, INTERVALOID, INTERVALOID, INT8OID}
 	},
 	[PLAN_TAKEOVER] = {

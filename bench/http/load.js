@@ -52,26 +52,31 @@ async function worker (until) {
   }
 }
 
-// --retry FILE: send every key of a keys file again, as clients retry, until
-// each gets an answer other than 409 or a failed connection (at most 50
-// tries); print how many keys got 2xx.
+// --retry FILE: send every key of a keys file again, as clients retry: in
+// rounds a second apart, each key until it gets an answer other than 409
+// (in progress), 503 or a failed connection, for at most 90 rounds (a
+// claim left in progress by a killed process is free again when its lease
+// runs out); print how many keys got 2xx.
 async function retryAll (file) {
-  const keys = fs.readFileSync(file, 'utf8').split('\n').filter(Boolean).map((l) => l.split(' ')[0])
+  let pending = fs.readFileSync(file, 'utf8').split('\n').filter(Boolean).map((l) => l.split(' ')[0])
+  const total = pending.length
   let ok = 0
-  let i = 0
-  async function one () {
-    while (i < keys.length) {
-      const key = keys[i++]
-      for (let t = 0; t < 50; t++) {
+  for (let round = 0; round < 90 && pending.length > 0; round++) {
+    if (round > 0) await new Promise((resolve) => setTimeout(resolve, 1000))
+    const again = []
+    let i = 0
+    const one = async () => {
+      while (i < pending.length) {
+        const key = pending[i++]
         const [status] = await post(key)
-        if (status >= 200 && status < 300) { ok++; break }
-        if (status !== 0 && status !== 409 && status !== 503) break
-        await new Promise((resolve) => setTimeout(resolve, 100))
+        if (status >= 200 && status < 300) ok++
+        else if (status === 0 || status === 409 || status === 503) again.push(key)
       }
     }
+    await Promise.all(Array.from({ length: Number(opt.conns) }, one))
+    pending = again
   }
-  await Promise.all(Array.from({ length: Number(opt.conns) }, one))
-  console.log(JSON.stringify({ retried: keys.length, answered2xx: ok }))
+  console.log(JSON.stringify({ retried: total, answered2xx: ok, unanswered: pending.length }))
   agent.destroy()
 }
 
