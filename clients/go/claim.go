@@ -44,14 +44,16 @@ func (c *Claim) owns() bool {
 }
 
 // The claim is one of two fixed texts, so that pgx prepares it once per
-// connection: without a bound on the wait (a duplicate of an uncommitted
-// claim waits for its transaction, the server's default) or with one.
-// NULL arguments mean the server's defaults (the scope's ttl and lease).
+// connection: without a bound, wait => false (a duplicate is told
+// in_progress at once, whether the claim it meets is committed or not),
+// or with one, wait_for => the bound (the server bounds every wait on the
+// key). NULL arguments mean the server's defaults (the scope's ttl and
+// lease).
 const (
 	claimSQL = `SELECT outcome::text, token, response, status, recovery_point, attempts,
        expires_at, body, content_type, headers
   FROM idempotency.idem_claim($1, ttl => $2::interval, fingerprint => $3::bytea,
-       scope => $4, lease => $5::interval)`
+       scope => $4, lease => $5::interval, wait => false)`
 	claimWaitSQL = `SELECT outcome::text, token, response, status, recovery_point, attempts,
        expires_at, body, content_type, headers
   FROM idempotency.idem_claim($1, ttl => $2::interval, fingerprint => $3::bytea,

@@ -47,8 +47,10 @@ type Options struct {
 	// 0 means 3; a negative value means none.
 	Retries int
 	// WaitFor, when positive, makes a duplicate of a request in flight wait
-	// up to that long for its answer (replayed, or taken over if it failed)
-	// instead of answering 409 at once.
+	// up to that long for its answer (replayed, or taken over if it failed
+	// or lost its lease) and answer 409 only if the bound passes. 0: the
+	// duplicate gets 409 at once (idem_claim's wait => false), whether the
+	// first request's claim is committed or not.
 	WaitFor time.Duration
 	// TTL is how long a stored answer lives (0: the scope's default_ttl).
 	TTL time.Duration

@@ -66,9 +66,11 @@ func TestBinaryBodyAndHeaders(t *testing.T) {
 }
 
 // 64 identical requests at once: one execution, 63 byte-identical replays.
+// The duplicates wait for the first (WaitFor); without a bound they would
+// get 409 (TestInProgressAtOnce).
 func TestConcurrentDuplicates(t *testing.T) {
 	var runs int64
-	url := serve(t, pool, Options{}, orders(&runs, func(http.ResponseWriter, *http.Request, int64) bool {
+	url := serve(t, pool, Options{WaitFor: 20 * time.Second}, orders(&runs, func(http.ResponseWriter, *http.Request, int64) bool {
 		time.Sleep(200 * time.Millisecond)
 		return false
 	}))
@@ -107,6 +109,29 @@ func TestConcurrentDuplicates(t *testing.T) {
 	}
 	if runs != 1 || effects(t, key) != 1 {
 		t.Errorf("runs %d, effects %d; want 1 and 1", runs, effects(t, key))
+	}
+}
+
+// Without WaitFor, a duplicate of a request in flight in single-transaction
+// mode (its claim uncommitted) gets 409 with Retry-After at once, not once
+// the first commits.
+func TestInProgressAtOnce(t *testing.T) {
+	var runs int64
+	url := serve(t, pool, Options{}, orders(&runs, func(http.ResponseWriter, *http.Request, int64) bool {
+		time.Sleep(time.Second)
+		return false
+	}))
+	key := newKey(t)
+	done := make(chan served)
+	go func() { done <- send(url+"/orders", "POST", key, "{}") }()
+	time.Sleep(300 * time.Millisecond)
+	t0 := time.Now()
+	dup := mustSend(t, url+"/orders", "POST", key, "{}")
+	if took := dup.at.Sub(t0); dup.status != 409 || dup.header.Get("Retry-After") != "1" || took > 500*time.Millisecond {
+		t.Fatalf("duplicate in flight: %d %s after %v; want 409 at once", dup.status, dup.body, took)
+	}
+	if s := <-done; s.status != 201 || runs != 1 {
+		t.Fatalf("first: %d, runs %d", s.status, runs)
 	}
 }
 
