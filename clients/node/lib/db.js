@@ -17,12 +17,13 @@ const resultTypes = {
   },
 }
 
-// The claim.  wait_for NULL (no waitFor) is its default: a claim that meets
-// an uncommitted claim of the same key waits for that transaction, one that
-// meets a committed claim in progress answers in_progress at once.
+// The claim.  Without waitFor, wait => false and wait_for NULL: a duplicate
+// is told in_progress at once, whether the claim it meets is committed or
+// not.  With it, wait => true and wait_for => the bound: the server bounds
+// every wait on the key.
 const CLAIM =
   'SELECT * FROM idempotency.idem_claim($1, $2::interval, $3::bytea, $4, $5::interval,' +
-  ' wait_for => $6::interval)'
+  ' wait => $6::boolean, wait_for => $7::interval)'
 const COMPLETE =
   'SELECT idempotency.idem_complete($1, $2::bigint, NULL, $3::int, $4,' +
   ' body => $5::bytea, content_type => $6, headers => $7::jsonb) AS done'
@@ -42,7 +43,8 @@ function interval(value) {
 }
 
 function claimQuery(c) {
-  const values = [c.key, interval(c.ttl), c.fingerprint || null, c.scope, interval(c.lease), interval(c.waitFor)]
+  const waitFor = interval(c.waitFor)
+  const values = [c.key, interval(c.ttl), c.fingerprint || null, c.scope, interval(c.lease), waitFor !== null, waitFor]
   return { name: 'idem_node_claim', text: CLAIM, values, types: resultTypes }
 }
 

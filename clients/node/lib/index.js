@@ -65,6 +65,7 @@ function normaliseOptions(options) {
   o.keptHeaders = (o.keptHeaders || []).map((h) => String(h).toLowerCase())
   if (!Number.isInteger(o.retries) || o.retries < 0) throw new RangeError('retries must be an integer >= 0')
   db.interval(o.waitFor) // throws early on a bad value
+  if (o.waitFor === 0) throw new RangeError('waitFor must be positive; leave it null for no waiting')
   db.interval(o.lease)
   db.interval(o.ttl)
   return o

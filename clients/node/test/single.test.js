@@ -24,6 +24,7 @@ async function handler(req, res, ctx) {
     await ctx.client.query("DO $$BEGIN RAISE EXCEPTION 'forced' USING ERRCODE = '40001'; END$$")
   }
   if (path === '/throw' && n === 1) throw new Error('handler failed')
+  if (path === '/slow') await ctx.client.query('SELECT pg_sleep(1)')
   if (path === '/503' && n === 1) {
     res.writeHead(503, { 'content-type': 'text/plain' })
     return res.end('try later')
@@ -130,6 +131,19 @@ test('a key held by a committed claim under a live lease: 409 with Retry-After',
   assert.equal(res.status, 409)
   assert.equal(res.headers['retry-after'], '1')
   assert.equal(runs.get(key), undefined)
+})
+
+test('without waitFor, a duplicate of a request in flight (its claim uncommitted) is 409 at once', async () => {
+  const key = h.uniqueKey('inflight')
+  const owner = h.request(srv, { key, path: '/slow' })
+  await h.sleep(300)
+  const t0 = performance.now()
+  const dup = await h.request(srv, { key, path: '/slow' })
+  assert.equal(dup.status, 409)
+  assert.equal(dup.headers['retry-after'], '1')
+  assert.ok(dup.at - t0 < 500, `answered after ${Math.round(dup.at - t0)} ms`)
+  assert.equal((await owner).status, 201)
+  assert.equal(runs.get(key), 1)
 })
 
 test('missing key runs without idempotency unless required (400); over 255 bytes: 400', async () => {

@@ -32,9 +32,14 @@ test.after(async () => {
   await pool.end()
 })
 
+// The duplicates wait for the first (waitFor); without a bound they would
+// get 409 (single.test.js).
 test('64 concurrent identical requests: one execution, 63 byte-identical replays', async () => {
   const key = h.uniqueKey('storm64')
-  const all = await Promise.all(Array.from({ length: 64 }, () => h.request(srv, { key, path: '/slow', body: '{"n":1}' })))
+  const waiting = await h.serve(wrap(pool, handler, { ...h.quiet, waitFor: 20000 }))
+  const all = await Promise.all(
+    Array.from({ length: 64 }, () => h.request(waiting, { key, path: '/slow', body: '{"n":1}' }))
+  ).finally(() => waiting.close())
   const fresh = all.filter((r) => r.headers['idempotent-replayed'] === undefined)
   const replays = all.filter((r) => r.headers['idempotent-replayed'] === 'true')
   assert.equal(fresh.length, 1)
