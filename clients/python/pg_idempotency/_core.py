@@ -12,7 +12,6 @@ import datetime
 import hashlib
 import json
 import logging
-import time
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
@@ -129,8 +128,12 @@ def claim_params(key: str, fp: bytes, scope: str, opts: Options, lease: bool) ->
         "fingerprint": fp,
         "scope": scope,
         "lease": opts.lease if lease else None,
-        # Without wait_for a duplicate is told at once (409); with it, the
-        # server waits for the owner up to the bound.
+        # Without wait_for a duplicate is told at once (409), whether the
+        # claim it meets is committed or not; with it, the server waits for
+        # the owner up to the bound.  When several wait and the owner
+        # ends, one takes over and the server keeps the others waiting for
+        # it (since f22dfc4; before, they were told in_progress at once and
+        # this client claimed again with what was left of the bound).
         "wait": opts.wait_for is not None,
         **({} if opts.wait_for is None else {"wait_for": opts.wait_for}),
     }
@@ -138,25 +141,6 @@ def claim_params(key: str, fp: bytes, scope: str, opts: Options, lease: bool) ->
 
 def claim_result(row: Tuple[Any, ...]) -> ClaimResult:
     return ClaimResult(*row)
-
-
-def wait_deadline(opts: Options) -> Optional[float]:
-    if opts.wait_for is None:
-        return None
-    return time.monotonic() + opts.wait_for.total_seconds()  # type: ignore[union-attr]
-
-
-def wait_again(claim: ClaimResult, deadline: Optional[float], params: Dict[str, Any]) -> Optional[Dict[str, Any]]:
-    """The parameters of one more claim, when a waiting claim answered
-    in_progress before its bound: it lost the race to take over from an
-    owner that ended (another waiter became the owner).  It waits for
-    that owner in turn, up to what is left of the bound; None otherwise."""
-    if claim.outcome != "in_progress" or deadline is None:
-        return None
-    left = deadline - time.monotonic()
-    if left < 0.005:
-        return None
-    return dict(params, wait_for=datetime.timedelta(seconds=left))
 
 
 def fingerprint(method: str, target: bytes, body: bytes) -> bytes:

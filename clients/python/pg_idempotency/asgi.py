@@ -105,7 +105,6 @@ class IdempotencyMiddleware:
     # -- single-transaction mode -------------------------------------------
     async def _single(self, scope, receive, send, key, iscope, fp, body) -> None:
         params = _core.claim_params(key, fp, iscope, self.opts, lease=False)
-        deadline = _core.wait_deadline(self.opts)
         for attempt in range(self.opts.retries + 1):
             conn = await self._getconn()
             try:
@@ -113,12 +112,6 @@ class IdempotencyMiddleware:
                     await conn.execute("BEGIN", prepare=False)
                     cur = await conn.execute(_core.claim_sql(self.opts), params)
                 claim = _core.claim_result(await cur.fetchone())
-                again = _core.wait_again(claim, deadline, params)
-                while again is not None:
-                    async with conn.pipeline():
-                        cur = await conn.execute(_core.claim_sql(self.opts), again)
-                    claim = _core.claim_result(await cur.fetchone())
-                    again = _core.wait_again(claim, deadline, params)
                 if claim.outcome not in ("claimed", "reclaimed"):
                     c, conn = conn, None
                     try:
@@ -167,15 +160,11 @@ class IdempotencyMiddleware:
     # -- multi-transaction mode --------------------------------------------
     async def _multi(self, scope, receive, send, key, iscope, fp, body) -> None:
         params = _core.claim_params(key, fp, iscope, self.opts, lease=True)
-        deadline = _core.wait_deadline(self.opts)
-        again: Optional[dict] = params
-        while again is not None:
-            row = await self._autocommit(_core.claim_sql(self.opts), again)
-            if row is None:
-                await _send(send, _core.error_answer(503, _core.GAVE_UP, retry_after=True))
-                return
-            claim = _core.claim_result(row)
-            again = _core.wait_again(claim, deadline, params)
+        row = await self._autocommit(_core.claim_sql(self.opts), params)
+        if row is None:
+            await _send(send, _core.error_answer(503, _core.GAVE_UP, retry_after=True))
+            return
+        claim = _core.claim_result(row)
         if claim.outcome not in ("claimed", "reclaimed"):
             await _send(send, _core.answer_for(claim))
             return

@@ -99,7 +99,6 @@ class IdempotencyMiddleware:
     # -- single-transaction mode -------------------------------------------
     def _single(self, environ, start_response, key, scope, fp, body):
         params = _core.claim_params(key, fp, scope, self.opts, lease=False)
-        deadline = _core.wait_deadline(self.opts)
         for attempt in range(self.opts.retries + 1):
             conn = self._getconn()
             try:
@@ -107,12 +106,6 @@ class IdempotencyMiddleware:
                     conn.execute("BEGIN", prepare=False)
                     cur = conn.execute(_core.claim_sql(self.opts), params)
                 claim = _core.claim_result(cur.fetchone())
-                again = _core.wait_again(claim, deadline, params)
-                while again is not None:
-                    with conn.pipeline():
-                        cur = conn.execute(_core.claim_sql(self.opts), again)
-                    claim = _core.claim_result(cur.fetchone())
-                    again = _core.wait_again(claim, deadline, params)
                 if claim.outcome not in ("claimed", "reclaimed"):
                     ans = _core.answer_for(claim)
                     return self._send(start_response, ans, lambda c=conn: self._end(c))
@@ -154,14 +147,10 @@ class IdempotencyMiddleware:
     # -- multi-transaction mode --------------------------------------------
     def _multi(self, environ, start_response, key, scope, fp, body):
         params = _core.claim_params(key, fp, scope, self.opts, lease=True)
-        deadline = _core.wait_deadline(self.opts)
-        again: Optional[dict] = params
-        while again is not None:
-            row = self._autocommit(_core.claim_sql(self.opts), again, retry_lost=True)
-            if row is None:
-                return self._send(start_response, _core.error_answer(503, _core.GAVE_UP, retry_after=True))
-            claim = _core.claim_result(row)
-            again = _core.wait_again(claim, deadline, params)
+        row = self._autocommit(_core.claim_sql(self.opts), params, retry_lost=True)
+        if row is None:
+            return self._send(start_response, _core.error_answer(503, _core.GAVE_UP, retry_after=True))
+        claim = _core.claim_result(row)
         if claim.outcome not in ("claimed", "reclaimed"):
             return self._send(start_response, _core.answer_for(claim))
         ctx = _MultiContext(key, scope, claim, self)
