@@ -21,11 +21,6 @@ source "$(dirname "$0")/../scripts/lib.sh"
 IDEM_WORK=${IDEM_WORK:-/tmp/idempotency-bench-http-crash}
 SECONDS_RUN=${1:-12}
 
-idem_packages
-idem_apt_install redis-server
-idem_owner
-idem_build
-idem_start_cluster "max_connections = 100"
 source "$(dirname "$0")/http/lib.sh"
 http_setup
 

@@ -26,13 +26,7 @@ CONNS=${1:-32}
 SECONDS_RUN=${2:-8}
 ROUNDS=${3:-3}
 
-idem_packages
-idem_apt_install redis-server
-idem_owner
-idem_build
-idem_start_cluster "max_connections = 100"
 source "$(dirname "$0")/http/lib.sh"
-
 http_setup
 start_redis always always
 start_redis everysec everysec

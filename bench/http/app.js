@@ -16,6 +16,9 @@ const pg = require('pg')
 
 const [mode, port, redisSocket] = process.argv.slice(2)
 const pool = new pg.Pool({ max: 16, pipeline: true })
+// An idle connection the server closed (a restart) is dropped by the pool;
+// without a listener its 'error' event would end the process.
+pool.on('error', () => {})
 
 async function order (db, key, body) {
   const { amount } = JSON.parse(body)

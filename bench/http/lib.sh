@@ -1,10 +1,17 @@
 # bench/http/lib.sh: shared by bench/http.sh and bench/http-crash.sh
-# (sourced after scripts/lib.sh, with the cluster started).
+# (sourced after scripts/lib.sh, with IDEM_WORK set).
 
 psqlq() { as_owner psql -X -q -v ON_ERROR_STOP=1 "$@"; }
 
-# The schema, and the bench's npm packages (pg, redis) in the work copy.
+# What the benchmarks need (PostgreSQL, Redis), the extension built and a
+# cluster started, the schema, and the bench's npm packages (pg, redis) in
+# the work copy.
 http_setup() {
+	idem_packages
+	idem_apt_install redis-server
+	idem_owner
+	idem_build
+	idem_start_cluster "max_connections = 100"
 	psqlq <<'SQL'
 CREATE EXTENSION IF NOT EXISTS idempotency;
 DROP TABLE IF EXISTS orders;
