@@ -8,11 +8,14 @@
 #                   in PostgreSQL, the answer stored in Redis; Redis with
 #                   appendonly yes and appendfsync always
 #   redis-everysec  the same with appendfsync everysec
+#   ext-sql         the order written as a SQL function and served by
+#                   clients/node's serve(): idem_serve claims, runs it and
+#                   stores the answer in one statement per request
 #
 # bench/http/load.js sends POST /orders from CONNS keep-alive connections
 # for SECONDS, DUP of the requests repeating a key already sent (a
 # client's retry).  Two mixes: half duplicates, and first-time requests
-# only.  Rounds alternate the three services; the medians of requests per
+# only.  Rounds alternate the four services; the medians of requests per
 # second, p50 and p99 are printed with the ratio of ext to each Redis
 # design.  After the runs, every key's order must exist at most once.
 #
@@ -31,9 +34,11 @@ http_setup
 start_redis always always
 start_redis everysec everysec
 start_app ext 18081
+start_app ext-sql 18084
 start_app redis 18082 "$IDEM_WORK/redis-always/redis.sock"
 start_app redis 18083 "$IDEM_WORK/redis-everysec/redis.sock"
-declare -A ports=([ext]=18081 [redis-always]=18082 [redis-everysec]=18083)
+declare -A ports=([ext]=18081 [ext-sql]=18084 [redis-always]=18082 [redis-everysec]=18083)
+services=(ext ext-sql redis-always redis-everysec)
 
 median() { sort -n | awk '{a[NR] = $1} END {print (NR % 2) ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2}'; }
 
@@ -41,7 +46,7 @@ say "HTTP: $CONNS connections, $ROUNDS rounds of $SECONDS_RUN s per service"
 for dup in 0.5 0; do
 	declare -A rps=() p50=() p99=()
 	for r in $(seq 1 "$ROUNDS"); do
-		for s in ext redis-always redis-everysec; do
+		for s in "${services[@]}"; do
 			out=$(run_load "${ports[$s]}" "$CONNS" "$SECONDS_RUN" "$dup" "$s-$dup-$r")
 			rps[$s]+="$(jq_field "$out" rps) " p50[$s]+="$(jq_field "$out" p50) " p99[$s]+="$(jq_field "$out" p99) "
 			printf '.'
@@ -49,15 +54,16 @@ for dup in 0.5 0; do
 	done
 	printf '\r'
 	[ "$dup" = 0 ] && echo "  first-time requests only" || echo "  half the requests repeat a key"
-	for s in ext redis-always redis-everysec; do
+	for s in "${services[@]}"; do
 		m=$(tr ' ' '\n' <<<"${rps[$s]}" | grep . | median)
 		a=$(tr ' ' '\n' <<<"${p50[$s]}" | grep . | median)
 		b=$(tr ' ' '\n' <<<"${p99[$s]}" | grep . | median)
 		printf '    %-16s %8.0f req/s   p50 %6.1f ms   p99 %6.1f ms\n' "$s" "$m" "$a" "$b"
 		declare "med_${s//-/_}=$m"
 	done
-	awk -v e="$med_ext" -v a="$med_redis_always" -v v="$med_redis_everysec" 'BEGIN {
-		printf "    ext / redis-always %.3f   ext / redis-everysec %.3f\n", e / a, e / v }'
+	awk -v e="$med_ext" -v q="$med_ext_sql" -v a="$med_redis_always" -v v="$med_redis_everysec" 'BEGIN {
+		printf "    ext / redis-always %.3f   ext / redis-everysec %.3f\n", e / a, e / v
+		printf "    ext-sql / redis-always %.3f   ext-sql / redis-everysec %.3f\n", q / a, q / v }'
 done
 
 say "effects"

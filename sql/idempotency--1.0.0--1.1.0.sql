@@ -98,3 +98,73 @@ COMMENT ON FUNCTION idempotency.idem_claim(text, interval, bytea, text, interval
 	'claim an idempotency key: claimed, completed (replay), in_progress, mismatch or reclaimed; ttl and lease default to the scope''s policy; wait_for waits up to that long for a claim in progress to end';
 REVOKE ALL ON FUNCTION idempotency.idem_claim(text, interval, bytea, text, interval, boolean, interval) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION idempotency.idem_claim(text, interval, bytea, text, interval, boolean, interval) TO idempotency_user;
+
+-- One request in one statement: claim the key, run the handler, store its
+-- answer, in the caller's transaction (or the statement's own), with the
+-- caller's rights.  The handler is a function of the caller's:
+-- handler(key text, request bytea) returning columns status int, body
+-- bytea, content_type text, headers jsonb.  An answer of status 500 or
+-- more is not stored, and what the handler wrote is undone with the claim,
+-- so that a retry runs again.  Names and operators are qualified and no
+-- search_path is pinned, so that the handler runs under the caller's.
+CREATE FUNCTION idempotency.idem_serve(
+	handler regprocedure,
+	key text,
+	request bytea DEFAULT NULL,
+	fingerprint bytea DEFAULT NULL,
+	scope text DEFAULT 'default',
+	ttl interval DEFAULT NULL,
+	wait_for interval DEFAULT NULL)
+RETURNS TABLE (outcome idempotency.idem_outcome, status int, body bytea,
+	content_type text, headers jsonb)
+LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE
+AS $serve$
+DECLARE
+	c idempotency.idem_claim_result;
+	fn pg_catalog.text;
+	r record;
+BEGIN
+	SELECT pg_catalog.format('%I.%I', n.nspname, p.proname) INTO fn
+	FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) p.pronamespace
+	WHERE p.oid OPERATOR(pg_catalog.=) handler
+	AND p.pronargs OPERATOR(pg_catalog.=) 2
+	AND p.proargtypes[0] OPERATOR(pg_catalog.=) 'pg_catalog.text'::pg_catalog.regtype
+	AND p.proargtypes[1] OPERATOR(pg_catalog.=) 'pg_catalog.bytea'::pg_catalog.regtype
+	AND p.prokind OPERATOR(pg_catalog.=) 'f';
+	IF fn IS NULL THEN
+		RAISE SQLSTATE '42883' USING MESSAGE = pg_catalog.format('handler %s does not take (text, bytea)', handler),
+			HINT = 'Pass a function handler(key text, request bytea) returning status int, body bytea, content_type text, headers jsonb.';
+	END IF;
+	BEGIN
+		SELECT * INTO STRICT c FROM idempotency.idem_claim(key, ttl, fingerprint, scope,
+			wait => wait_for IS NOT NULL, wait_for => wait_for);
+		IF c.outcome OPERATOR(pg_catalog.<>) ALL (ARRAY['claimed', 'reclaimed']::idempotency.idem_outcome[]) THEN
+			RETURN QUERY SELECT c.outcome, c.status, c.body, c.content_type, c.headers;
+			RETURN;
+		END IF;
+		EXECUTE pg_catalog.format('SELECT status, body, content_type, headers FROM %s($1::pg_catalog.text, $2::pg_catalog.bytea)', fn)
+			INTO STRICT r USING key, request;
+		IF r.status IS NULL OR r.status OPERATOR(pg_catalog.>=) 500 THEN
+			RAISE SQLSTATE 'IDEMS' USING MESSAGE = COALESCE(r.status, 500)::pg_catalog.text,
+				DETAIL = pg_catalog.encode(COALESCE(r.body, ''::pg_catalog.bytea), 'base64'),
+				HINT = COALESCE(r.content_type, '');
+		END IF;
+		PERFORM idempotency.idem_complete(key, c.token, NULL, r.status, scope,
+			r.body, r.content_type, r.headers);
+		RETURN QUERY SELECT c.outcome, r.status, r.body, r.content_type, r.headers;
+	EXCEPTION WHEN SQLSTATE 'IDEMS' THEN
+		-- A server error: the claim and the handler's writes are undone.
+		DECLARE
+			msg pg_catalog.text; det pg_catalog.text; hnt pg_catalog.text;
+		BEGIN
+			GET STACKED DIAGNOSTICS msg = MESSAGE_TEXT, det = PG_EXCEPTION_DETAIL, hnt = PG_EXCEPTION_HINT;
+			RETURN QUERY SELECT 'claimed'::idempotency.idem_outcome, msg::pg_catalog.int4,
+				pg_catalog.decode(det, 'base64'), NULLIF(hnt, ''), NULL::pg_catalog.jsonb;
+		END;
+	END;
+END
+$serve$;
+COMMENT ON FUNCTION idempotency.idem_serve(regprocedure, text, bytea, bytea, text, interval, interval) IS
+	'one request in one statement: claim the key, run handler(key, request) with the caller''s rights, store its answer (status below 500); replays, in_progress and mismatch as idem_claim';
+REVOKE ALL ON FUNCTION idempotency.idem_serve(regprocedure, text, bytea, bytea, text, interval, interval) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION idempotency.idem_serve(regprocedure, text, bytea, bytea, text, interval, interval) TO idempotency_user;

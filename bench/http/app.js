@@ -4,6 +4,8 @@
 //
 //   node app.js ext PORT            the pg-idempotency middleware (clients/node):
 //                                   claim, order and stored answer in one transaction
+//   node app.js ext-sql PORT        the same with the handler in SQL (serve(): one
+//                                   statement, idem_serve, per request)
 //   node app.js redis PORT REDIS    the Redis + PostgreSQL design: SET NX PX for the key,
 //                                   the order in PostgreSQL, then the answer stored in Redis
 //
@@ -49,6 +51,11 @@ async function main () {
     handler = wrap(pool, async (req, res, ctx) => {
       send(res, 201, await order(ctx.client, req.headers['idempotency-key'], ctx.body))
     }, { required: true, scope: 'orders' })
+  } else if (mode === 'ext-sql') {
+    // The same order as a SQL function (bench/http/lib.sh), served by
+    // clients/node's serve(): claim, order and answer in one statement.
+    const { serve } = require('../../clients/node')
+    handler = serve(pool, 'place_order(text, bytea)', { scope: 'orders' })
   } else if (mode === 'redis') {
     const { createClient } = require('redis')
     const redis = createClient({ socket: { path: redisSocket, reconnectStrategy: () => 50 } })
@@ -86,7 +93,7 @@ async function main () {
       }
     }
   } else {
-    throw new Error('mode must be ext or redis')
+    throw new Error('mode must be ext, ext-sql or redis')
   }
   const server = http.createServer((req, res) => {
     Promise.resolve(handler(req, res)).catch(() => {

@@ -17,6 +17,19 @@ CREATE EXTENSION IF NOT EXISTS idempotency;
 DROP TABLE IF EXISTS orders;
 CREATE TABLE orders (id bigserial PRIMARY KEY, key text NOT NULL, amount int NOT NULL,
 	created_at timestamptz NOT NULL DEFAULT now());
+-- The handler of app.js's ext-sql mode: the JavaScript handler's work.
+CREATE OR REPLACE FUNCTION place_order(key text, request bytea,
+	OUT status int, OUT body bytea, OUT content_type text, OUT headers jsonb)
+LANGUAGE plpgsql AS $$
+DECLARE
+	amount int := (convert_from(request, 'UTF8')::jsonb ->> 'amount')::int;
+	id bigint;
+BEGIN
+	INSERT INTO orders (key, amount) VALUES (key, amount) RETURNING orders.id INTO id;
+	status := 201;
+	body := convert_to(json_build_object('id', id::text, 'amount', amount)::text, 'UTF8');
+	content_type := 'application/json';
+END $$;
 SQL
 	HTTP_DIR=$IDEM_WORK/src/bench/http
 	(cd "$HTTP_DIR" && as_owner env HOME="$IDEM_WORK" npm_config_cache="$IDEM_WORK/.npm" \

@@ -431,9 +431,64 @@ function middleware(pool, handler, options) {
   return build(pool, handler, options, true)
 }
 
+// serve(pool, handlerName, options): a node:http request listener for a
+// handler written in SQL, handler(key text, request bytea) returning status
+// int, body bytea, content_type text, headers jsonb, named as a
+// regprocedure ('place_order(text, bytea)').  idempotency.idem_serve
+// claims, runs it and stores its answer in one statement: one round trip
+// and one transaction per request, whatever the outcome.  The key is
+// required; 40001 and 40P01 are run again, up to retries.
+const SERVE =
+  'SELECT outcome::text, status, body, content_type, headers' +
+  ' FROM idempotency.idem_serve($1::regprocedure, $2, $3::bytea, $4::bytea, $5,' +
+  ' $6::interval, $7::interval)'
+
+function serve(pool, handlerName, options) {
+  if (!pool || typeof pool.query !== 'function') throw new TypeError('pool must be a pg.Pool (or have query())')
+  if (typeof handlerName !== 'string' || handlerName === '') throw new TypeError("handlerName must name a SQL function, such as 'place_order(text, bytea)'")
+  const o = normaliseOptions(options)
+  return (req, res) => {
+    const run = async () => {
+      let key = req.headers['idempotency-key']
+      if (Array.isArray(key)) key = key[0]
+      if (key === undefined || key === '') throw new HttpError(400, 'missing Idempotency-Key header')
+      if (Buffer.byteLength(key, 'utf8') > MAX_KEY_BYTES) throw new HttpError(400, `Idempotency-Key longer than ${MAX_KEY_BYTES} bytes`)
+      const scope = typeof o.scope === 'function' ? await o.scope(req) : o.scope
+      const body = await readBody(req, o.maxBodyBytes)
+      const values = [handlerName, key, body, fingerprint(req.method, req.originalUrl || req.url, body),
+        scope, db.interval(o.ttl), db.interval(o.waitFor)]
+      let rows
+      for (let attempt = 0; ; attempt++) {
+        try {
+          ({ rows } = await pool.query({ name: 'idem_node_serve', text: SERVE, values }))
+          break
+        } catch (err) {
+          if (!retryable(err) || attempt >= o.retries) throw err
+        }
+      }
+      const row = rows[0]
+      const answer = { outcome: row.outcome, status: row.status, body: row.body, contentType: row.content_type, headers: row.headers, response: null }
+      if (answerOthers(res, answer)) return
+      res.statusCode = answer.status
+      for (const [name, value] of Object.entries(answer.headers || {})) res.setHeader(name, value)
+      if (answer.contentType !== null) res.setHeader('content-type', answer.contentType)
+      res.end(answer.body || Buffer.alloc(0))
+    }
+    run().catch((err) => {
+      if (res.writableEnded) return
+      if (err instanceof HttpError) return sendJsonError(res, err.status, err.message, err.headers)
+      o.onError(err)
+      if (retryable(err)) return sendJsonError(res, 503, 'the transaction kept failing to serialize; retry', { 'retry-after': '1' })
+      if (unavailable(err)) return sendJsonError(res, 503, 'the database is unavailable; retry', { 'retry-after': '1' })
+      sendJsonError(res, 500, 'internal error')
+    })
+  }
+}
+
 module.exports = {
   wrap,
   middleware,
+  serve,
   claim: db.claim,
   fingerprint,
   MAX_KEY_BYTES,
