@@ -102,11 +102,14 @@ GRANT EXECUTE ON FUNCTION idempotency.idem_claim(text, interval, bytea, text, in
 -- One request in one statement: claim the key, run the handler, store its
 -- answer, in the caller's transaction (or the statement's own), with the
 -- caller's rights.  The handler is a function of the caller's:
--- handler(key text, request bytea) returning columns status int, body
--- bytea, content_type text, headers jsonb.  An answer of status 500 or
+-- handler(key text, request bytea, OUT status int, OUT body bytea,
+-- OUT content_type text, OUT headers jsonb).  An answer of status 500 or
 -- more is not stored, and what the handler wrote is undone with the claim,
--- so that a retry runs again.  Names and operators are qualified and no
--- search_path is pinned, so that the handler runs under the caller's.
+-- so that a retry runs again.  No search_path is pinned, so that the
+-- handler runs under the caller's; every object and operator of the body
+-- is named with its schema, and the handler's result types are checked
+-- before it runs, so that no cast or operator of anyone else's is applied
+-- to what it returns.
 CREATE FUNCTION idempotency.idem_serve(
 	handler regprocedure,
 	key text,
@@ -123,17 +126,31 @@ DECLARE
 	c idempotency.idem_claim_result;
 	fn pg_catalog.text;
 	r record;
+	-- A server error's answer: kept across the rollback that undoes it.
+	failed pg_catalog.bool := false;
+	f_outcome idempotency.idem_outcome;
+	f_status pg_catalog.int4;
+	f_body pg_catalog.bytea;
+	f_type pg_catalog.text;
+	f_headers pg_catalog.jsonb;
 BEGIN
+	IF handler IS NULL THEN
+		RAISE SQLSTATE '22004' USING MESSAGE = 'handler must not be null',
+			HINT = 'Pass the handler as a regprocedure, such as ''place_order(text, bytea)''.';
+	END IF;
 	SELECT pg_catalog.format('%I.%I', n.nspname, p.proname) INTO fn
 	FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) p.pronamespace
 	WHERE p.oid OPERATOR(pg_catalog.=) handler
-	AND p.pronargs OPERATOR(pg_catalog.=) 2
-	AND p.proargtypes[0] OPERATOR(pg_catalog.=) 'pg_catalog.text'::pg_catalog.regtype
-	AND p.proargtypes[1] OPERATOR(pg_catalog.=) 'pg_catalog.bytea'::pg_catalog.regtype
-	AND p.prokind OPERATOR(pg_catalog.=) 'f';
+	AND p.prokind OPERATOR(pg_catalog.=) 'f' AND NOT p.proretset
+	AND p.proallargtypes OPERATOR(pg_catalog.=) ARRAY[
+		'pg_catalog.text'::pg_catalog.regtype, 'pg_catalog.bytea'::pg_catalog.regtype,
+		'pg_catalog.int4'::pg_catalog.regtype, 'pg_catalog.bytea'::pg_catalog.regtype,
+		'pg_catalog.text'::pg_catalog.regtype, 'pg_catalog.jsonb'::pg_catalog.regtype]::pg_catalog.oid[]
+	AND p.proargmodes OPERATOR(pg_catalog.=) ARRAY['i', 'i', 'o', 'o', 'o', 'o']::pg_catalog."char"[];
 	IF fn IS NULL THEN
-		RAISE SQLSTATE '42883' USING MESSAGE = pg_catalog.format('handler %s does not take (text, bytea)', handler),
-			HINT = 'Pass a function handler(key text, request bytea) returning status int, body bytea, content_type text, headers jsonb.';
+		RAISE SQLSTATE '42883' USING MESSAGE = pg_catalog.format('handler %s is not a function of the form idem_serve calls', handler),
+			DETAIL = 'It must be a plain function (key text, request bytea, OUT status int, OUT body bytea, OUT content_type text, OUT headers jsonb).',
+			HINT = 'Declare it with those arguments and OUT parameters, in that order.';
 	END IF;
 	BEGIN
 		SELECT * INTO STRICT c FROM idempotency.idem_claim(key, ttl, fingerprint, scope,
@@ -142,25 +159,32 @@ BEGIN
 			RETURN QUERY SELECT c.outcome, c.status, c.body, c.content_type, c.headers;
 			RETURN;
 		END IF;
-		EXECUTE pg_catalog.format('SELECT status, body, content_type, headers FROM %s($1::pg_catalog.text, $2::pg_catalog.bytea)', fn)
+		EXECUTE pg_catalog.format('SELECT status, body, content_type, headers FROM %s($1, $2)', fn)
 			INTO STRICT r USING key, request;
-		IF r.status IS NULL OR r.status OPERATOR(pg_catalog.>=) 500 THEN
-			RAISE SQLSTATE 'IDEMS' USING MESSAGE = COALESCE(r.status, 500)::pg_catalog.text,
-				DETAIL = pg_catalog.encode(COALESCE(r.body, ''::pg_catalog.bytea), 'base64'),
-				HINT = COALESCE(r.content_type, '');
+		IF r.status IS NULL OR r.status OPERATOR(pg_catalog.<) 100 OR r.status OPERATOR(pg_catalog.>) 599 THEN
+			RAISE SQLSTATE '22023' USING MESSAGE = pg_catalog.format('handler %s returned status %s', handler, COALESCE(r.status::pg_catalog.text, 'NULL')),
+				HINT = 'Return an HTTP status, 100 to 599.';
 		END IF;
+		-- The answer is checked (and, below 500, stored) by idem_complete.
 		PERFORM idempotency.idem_complete(key, c.token, NULL, r.status, scope,
 			r.body, r.content_type, r.headers);
+		IF r.status OPERATOR(pg_catalog.>=) 500 THEN
+			failed := true;
+			f_outcome := c.outcome;
+			f_status := r.status;
+			f_body := r.body;
+			f_type := r.content_type;
+			f_headers := r.headers;
+			RAISE SQLSTATE 'IDEMS' USING MESSAGE = 'server error answer: undone';
+		END IF;
 		RETURN QUERY SELECT c.outcome, r.status, r.body, r.content_type, r.headers;
 	EXCEPTION WHEN SQLSTATE 'IDEMS' THEN
-		-- A server error: the claim and the handler's writes are undone.
-		DECLARE
-			msg pg_catalog.text; det pg_catalog.text; hnt pg_catalog.text;
-		BEGIN
-			GET STACKED DIAGNOSTICS msg = MESSAGE_TEXT, det = PG_EXCEPTION_DETAIL, hnt = PG_EXCEPTION_HINT;
-			RETURN QUERY SELECT 'claimed'::idempotency.idem_outcome, msg::pg_catalog.int4,
-				pg_catalog.decode(det, 'base64'), NULLIF(hnt, ''), NULL::pg_catalog.jsonb;
-		END;
+		IF NOT failed THEN
+			RAISE;				-- the handler's own, not ours
+		END IF;
+		-- A server error: the claim, the completion and the handler's
+		-- writes are undone; the answer is given, not stored.
+		RETURN QUERY SELECT f_outcome, f_status, f_body, f_type, f_headers;
 	END;
 END
 $serve$;

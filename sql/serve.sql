@@ -68,6 +68,51 @@ CREATE FUNCTION wrong(k text) RETURNS int LANGUAGE sql AS 'SELECT 1';
 SELECT pg_temp.fails($$SELECT * FROM idempotency.idem_serve('wrong(text)', 's-6', 'x')$$) AS wrong_shape;
 SELECT count(*) AS claims FROM idempotency.claims WHERE key = 's-6';
 
+-- Results of other types are refused before the handler runs, so that no
+-- cast of anyone's applies to them; so are a procedure and a NULL.
+CREATE FUNCTION bigstatus(key text, request bytea,
+	OUT status bigint, OUT body bytea, OUT content_type text, OUT headers jsonb)
+LANGUAGE plpgsql AS $$ BEGIN RAISE EXCEPTION 'must not run'; END $$;
+SELECT pg_temp.fails($$SELECT * FROM idempotency.idem_serve('bigstatus(text, bytea)', 's-8', 'x')$$) AS other_result_types;
+SELECT pg_temp.fails($$SELECT * FROM idempotency.idem_serve(NULL, 's-8', 'x')$$) AS null_handler;
+SELECT count(*) AS claims FROM idempotency.claims WHERE key = 's-8';
+
+-- A status outside 100 to 599, or NULL, is refused and leaves nothing.
+CREATE FUNCTION odd_status(key text, request bytea,
+	OUT status int, OUT body bytea, OUT content_type text, OUT headers jsonb)
+LANGUAGE sql AS $$ SELECT convert_from(request, 'UTF8')::int, NULL::bytea, NULL::text, NULL::jsonb $$;
+SELECT pg_temp.fails($$SELECT * FROM idempotency.idem_serve('odd_status(text, bytea)', 's-9', '0')$$) AS status_zero;
+SELECT pg_temp.fails($$SELECT * FROM idempotency.idem_serve('odd_status(text, bytea)', 's-9', '600')$$) AS status_600;
+SELECT count(*) AS claims FROM idempotency.claims WHERE key = 's-9';
+
+-- A server error keeps its headers, and its answer is checked as a
+-- stored one would be; a SQLSTATE the handler raises that looks like the
+-- one idem_serve uses inside is the handler's error, not an answer.
+CREATE FUNCTION busy(key text, request bytea,
+	OUT status int, OUT body bytea, OUT content_type text, OUT headers jsonb)
+LANGUAGE sql AS $$ SELECT 503, convert_to('busy', 'UTF8'), convert_from(request, 'UTF8'), '{"retry-after": "7"}'::jsonb $$;
+SELECT outcome, status, body, content_type, headers
+FROM idempotency.idem_serve('busy(text, bytea)', 's-10', 'text/plain');
+SELECT pg_temp.fails($$SELECT * FROM idempotency.idem_serve('busy(text, bytea)', 's-10', E'text/plain\r\nset-cookie: a=b')$$) AS bad_type_on_5xx;
+CREATE FUNCTION forger(key text, request bytea,
+	OUT status int, OUT body bytea, OUT content_type text, OUT headers jsonb)
+LANGUAGE plpgsql AS $$ BEGIN RAISE SQLSTATE 'IDEMS' USING MESSAGE = '200'; END $$;
+SELECT split_part(pg_temp.fails($$SELECT * FROM idempotency.idem_serve('forger(text, bytea)', 's-11', 'x')$$), ' | ', 1) AS forged;
+SELECT count(*) AS claims FROM idempotency.claims WHERE key IN ('s-10', 's-11');
+
+-- A search_path with an operator of someone else's ahead of pg_catalog
+-- reaches the handler (the caller's), never idem_serve's own body.
+CREATE SCHEMA regress_serve_evil;
+CREATE FUNCTION regress_serve_evil.eq(text, text) RETURNS boolean LANGUAGE plpgsql AS $$
+BEGIN RAISE EXCEPTION 'an operator of regress_serve_evil ran'; END $$;
+CREATE OPERATOR regress_serve_evil.= (LEFTARG = text, RIGHTARG = text, FUNCTION = regress_serve_evil.eq);
+SET search_path = regress_serve_evil, pg_catalog, public;
+SELECT outcome, status FROM idempotency.idem_serve('public.busy(text, bytea)', 's-12', 'text/plain');
+SELECT outcome, status FROM idempotency.idem_serve('public.place_order(text, bytea)', 's-12', '{"amount": 2}');
+SELECT outcome, status FROM idempotency.idem_serve('public.place_order(text, bytea)', 's-12', '{"amount": 2}');
+SET search_path = public;
+DROP SCHEMA regress_serve_evil CASCADE;
+
 -- The handler runs with the caller's rights: a caller who may not run it,
 -- or not write what it writes, is refused, and nothing is claimed.
 CREATE ROLE regress_serve_app IN ROLE idempotency_user;
@@ -79,6 +124,7 @@ SELECT count(*) AS claims FROM idempotency.claims WHERE key = 's-7';
 REVOKE USAGE ON SCHEMA public FROM regress_serve_app;
 DROP ROLE regress_serve_app;
 
-DROP FUNCTION place_order(text, bytea), failing(text, bytea), wrong(text);
+DROP FUNCTION place_order(text, bytea), failing(text, bytea), wrong(text), bigstatus(text, bytea),
+	odd_status(text, bytea), busy(text, bytea), forger(text, bytea);
 DROP TABLE serve_orders;
 DELETE FROM idempotency.claims WHERE key LIKE 's-%';
