@@ -103,6 +103,13 @@ PG_FUNCTION_INFO_V1(idem_lookup);
 	KEY_IS TOKEN_IS(6) " AND expires_at OPERATOR(pg_catalog.<=) " CLOCK \
 	" RETURNING token, expires_at"
 
+/* An owner's attempt ended; also_set: the columns of 1.1.0 or "". */
+#define FINISH(also_set) \
+	"UPDATE idempotency.claims SET state = CASE WHEN $6 THEN 'failed'" \
+	" ELSE 'completed' END::idempotency.idem_claim_state," \
+	" response = $4, status = $5," also_set " lease_until = NULL" \
+	KEY_IS OWNED(3)
+
 typedef enum ClaimPlan
 {
 	PLAN_INSERT,
@@ -148,18 +155,11 @@ static const IdemPlanDef plan_defs[NUM_PLANS] = {
 		5, {TEXTOID, TEXTOID, BYTEAOID, INTERVALOID, INT8OID}
 	},
 	[PLAN_FINISH] = {
-		"UPDATE idempotency.claims SET state = CASE WHEN $6 THEN 'failed'"
-		" ELSE 'completed' END::idempotency.idem_claim_state,"
-		" response = $4, status = $5, body = $7, content_type = $8, headers = $9,"
-		" lease_until = NULL"
-		KEY_IS OWNED(3),
+		FINISH(" body = $7, content_type = $8, headers = $9,"),
 		9, {TEXTOID, TEXTOID, INT8OID, JSONBOID, INT4OID, BOOLOID, BYTEAOID, TEXTOID, JSONBOID}
 	},
 	[PLAN_FINISH_1_0] = {
-		"UPDATE idempotency.claims SET state = CASE WHEN $6 THEN 'failed'"
-		" ELSE 'completed' END::idempotency.idem_claim_state,"
-		" response = $4, status = $5, lease_until = NULL"
-		KEY_IS OWNED(3),
+		FINISH(""),
 		6, {TEXTOID, TEXTOID, INT8OID, JSONBOID, INT4OID, BOOLOID}
 	},
 	[PLAN_CHECKPOINT] = {
@@ -551,7 +551,6 @@ wait_for_owner(const ClaimKey *k, bytea *fingerprint, TimestampTz deadline)
 		TimestampTz until = deadline;
 		TimestampTz now;
 		ClaimRow	row;
-
 		ClaimWriter writer;
 
 		MemoryContextReset(cxt);
@@ -569,17 +568,14 @@ wait_for_owner(const ClaimKey *k, bytea *fingerprint, TimestampTz deadline)
 			IdemInSubtransactionUntil(wait_for_writer, &writer, deadline);
 			continue;
 		}
-		else
-		{
-			read_row(k, &row);
-			if (!row.found || row.expired || row.mine || row.lease_over ||
-				strcmp(row.state, "in_progress") != 0 ||
-				fingerprint_differs(&row, fingerprint))
-				break;
-			/* Nobody announces a lease running out: read again then. */
-			if (!row.nulls[COL_LEASE_UNTIL])
-				until = Min(deadline, DatumGetTimestampTz(row.values[COL_LEASE_UNTIL]) + 1000);
-		}
+		read_row(k, &row);
+		if (!row.found || row.expired || row.mine || row.lease_over ||
+			strcmp(row.state, "in_progress") != 0 ||
+			fingerprint_differs(&row, fingerprint))
+			break;
+		/* Nobody announces a lease running out: read again then. */
+		if (!row.nulls[COL_LEASE_UNTIL])
+			until = Min(deadline, DatumGetTimestampTz(row.values[COL_LEASE_UNTIL]) + 1000);
 		now = GetCurrentTimestamp();
 		if (now >= deadline)
 			break;

@@ -167,19 +167,27 @@ updated_past_1_0(void)
 	return version != NULL && strcmp(version, "1.0.0") != 0;
 }
 
-/* Has the table any of the columns 1.1.0 added? */
-static bool
-has_any_1_1_column(TupleDesc desc)
+/* The table's column of that name, or NULL. */
+static Form_pg_attribute
+find_column(TupleDesc desc, const char *name)
 {
 	for (int i = 0; i < desc->natts; i++)
 	{
 		Form_pg_attribute a = TupleDescAttr(desc, i);
 
-		for (int c = 0; c < CLAIMS_NUM_COLUMNS; c++)
-			if (columns[c].since_1_1 && !a->attisdropped &&
-				strcmp(NameStr(a->attname), columns[c].name) == 0)
-				return true;
+		if (!a->attisdropped && strcmp(NameStr(a->attname), name) == 0)
+			return a;
 	}
+	return NULL;
+}
+
+/* Has the table any of the columns 1.1.0 added? */
+static bool
+has_any_1_1_column(TupleDesc desc)
+{
+	for (int c = 0; c < CLAIMS_NUM_COLUMNS; c++)
+		if (columns[c].since_1_1 && find_column(desc, columns[c].name) != NULL)
+			return true;
 	return false;
 }
 
@@ -195,15 +203,8 @@ check_columns(Relation rel)
 
 	for (int c = 0; c < CLAIMS_NUM_COLUMNS; c++)
 	{
-		Form_pg_attribute found = NULL;
+		Form_pg_attribute found = find_column(desc, columns[c].name);
 
-		for (int i = 0; i < desc->natts && found == NULL; i++)
-		{
-			Form_pg_attribute a = TupleDescAttr(desc, i);
-
-			if (!a->attisdropped && strcmp(NameStr(a->attname), columns[c].name) == 0)
-				found = a;
-		}
 		if (found == NULL && columns[c].since_1_1 && !has_any_1_1_column(desc) &&
 			!updated_past_1_0())
 		{

@@ -382,9 +382,7 @@ contested_write(void *arg)
 bool
 IdemRunContested(const IdemPlanDef *def, SPIPlanPtr *plan, Datum *args, const char *nulls)
 {
-	ContestedWrite w = {def, plan, args, nulls};
-
-	return IdemInSubtransaction(contested_write, &w, 0, NULL);
+	return IdemRunContestedUntil(def, plan, args, nulls, 0);
 }
 
 /*
@@ -454,14 +452,48 @@ owner_syscache_callback(Datum arg, int cacheid, uint32 hashvalue)
 	owner_id = InvalidOid;
 }
 
+/*
+ * Read the extension's row of pg_extension in this database: its owner
+ * (InvalidOid if it is not installed) and, with version, its version
+ * (NULL if not installed).
+ */
 static Oid
-extension_owner(void)
+read_extension(char **version)
 {
-	Relation	rel;
+	Relation	rel = table_open(ExtensionRelationId, AccessShareLock);
 	ScanKeyData key;
 	SysScanDesc scan;
 	HeapTuple	tup;
 	Oid			owner = InvalidOid;
+
+	if (version)
+		*version = NULL;
+	ScanKeyInit(&key, Anum_pg_extension_extname, BTEqualStrategyNumber, F_NAMEEQ,
+				CStringGetDatum("idempotency"));
+	scan = systable_beginscan(rel, ExtensionNameIndexId, true, NULL, 1, &key);
+	tup = systable_getnext(scan);
+	if (HeapTupleIsValid(tup))
+	{
+		owner = ((Form_pg_extension) GETSTRUCT(tup))->extowner;
+		if (version)
+		{
+			bool		isnull;
+			Datum		d = heap_getattr(tup, Anum_pg_extension_extversion,
+										 RelationGetDescr(rel), &isnull);
+
+			if (!isnull)
+				*version = TextDatumGetCString(d);
+		}
+	}
+	systable_endscan(scan);
+	table_close(rel, AccessShareLock);
+	return owner;
+}
+
+static Oid
+extension_owner(void)
+{
+	Oid			owner;
 
 	if (OidIsValid(owner_id))
 		return owner_id;
@@ -471,15 +503,7 @@ extension_owner(void)
 		CacheRegisterSyscacheCallback(AUTHOID, owner_syscache_callback, (Datum) 0);
 		owner_callbacks = true;
 	}
-	rel = table_open(ExtensionRelationId, AccessShareLock);
-	ScanKeyInit(&key, Anum_pg_extension_extname, BTEqualStrategyNumber, F_NAMEEQ,
-				CStringGetDatum("idempotency"));
-	scan = systable_beginscan(rel, ExtensionNameIndexId, true, NULL, 1, &key);
-	tup = systable_getnext(scan);
-	if (HeapTupleIsValid(tup))
-		owner = ((Form_pg_extension) GETSTRUCT(tup))->extowner;
-	systable_endscan(scan);
-	table_close(rel, AccessShareLock);
+	owner = read_extension(NULL);
 	if (!OidIsValid(owner))
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
@@ -493,27 +517,9 @@ extension_owner(void)
 char *
 IdemExtensionVersion(void)
 {
-	Relation	rel = table_open(ExtensionRelationId, AccessShareLock);
-	ScanKeyData key;
-	SysScanDesc scan;
-	HeapTuple	tup;
-	char	   *version = NULL;
+	char	   *version;
 
-	ScanKeyInit(&key, Anum_pg_extension_extname, BTEqualStrategyNumber, F_NAMEEQ,
-				CStringGetDatum("idempotency"));
-	scan = systable_beginscan(rel, ExtensionNameIndexId, true, NULL, 1, &key);
-	tup = systable_getnext(scan);
-	if (HeapTupleIsValid(tup))
-	{
-		bool		isnull;
-		Datum		d = heap_getattr(tup, Anum_pg_extension_extversion,
-									 RelationGetDescr(rel), &isnull);
-
-		if (!isnull)
-			version = TextDatumGetCString(d);
-	}
-	systable_endscan(scan);
-	table_close(rel, AccessShareLock);
+	(void) read_extension(&version);
 	return version;
 }
 
