@@ -59,12 +59,7 @@ func (m *Middleware) trySingle(w http.ResponseWriter, r *http.Request, next http
 		err = cerr
 	}
 	if err != nil {
-		rollback(conn)
-		if isRetryable(err) {
-			return err
-		}
-		m.dbFailed(w, "claiming the key", err)
-		return nil
+		return m.batchFailed(w, conn, "claiming the key", err)
 	}
 	claim := row.claim()
 
@@ -145,12 +140,7 @@ func (m *Middleware) trySingle(w http.ResponseWriter, r *http.Request, next http
 		err = cerr
 	}
 	if err != nil {
-		rollback(conn)
-		if isRetryable(err) {
-			return err
-		}
-		m.dbFailed(w, "storing the response", err)
-		return nil
+		return m.batchFailed(w, conn, "storing the response", err)
 	}
 	if m.opt.onCommit != nil {
 		m.opt.onCommit(r)
@@ -175,6 +165,18 @@ func runHandler(next http.Handler, rec http.ResponseWriter, r *http.Request, req
 
 // rollback ends the transaction if one is open. A connection left in a
 // transaction (the ROLLBACK failed) is closed by the pool on release.
+// A batch of the request's transaction failed: roll back, and either hand
+// a serialization failure or deadlock back for the transaction to run
+// again, or answer the client (nil).
+func (m *Middleware) batchFailed(w http.ResponseWriter, conn *pgxpool.Conn, what string, err error) error {
+	rollback(conn)
+	if isRetryable(err) {
+		return err
+	}
+	m.dbFailed(w, what, err)
+	return nil
+}
+
 func rollback(conn *pgxpool.Conn) {
 	pc := conn.Conn().PgConn()
 	if pc.IsClosed() || pc.TxStatus() == 'I' {
