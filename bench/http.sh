@@ -11,11 +11,14 @@
 #   ext-sql         the order written as a SQL function and served by
 #                   clients/node's serve(): idem_serve claims, runs it and
 #                   stores the answer in one statement per request
+#   ext-fn          the claim, the order and the completion hand-written in
+#                   one PL/pgSQL function, called in one statement: what a
+#                   request costs here without the client's generality
 #
 # bench/http/load.js sends POST /orders from CONNS keep-alive connections
 # for SECONDS, DUP of the requests repeating a key already sent (a
 # client's retry).  Two mixes: half duplicates, and first-time requests
-# only.  Rounds alternate the four services; the medians of requests per
+# only.  Rounds alternate the five services; the medians of requests per
 # second, p50 and p99 are printed with the ratio of ext to each Redis
 # design.  After the runs, every key's order must exist at most once.
 #
@@ -35,10 +38,11 @@ start_redis always always
 start_redis everysec everysec
 start_app ext 18081
 start_app ext-sql 18084
+start_app ext-fn 18085
 start_app redis 18082 "$IDEM_WORK/redis-always/redis.sock"
 start_app redis 18083 "$IDEM_WORK/redis-everysec/redis.sock"
-declare -A ports=([ext]=18081 [ext-sql]=18084 [redis-always]=18082 [redis-everysec]=18083)
-services=(ext ext-sql redis-always redis-everysec)
+declare -A ports=([ext]=18081 [ext-sql]=18084 [ext-fn]=18085 [redis-always]=18082 [redis-everysec]=18083)
+services=(ext ext-sql ext-fn redis-always redis-everysec)
 
 median() { sort -n | awk '{a[NR] = $1} END {print (NR % 2) ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2}'; }
 
@@ -61,9 +65,10 @@ for dup in 0.5 0; do
 		printf '    %-16s %8.0f req/s   p50 %6.1f ms   p99 %6.1f ms\n' "$s" "$m" "$a" "$b"
 		declare "med_${s//-/_}=$m"
 	done
-	awk -v e="$med_ext" -v q="$med_ext_sql" -v a="$med_redis_always" -v v="$med_redis_everysec" 'BEGIN {
+	awk -v e="$med_ext" -v q="$med_ext_sql" -v f="$med_ext_fn" -v a="$med_redis_always" -v v="$med_redis_everysec" 'BEGIN {
 		printf "    ext / redis-always %.3f   ext / redis-everysec %.3f\n", e / a, e / v
-		printf "    ext-sql / redis-always %.3f   ext-sql / redis-everysec %.3f\n", q / a, q / v }'
+		printf "    ext-sql / redis-always %.3f   ext-sql / redis-everysec %.3f\n", q / a, q / v
+		printf "    ext-fn / redis-always %.3f   ext-fn / redis-everysec %.3f\n", f / a, f / v }'
 done
 
 say "effects"

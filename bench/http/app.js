@@ -6,6 +6,9 @@
 //                                   claim, order and stored answer in one transaction
 //   node app.js ext-sql PORT        the same with the handler in SQL (serve(): one
 //                                   statement, idem_serve, per request)
+//   node app.js ext-fn PORT         a hand-written SQL function (claim, order, completion:
+//                                   order_once in bench/http/lib.sh) called in one statement,
+//                                   without the client: the least a request can cost here
 //   node app.js redis PORT REDIS    the Redis + PostgreSQL design: SET NX PX for the key,
 //                                   the order in PostgreSQL, then the answer stored in Redis
 //
@@ -56,6 +59,23 @@ async function main () {
     // clients/node's serve(): claim, order and answer in one statement.
     const { serve } = require('../../clients/node')
     handler = serve(pool, 'place_order(text, bytea)', { scope: 'orders' })
+  } else if (mode === 'ext-fn') {
+    handler = async (req, res) => {
+      const key = req.headers['idempotency-key']
+      if (!key) return send(res, 400, '{"error": "Idempotency-Key required"}')
+      const body = await readBody(req)
+      const fp = crypto.createHash('sha256').update(`${req.method} ${req.url}\n`).update(body).digest()
+      try {
+        const { rows } = await pool.query({ name: 'order_once', text: 'SELECT * FROM order_once($1, $2, $3)', values: [key, body, fp] })
+        const r = rows[0]
+        if (r.outcome === 'claimed' || r.outcome === 'reclaimed') return send(res, r.status, r.body)
+        if (r.outcome === 'completed') return send(res, r.status, r.body, { 'idempotent-replayed': 'true' })
+        if (r.outcome === 'mismatch') return send(res, 422, '{"error": "key reused with another request"}')
+        return send(res, 409, '{"error": "in progress"}', { 'retry-after': '1' })
+      } catch (e) {
+        send(res, 503, '{"error": "unavailable"}')
+      }
+    }
   } else if (mode === 'redis') {
     const { createClient } = require('redis')
     const redis = createClient({ socket: { path: redisSocket, reconnectStrategy: () => 50 } })
@@ -93,7 +113,7 @@ async function main () {
       }
     }
   } else {
-    throw new Error('mode must be ext, ext-sql or redis')
+    throw new Error('mode must be ext, ext-sql, ext-fn or redis')
   }
   const server = http.createServer((req, res) => {
     Promise.resolve(handler(req, res)).catch(() => {

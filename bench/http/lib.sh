@@ -30,6 +30,28 @@ BEGIN
 	body := convert_to(json_build_object('id', id::text, 'amount', amount)::text, 'UTF8');
 	content_type := 'application/json';
 END $$;
+-- app.js's ext-fn mode: the claim, the order and the completion written
+-- out in one function, as a team would without the client.
+CREATE OR REPLACE FUNCTION order_once(k text, request bytea, fp bytea,
+	OUT outcome idempotency.idem_outcome, OUT status int, OUT body bytea)
+LANGUAGE plpgsql AS $$
+DECLARE
+	c idempotency.idem_claim_result := idempotency.idem_claim(k, NULL, fp, 'orders');
+	amount int;
+	id bigint;
+BEGIN
+	outcome := c.outcome;
+	IF c.outcome NOT IN ('claimed', 'reclaimed') THEN
+		status := c.status;
+		body := c.body;
+		RETURN;
+	END IF;
+	amount := (convert_from(request, 'UTF8')::jsonb ->> 'amount')::int;
+	INSERT INTO orders (key, amount) VALUES (k, amount) RETURNING orders.id INTO id;
+	status := 201;
+	body := convert_to(json_build_object('id', id::text, 'amount', amount)::text, 'UTF8');
+	PERFORM idempotency.idem_complete(k, c.token, NULL, status, 'orders', body, 'application/json');
+END $$;
 SQL
 	HTTP_DIR=$IDEM_WORK/src/bench/http
 	(cd "$HTTP_DIR" && as_owner env HOME="$IDEM_WORK" npm_config_cache="$IDEM_WORK/.npm" \
