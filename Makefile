@@ -29,6 +29,7 @@ OBJS = \
 	src/policy.o \
 	src/snowflake.o \
 	src/snowflake_state.o \
+	src/serve.o \
 	src/snowflake_type.o \
 	src/sync_wait.o
 

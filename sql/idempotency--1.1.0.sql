@@ -597,13 +597,11 @@ GRANT EXECUTE ON FUNCTION idempotency.idem_lookup(text, text) TO idempotency_use
 -- answer, in the caller's transaction (or the statement's own), with the
 -- caller's rights.  The handler is a function of the caller's:
 -- handler(key text, request bytea, OUT status int, OUT body bytea,
--- OUT content_type text, OUT headers jsonb).  An answer of status 500 or
--- more is not stored, and what the handler wrote is undone with the claim,
--- so that a retry runs again.  No search_path is pinned, so that the
--- handler runs under the caller's; every object and operator of the body
--- is named with its schema, and the handler's result types are checked
--- before it runs, so that no cast or operator of anyone else's is applied
--- to what it returns.
+-- OUT content_type text, OUT headers jsonb), checked in its catalog row
+-- before it runs, so that no cast of anyone else's applies to its result;
+-- it runs under the caller's search_path.  An answer of status 500 or more
+-- is not stored, and what the handler wrote is undone with the claim, so
+-- that a retry runs again (src/serve.c).
 CREATE FUNCTION idempotency.idem_serve(
 	handler regprocedure,
 	key text,
@@ -614,74 +612,8 @@ CREATE FUNCTION idempotency.idem_serve(
 	wait_for interval DEFAULT NULL)
 RETURNS TABLE (outcome idempotency.idem_outcome, status int, body bytea,
 	content_type text, headers jsonb)
-LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE
-AS $serve$
-DECLARE
-	c idempotency.idem_claim_result;
-	fn pg_catalog.text;
-	r record;
-	-- A server error's answer: kept across the rollback that undoes it.
-	failed pg_catalog.bool := false;
-	f_outcome idempotency.idem_outcome;
-	f_status pg_catalog.int4;
-	f_body pg_catalog.bytea;
-	f_type pg_catalog.text;
-	f_headers pg_catalog.jsonb;
-BEGIN
-	IF handler IS NULL THEN
-		RAISE SQLSTATE '22004' USING MESSAGE = 'handler must not be null',
-			HINT = 'Pass the handler as a regprocedure, such as ''place_order(text, bytea)''.';
-	END IF;
-	SELECT pg_catalog.format('%I.%I', n.nspname, p.proname) INTO fn
-	FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) p.pronamespace
-	WHERE p.oid OPERATOR(pg_catalog.=) handler
-	AND p.prokind OPERATOR(pg_catalog.=) 'f' AND NOT p.proretset
-	AND p.proallargtypes OPERATOR(pg_catalog.=) ARRAY[
-		'pg_catalog.text'::pg_catalog.regtype, 'pg_catalog.bytea'::pg_catalog.regtype,
-		'pg_catalog.int4'::pg_catalog.regtype, 'pg_catalog.bytea'::pg_catalog.regtype,
-		'pg_catalog.text'::pg_catalog.regtype, 'pg_catalog.jsonb'::pg_catalog.regtype]::pg_catalog.oid[]
-	AND p.proargmodes OPERATOR(pg_catalog.=) ARRAY['i', 'i', 'o', 'o', 'o', 'o']::pg_catalog."char"[];
-	IF fn IS NULL THEN
-		RAISE SQLSTATE '42883' USING MESSAGE = pg_catalog.format('handler %s is not a function of the form idem_serve calls', handler),
-			DETAIL = 'It must be a plain function (key text, request bytea, OUT status int, OUT body bytea, OUT content_type text, OUT headers jsonb).',
-			HINT = 'Declare it with those arguments and OUT parameters, in that order.';
-	END IF;
-	BEGIN
-		SELECT * INTO STRICT c FROM idempotency.idem_claim(key, ttl, fingerprint, scope,
-			wait => wait_for IS NOT NULL, wait_for => wait_for);
-		IF c.outcome OPERATOR(pg_catalog.<>) ALL (ARRAY['claimed', 'reclaimed']::idempotency.idem_outcome[]) THEN
-			RETURN QUERY SELECT c.outcome, c.status, c.body, c.content_type, c.headers;
-			RETURN;
-		END IF;
-		EXECUTE pg_catalog.format('SELECT status, body, content_type, headers FROM %s($1, $2)', fn)
-			INTO STRICT r USING key, request;
-		IF r.status IS NULL OR r.status OPERATOR(pg_catalog.<) 100 OR r.status OPERATOR(pg_catalog.>) 599 THEN
-			RAISE SQLSTATE '22023' USING MESSAGE = pg_catalog.format('handler %s returned status %s', handler, COALESCE(r.status::pg_catalog.text, 'NULL')),
-				HINT = 'Return an HTTP status, 100 to 599.';
-		END IF;
-		-- The answer is checked (and, below 500, stored) by idem_complete.
-		PERFORM idempotency.idem_complete(key, c.token, NULL, r.status, scope,
-			r.body, r.content_type, r.headers);
-		IF r.status OPERATOR(pg_catalog.>=) 500 THEN
-			failed := true;
-			f_outcome := c.outcome;
-			f_status := r.status;
-			f_body := r.body;
-			f_type := r.content_type;
-			f_headers := r.headers;
-			RAISE SQLSTATE 'IDEMS' USING MESSAGE = 'server error answer: undone';
-		END IF;
-		RETURN QUERY SELECT c.outcome, r.status, r.body, r.content_type, r.headers;
-	EXCEPTION WHEN SQLSTATE 'IDEMS' THEN
-		IF NOT failed THEN
-			RAISE;				-- the handler's own, not ours
-		END IF;
-		-- A server error: the claim, the completion and the handler's
-		-- writes are undone; the answer is given, not stored.
-		RETURN QUERY SELECT f_outcome, f_status, f_body, f_type, f_headers;
-	END;
-END
-$serve$;
+	AS 'MODULE_PATHNAME', 'idem_serve'
+	LANGUAGE C VOLATILE PARALLEL UNSAFE ROWS 1;
 COMMENT ON FUNCTION idempotency.idem_serve(regprocedure, text, bytea, bytea, text, interval, interval) IS
 	'one request in one statement: claim the key, run handler(key, request) with the caller''s rights, store its answer (status below 500); replays, in_progress and mismatch as idem_claim';
 REVOKE ALL ON FUNCTION idempotency.idem_serve(regprocedure, text, bytea, bytea, text, interval, interval) FROM PUBLIC;

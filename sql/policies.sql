@@ -260,10 +260,7 @@ SELECT outcome FROM idem_transition('regress_evil.t', 1, 'c');
 SELECT idem_purge() AS purged;
 SET search_path = public, idempotency;
 -- Every function of the extension written in SQL or PL/pgSQL pins its
--- search_path, but idem_serve: the handler it calls is the caller's, and
--- runs with the caller's rights under the caller's search_path; its own
--- body names every object and operator with its schema, and it is
--- SECURITY INVOKER, so a search_path can give it nothing the caller lacks.
+-- search_path.  (idem_serve, whose handler runs under the caller's, is C.)
 SELECT p.proname, p.prosecdef FROM pg_proc p JOIN pg_depend d ON d.classid = 'pg_proc'::regclass AND d.objid = p.oid
 JOIN pg_extension e ON d.refclassid = 'pg_extension'::regclass AND d.refobjid = e.oid
 JOIN pg_language l ON l.oid = p.prolang

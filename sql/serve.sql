@@ -121,8 +121,65 @@ SET ROLE regress_serve_app;
 SELECT split_part(pg_temp.fails($$SELECT * FROM idempotency.idem_serve('place_order(text, bytea)', 's-7', '{"amount": 1}')$$), ' | ', 1) AS no_right;
 RESET ROLE;
 SELECT count(*) AS claims FROM idempotency.claims WHERE key = 's-7';
+-- The checks a call in SQL would make, made before anything is claimed:
+-- USAGE on the handler's schema, EXECUTE on the handler, and EXECUTE on
+-- idem_claim and idem_complete, which idem_serve calls as a client would.
+CREATE SCHEMA regress_serve_hidden;
+CREATE FUNCTION regress_serve_hidden.h(key text, request bytea,
+	OUT status int, OUT body bytea, OUT content_type text, OUT headers jsonb)
+LANGUAGE sql AS $$ SELECT 200, request, 'text/plain', NULL::jsonb $$;
+CREATE FUNCTION mine_only(key text, request bytea,
+	OUT status int, OUT body bytea, OUT content_type text, OUT headers jsonb)
+LANGUAGE sql AS $$ SELECT 200, request, 'text/plain', NULL::jsonb $$;
+REVOKE EXECUTE ON FUNCTION mine_only(text, bytea) FROM PUBLIC;
+CREATE FUNCTION open_door(key text, request bytea,
+	OUT status int, OUT body bytea, OUT content_type text, OUT headers jsonb)
+LANGUAGE sql AS $$ SELECT 200, request, 'text/plain', NULL::jsonb $$;
+CREATE FUNCTION whoami(key text, request bytea,
+	OUT status int, OUT body bytea, OUT content_type text, OUT headers jsonb)
+LANGUAGE sql SECURITY DEFINER AS $$ SELECT 200, convert_to(current_user, 'UTF8'), 'text/plain', NULL::jsonb $$;
+-- (by OID: a name would be refused by regprocedure's input already)
+SELECT 'regress_serve_hidden.h(text, bytea)'::regprocedure::oid AS hidden \gset
+SET ROLE regress_serve_app;
+-- (a SECURITY DEFINER handler runs as its owner, as ever)
+SELECT outcome, convert_from(body, 'UTF8') = session_user AS as_owner
+FROM idempotency.idem_serve('whoami(text, bytea)', 's-16b');
+SELECT split_part(pg_temp.fails($$SELECT * FROM idempotency.idem_serve($$ || :hidden || $$::oid::regprocedure, 's-13', 'x')$$), ' | ', 1) AS no_schema_usage;
+SELECT split_part(pg_temp.fails($$SELECT * FROM idempotency.idem_serve('mine_only(text, bytea)', 's-13', 'x')$$), ' | ', 1) AS no_execute;
+SELECT outcome, status, body FROM idempotency.idem_serve('open_door(text, bytea)', 's-13', 'x');
+RESET ROLE;
+REVOKE EXECUTE ON FUNCTION idempotency.idem_complete(text, bigint, jsonb, int, text, bytea, text, jsonb) FROM idempotency_user;
+SET ROLE regress_serve_app;
+SELECT split_part(pg_temp.fails($$SELECT * FROM idempotency.idem_serve('open_door(text, bytea)', 's-14', 'x')$$), ' | ', 1) AS no_complete;
+-- (a replay needs no completion)
+SELECT outcome, status, body FROM idempotency.idem_serve('open_door(text, bytea)', 's-13', 'x');
+RESET ROLE;
+GRANT EXECUTE ON FUNCTION idempotency.idem_complete(text, bigint, jsonb, int, text, bytea, text, jsonb) TO idempotency_user;
+REVOKE EXECUTE ON FUNCTION idempotency.idem_claim(text, interval, bytea, text, interval, boolean, interval) FROM idempotency_user;
+SET ROLE regress_serve_app;
+SELECT split_part(pg_temp.fails($$SELECT * FROM idempotency.idem_serve('open_door(text, bytea)', 's-13', 'x')$$), ' | ', 1) AS no_claim;
+RESET ROLE;
+GRANT EXECUTE ON FUNCTION idempotency.idem_claim(text, interval, bytea, text, interval, boolean, interval) TO idempotency_user;
+-- A handler checked on a replay too, whatever the claim finds.
+SELECT split_part(pg_temp.fails($$SELECT * FROM idempotency.idem_serve('wrong(text)', 's-13', 'x')$$), ' | ', 1) AS wrong_on_replay;
+SELECT key, state, status FROM idempotency.claims WHERE key IN ('s-13', 's-14') ORDER BY key;
+DROP SCHEMA regress_serve_hidden CASCADE;
+DROP FUNCTION mine_only(text, bytea), whoami(text, bytea);
 REVOKE USAGE ON SCHEMA public FROM regress_serve_app;
 DROP ROLE regress_serve_app;
+
+-- A STRICT handler is not called with a NULL request (the executor would
+-- not call it): no answer, refused.  A call in a target list, and calls
+-- for several keys in one statement, are served like any other.
+CREATE FUNCTION strict_one(key text, request bytea,
+	OUT status int, OUT body bytea, OUT content_type text, OUT headers jsonb)
+LANGUAGE plpgsql STRICT AS $$ BEGIN status := 200; END $$;
+SELECT pg_temp.fails($$SELECT * FROM idempotency.idem_serve('strict_one(text, bytea)', 's-15')$$) AS strict_null;
+SELECT (idempotency.idem_serve('open_door(text, bytea)', 's-16')).outcome;
+SELECT outcome FROM idempotency.idem_serve('open_door(text, bytea)', 's-16');
+SELECT k, s.outcome, s.status FROM (VALUES ('s-17'), ('s-18'), ('s-17')) v(k),
+	LATERAL idempotency.idem_serve('place_order(text, bytea)', v.k, '{"amount": 3}') s ORDER BY k, outcome;
+DROP FUNCTION strict_one(text, bytea), open_door(text, bytea);
 
 DROP FUNCTION place_order(text, bytea), failing(text, bytea), wrong(text), bigstatus(text, bytea),
 	odd_status(text, bytea), busy(text, bytea), forger(text, bytea);

@@ -41,6 +41,21 @@
 #define guc_malloc(elevel, size)	malloc(size)
 #endif
 
+/*
+ * PostgreSQL 16 replaced the per-catalog ACL checks of functions and
+ * schemas with object_aclcheck.  (Callers include utils/acl.h.)
+ */
+#if PG_VERSION_NUM >= 160000
+#define idem_proc_aclcheck(fn, role, mode) \
+	object_aclcheck(ProcedureRelationId, (fn), (role), (mode))
+#define idem_namespace_aclcheck(nsp, role, mode) \
+	object_aclcheck(NamespaceRelationId, (nsp), (role), (mode))
+#else
+#define idem_proc_aclcheck(fn, role, mode)	pg_proc_aclcheck((fn), (role), (mode))
+#define idem_namespace_aclcheck(nsp, role, mode) \
+	pg_namespace_aclcheck((nsp), (role), (mode))
+#endif
+
 /* index_beginscan took an instrumentation argument in PostgreSQL 18. */
 #if PG_VERSION_NUM >= 180000
 #define idem_index_beginscan(heap, index, snapshot, nkeys) \

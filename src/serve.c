@@ -1,0 +1,370 @@
+/*-------------------------------------------------------------------------
+ *
+ * serve.c
+ *	  idem_serve: one request in one statement.  It claims the key, runs
+ *	  the caller's handler on the request, stores the handler's answer,
+ *	  and returns it; or returns what the claim found (a replay, a claim
+ *	  in progress, a mismatch).
+ *
+ * The handler is a function of the caller's, of exactly this form:
+ *
+ *		handler(key text, request bytea, OUT status int, OUT body bytea,
+ *				OUT content_type text, OUT headers jsonb)
+ *
+ * checked in its catalog row before anything runs, so that its result is
+ * read as it is and no cast of anyone's is applied to it.  It is called
+ * through fmgr, as the executor would call it: the caller's rights (a
+ * SECURITY DEFINER handler switches to its owner's, as ever), the
+ * caller's search_path, and the checks the executor makes first: USAGE on
+ * its schema (a name in SQL would need it) and EXECUTE on it.
+ *
+ * The claim and the completion are idem_claim and idem_complete, called
+ * the same way (the caller must be allowed to execute them), so that they
+ * are checked, counted and woken exactly as when a client calls them.
+ *
+ * All of it runs in a subtransaction: a status of 500 or more is checked
+ * by idem_complete like any answer, then rolled back with the claim and
+ * the handler's writes, so that a retry runs again; the answer is kept in
+ * the statement's memory and returned.  An error of the handler's, or of
+ * ours, rolls the subtransaction back and ends the statement.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "access/htup_details.h"
+#include "access/xact.h"
+#include "catalog/namespace.h"
+#include "catalog/objectaccess.h"
+#include "catalog/pg_namespace.h"
+#include "catalog/pg_proc.h"
+#include "catalog/pg_type.h"
+#include "funcapi.h"
+#include "miscadmin.h"
+#include "utils/acl.h"
+#include "utils/array.h"
+#include "utils/builtins.h"
+#include "utils/lsyscache.h"
+#include "utils/regproc.h"
+#include "utils/syscache.h"
+#include "utils/typcache.h"
+
+#include "idempotency.h"
+
+PG_FUNCTION_INFO_V1(idem_serve);
+
+/* idem_serve's arguments. */
+enum
+{
+	ARG_HANDLER, ARG_KEY, ARG_REQUEST, ARG_FINGERPRINT, ARG_SCOPE, ARG_TTL, ARG_WAIT_FOR
+};
+
+/* Its result's columns, and the handler's OUT parameters from status on. */
+enum
+{
+	OUT_OUTCOME, OUT_STATUS, OUT_BODY, OUT_CONTENT_TYPE, OUT_HEADERS, NUM_OUT
+};
+
+/* Columns of idem_claim_result that idem_serve reads (1-based). */
+#define CLAIM_OUTCOME		1
+#define CLAIM_TOKEN			2
+#define CLAIM_STATUS		4
+#define CLAIM_BODY			8
+#define CLAIM_CONTENT_TYPE	9
+#define CLAIM_HEADERS		10
+
+/* The handler's form: its argument types, IN then OUT, and their modes. */
+static const Oid handler_types[] = {TEXTOID, BYTEAOID, INT4OID, BYTEAOID, TEXTOID, JSONBOID};
+static const char handler_modes[] = {'i', 'i', 'o', 'o', 'o', 'o'};
+
+/* What one call site keeps from call to call, in its fn_mcxt. */
+typedef struct ServeSite
+{
+	FmgrInfo	claim;			/* idempotency.idem_claim */
+	FmgrInfo	complete;		/* idempotency.idem_complete */
+	Oid			claimed;		/* the outcomes 'claimed' and 'reclaimed' */
+	Oid			reclaimed;
+	TupleDesc	answer;			/* (status, body, content_type, headers) */
+	FmgrInfo	call;			/* the handler */
+} ServeSite;
+
+/* One call: its arguments, and the answer built in the caller's memory. */
+typedef struct ServeCall
+{
+	FunctionCallInfo fcinfo;
+	ServeSite  *site;
+	Oid			handler;
+	Datum		values[NUM_OUT];
+	bool		nulls[NUM_OUT];
+} ServeCall;
+
+/* An extension function of the schema idem_serve is in, by signature. */
+static void
+own_function(Oid nsp, const char *name, const Oid *types, int ntypes,
+			 FmgrInfo *finfo, MemoryContext cxt)
+{
+	oidvector  *args = buildoidvector(types, ntypes);
+	Oid			fn = GetSysCacheOid3(PROCNAMEARGSNSP, Anum_pg_proc_oid,
+									 CStringGetDatum(name), PointerGetDatum(args),
+									 ObjectIdGetDatum(nsp));
+
+	if (!OidIsValid(fn))
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_FUNCTION),
+				 errmsg("function %s.%s of the idempotency extension does not exist",
+						get_namespace_name(nsp), name),
+				 errhint("Update the extension: ALTER EXTENSION idempotency UPDATE.")));
+	fmgr_info_cxt(fn, finfo, cxt);
+}
+
+static ServeSite *
+serve_site(FunctionCallInfo fcinfo)
+{
+	ServeSite  *site = fcinfo->flinfo->fn_extra;
+	MemoryContext cxt = fcinfo->flinfo->fn_mcxt;
+	MemoryContext old;
+	Oid			nsp;
+	Oid			outcome_type;
+	static const Oid claim_types[] = {TEXTOID, INTERVALOID, BYTEAOID, TEXTOID, INTERVALOID, BOOLOID, INTERVALOID};
+	static const Oid complete_types[] = {TEXTOID, INT8OID, JSONBOID, INT4OID, TEXTOID, BYTEAOID, TEXTOID, JSONBOID};
+
+	if (site != NULL)
+		return site;
+	nsp = get_func_namespace(fcinfo->flinfo->fn_oid);
+	site = MemoryContextAllocZero(cxt, sizeof(ServeSite));
+	own_function(nsp, "idem_claim", claim_types, lengthof(claim_types), &site->claim, cxt);
+	own_function(nsp, "idem_complete", complete_types, lengthof(complete_types), &site->complete, cxt);
+	outcome_type = GetSysCacheOid2(TYPENAMENSP, Anum_pg_type_oid,
+								   CStringGetDatum("idem_outcome"), ObjectIdGetDatum(nsp));
+	site->claimed = DatumGetObjectId(DirectFunctionCall2(enum_in, CStringGetDatum("claimed"),
+														 ObjectIdGetDatum(outcome_type)));
+	site->reclaimed = DatumGetObjectId(DirectFunctionCall2(enum_in, CStringGetDatum("reclaimed"),
+														   ObjectIdGetDatum(outcome_type)));
+	old = MemoryContextSwitchTo(cxt);
+	site->answer = CreateTemplateTupleDesc(4);
+	for (int i = 0; i < 4; i++)
+		TupleDescInitEntry(site->answer, i + 1, NULL, handler_types[i + 2], -1, 0);
+	MemoryContextSwitchTo(old);
+	fcinfo->flinfo->fn_extra = site;
+	return site;
+}
+
+/* Whether an array column of the handler's pg_proc row is exactly want. */
+static bool
+array_is(HeapTuple proc, AttrNumber att, Oid elemtype, const void *want, int n, int elemsize)
+{
+	bool		isnull;
+	Datum		d = SysCacheGetAttr(PROCOID, proc, att, &isnull);
+	ArrayType  *a;
+
+	if (isnull)
+		return false;
+	a = DatumGetArrayTypeP(d);
+	/* (one dimension, no nulls: the data follow the fixed header) */
+	return ARR_NDIM(a) == 1 && ARR_DIMS(a)[0] == n && !ARR_HASNULL(a) &&
+		ARR_ELEMTYPE(a) == elemtype &&
+		memcmp((char *) a + ARR_OVERHEAD_NONULLS(1), want, (size_t) n * elemsize) == 0;
+}
+
+/*
+ * The handler, checked (of the form above, in a schema the caller may use,
+ * executable by the caller) and looked up into site->call.
+ */
+static void
+check_handler(FunctionCallInfo fcinfo, ServeSite *site, Oid handler)
+{
+	HeapTuple	tup = SearchSysCache1(PROCOID, ObjectIdGetDatum(handler));
+	Form_pg_proc proc;
+	AclResult	acl;
+
+	if (!HeapTupleIsValid(tup) ||
+		(proc = (Form_pg_proc) GETSTRUCT(tup))->prokind != PROKIND_FUNCTION ||
+		proc->proretset || proc->pronargs != 2 ||
+		!array_is(tup, Anum_pg_proc_proallargtypes, OIDOID, handler_types,
+				  lengthof(handler_types), sizeof(Oid)) ||
+		!array_is(tup, Anum_pg_proc_proargmodes, CHAROID, handler_modes,
+				  lengthof(handler_modes), sizeof(char)))
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_FUNCTION),
+				 errmsg("handler %s is not a function of the form idem_serve calls",
+						format_procedure(handler)),
+				 errdetail("It must be a plain function (key text, request bytea, OUT status int, OUT body bytea, OUT content_type text, OUT headers jsonb)."),
+				 errhint("Declare it with those arguments and OUT parameters, in that order.")));
+
+	acl = idem_namespace_aclcheck(proc->pronamespace, GetUserId(), ACL_USAGE);
+	if (acl != ACLCHECK_OK)
+		aclcheck_error(acl, OBJECT_SCHEMA, get_namespace_name(proc->pronamespace));
+	acl = idem_proc_aclcheck(handler, GetUserId(), ACL_EXECUTE);
+	if (acl != ACLCHECK_OK)
+		aclcheck_error(acl, OBJECT_FUNCTION, NameStr(proc->proname));
+	InvokeFunctionExecuteHook(handler);
+
+	fmgr_info_cxt(handler, &site->call, fcinfo->flinfo->fn_mcxt);
+	ReleaseSysCache(tup);
+}
+
+/* EXECUTE on one of the extension's functions, as a call from SQL checks. */
+static void
+may_execute(FmgrInfo *finfo)
+{
+	AclResult	acl = idem_proc_aclcheck(finfo->fn_oid, GetUserId(), ACL_EXECUTE);
+
+	if (acl != ACLCHECK_OK)
+		aclcheck_error(acl, OBJECT_FUNCTION, get_func_name(finfo->fn_oid));
+	InvokeFunctionExecuteHook(finfo->fn_oid);
+}
+
+/* A field of a composite datum, by its 1-based number. */
+static Datum
+field(HeapTupleHeader row, TupleDesc desc, int n, bool *isnull)
+{
+	HeapTupleData tuple;
+
+	tuple.t_len = HeapTupleHeaderGetDatumLength(row);
+	ItemPointerSetInvalid(&tuple.t_self);
+	tuple.t_tableOid = InvalidOid;
+	tuple.t_data = row;
+	return heap_getattr(&tuple, n, desc, isnull);
+}
+
+/*
+ * The claim, the handler and the completion, in the subtransaction that
+ * IdemInSubtransaction runs: true keeps what they wrote, false (a server
+ * error's answer) rolls it back.
+ */
+static bool
+serve_once(void *arg)
+{
+	ServeCall  *c = arg;
+	FunctionCallInfo fcinfo = c->fcinfo;
+	ServeSite  *site = c->site;
+	LOCAL_FCINFO(cfc, 8);
+	Datum		claim;
+	HeapTupleHeader crow;
+	TupleDesc	cdesc;
+	Datum		token;
+	bool		isnull;
+	FmgrInfo   *handler;
+	Datum		answer = (Datum) 0;
+	int32		status;
+
+	/* idem_claim(key, ttl, fingerprint, scope, lease, wait, wait_for) */
+	InitFunctionCallInfoData(*cfc, &site->claim, 7, InvalidOid, NULL, NULL);
+	cfc->args[0].value = PG_GETARG_DATUM(ARG_KEY);
+	cfc->args[0].isnull = PG_ARGISNULL(ARG_KEY);
+	cfc->args[1].value = PG_GETARG_DATUM(ARG_TTL);
+	cfc->args[1].isnull = PG_ARGISNULL(ARG_TTL);
+	cfc->args[2].value = PG_GETARG_DATUM(ARG_FINGERPRINT);
+	cfc->args[2].isnull = PG_ARGISNULL(ARG_FINGERPRINT);
+	cfc->args[3].value = PG_GETARG_DATUM(ARG_SCOPE);
+	cfc->args[3].isnull = PG_ARGISNULL(ARG_SCOPE);
+	cfc->args[4].value = (Datum) 0;
+	cfc->args[4].isnull = true;
+	/* Without a bound, a claim in progress is answered at once. */
+	cfc->args[5].value = BoolGetDatum(!PG_ARGISNULL(ARG_WAIT_FOR));
+	cfc->args[5].isnull = false;
+	cfc->args[6].value = PG_GETARG_DATUM(ARG_WAIT_FOR);
+	cfc->args[6].isnull = PG_ARGISNULL(ARG_WAIT_FOR);
+	claim = FunctionCallInvoke(cfc);
+	if (cfc->isnull)
+		elog(ERROR, "idem_claim returned NULL");
+	crow = DatumGetHeapTupleHeader(claim);
+	cdesc = lookup_rowtype_tupdesc(HeapTupleHeaderGetTypeId(crow), HeapTupleHeaderGetTypMod(crow));
+	c->values[OUT_OUTCOME] = field(crow, cdesc, CLAIM_OUTCOME, &c->nulls[OUT_OUTCOME]);
+	if (DatumGetObjectId(c->values[OUT_OUTCOME]) != site->claimed &&
+		DatumGetObjectId(c->values[OUT_OUTCOME]) != site->reclaimed)
+	{
+		/* A replay, a claim in progress or a mismatch: idem_claim's answer. */
+		c->values[OUT_STATUS] = field(crow, cdesc, CLAIM_STATUS, &c->nulls[OUT_STATUS]);
+		c->values[OUT_BODY] = field(crow, cdesc, CLAIM_BODY, &c->nulls[OUT_BODY]);
+		c->values[OUT_CONTENT_TYPE] = field(crow, cdesc, CLAIM_CONTENT_TYPE, &c->nulls[OUT_CONTENT_TYPE]);
+		c->values[OUT_HEADERS] = field(crow, cdesc, CLAIM_HEADERS, &c->nulls[OUT_HEADERS]);
+		ReleaseTupleDesc(cdesc);
+		return true;
+	}
+	token = field(crow, cdesc, CLAIM_TOKEN, &isnull);
+	ReleaseTupleDesc(cdesc);
+	CommandCounterIncrement();
+
+	/* handler(key, request) */
+	handler = &site->call;
+	InitFunctionCallInfoData(*cfc, handler, 2, PG_GET_COLLATION(), NULL, NULL);
+	cfc->args[0].value = PG_GETARG_DATUM(ARG_KEY);
+	cfc->args[0].isnull = false;
+	cfc->args[1].value = PG_GETARG_DATUM(ARG_REQUEST);
+	cfc->args[1].isnull = PG_ARGISNULL(ARG_REQUEST);
+	if (handler->fn_strict && cfc->args[1].isnull)
+		cfc->isnull = true;		/* what the executor would make of it */
+	else
+		answer = FunctionCallInvoke(cfc);
+	if (cfc->isnull)
+		c->nulls[OUT_STATUS] = true;
+	else
+	{
+		HeapTupleHeader arow = DatumGetHeapTupleHeader(answer);
+
+		if (HeapTupleHeaderGetNatts(arow) != site->answer->natts)
+			elog(ERROR, "handler %s returned a row of %d columns",
+				 format_procedure(c->handler), HeapTupleHeaderGetNatts(arow));
+		for (int i = 0; i < site->answer->natts; i++)
+			c->values[OUT_STATUS + i] = field(arow, site->answer, i + 1, &c->nulls[OUT_STATUS + i]);
+	}
+	status = c->nulls[OUT_STATUS] ? 0 : DatumGetInt32(c->values[OUT_STATUS]);
+	if (status < 100 || status > 599)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("handler %s returned status %s", format_procedure(c->handler),
+						c->nulls[OUT_STATUS] ? "NULL" : psprintf("%d", status)),
+				 errhint("Return an HTTP status, 100 to 599.")));
+	CommandCounterIncrement();
+
+	/* idem_complete(key, token, response, status, scope, body, content_type, headers) */
+	may_execute(&site->complete);
+	InitFunctionCallInfoData(*cfc, &site->complete, 8, InvalidOid, NULL, NULL);
+	cfc->args[0].value = PG_GETARG_DATUM(ARG_KEY);
+	cfc->args[0].isnull = false;
+	cfc->args[1].value = token;
+	cfc->args[1].isnull = isnull;
+	cfc->args[2].value = (Datum) 0;
+	cfc->args[2].isnull = true;
+	cfc->args[3].value = c->values[OUT_STATUS];
+	cfc->args[3].isnull = false;
+	cfc->args[4].value = PG_GETARG_DATUM(ARG_SCOPE);
+	cfc->args[4].isnull = PG_ARGISNULL(ARG_SCOPE);
+	for (int i = 0; i < 3; i++)
+	{
+		cfc->args[5 + i].value = c->values[OUT_BODY + i];
+		cfc->args[5 + i].isnull = c->nulls[OUT_BODY + i];
+	}
+	(void) FunctionCallInvoke(cfc);
+
+	/* A server error's answer is given, not kept: a retry runs again. */
+	return status < 500;
+}
+
+Datum
+idem_serve(PG_FUNCTION_ARGS)
+{
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+	ServeCall	c = {0};
+
+	if (PG_ARGISNULL(ARG_HANDLER))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("handler must not be null"),
+				 errhint("Pass the handler as a regprocedure, such as 'place_order(text, bytea)'.")));
+	/* Refused where a set cannot be returned, before anything is done. */
+	InitMaterializedSRF(fcinfo, rsinfo != NULL && rsinfo->expectedDesc != NULL ?
+						MAT_SRF_USE_EXPECTED_DESC : 0);
+	c.fcinfo = fcinfo;
+	c.site = serve_site(fcinfo);
+	c.handler = PG_GETARG_OID(ARG_HANDLER);
+	/* The handler is checked first, whatever the claim then finds. */
+	check_handler(fcinfo, c.site, c.handler);
+	may_execute(&c.site->claim);
+
+	/* Every value is copied out of the subtransaction's memory. */
+	(void) IdemInSubtransaction(serve_once, &c, 0, NULL);
+	tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, c.values, c.nulls);
+	return (Datum) 0;
+}
