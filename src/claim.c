@@ -691,16 +691,6 @@ idem_claim(PG_FUNCTION_ARGS)
 														   IntervalPGetDatum(wait_for)));
 		wait = false;			/* no wait for a row lock: the bound rules */
 	}
-	else if (!wait && key_busy_elsewhere(&k, NULL))
-	{
-		/* Another transaction is claiming or finishing this key right now. */
-		IdemRestoreUser(&save);
-		values[RES_OUTCOME] = cache->outcomes[OUTCOME_IN_PROGRESS];
-		nulls[RES_OUTCOME] = false;
-		IdemCount(IDEM_CLAIMS_IN_PROGRESS);
-		return IdemMemoKeep(fcinfo, HeapTupleGetDatum(heap_form_tuple(tupdesc, values, nulls)),
-							claim_identity, lengthof(claim_identity));
-	}
 
 	/*
 	 * SPI is connected only for a write: a replay, a mismatch or a claim in
@@ -720,17 +710,33 @@ idem_claim(PG_FUNCTION_ARGS)
 		 * another waiter that took the key over) waits first for whoever
 		 * holds the key, as long as the bound allows.
 		 */
+		bool		writes;
+
 		if (wait_for != NULL)
 			wait_for_owner(&k, fingerprint, deadline);
-		if ((tries > 0 || wait_for != NULL) && !wait && key_busy_elsewhere(&k, NULL))
+		read_row(&k, &row);
+
+		/*
+		 * Whether this try writes: a new or expired claim is taken, a failed
+		 * one or one whose lease ran out taken over.  A replay, a mismatch or
+		 * a live claim of someone else's is answered from the read alone.
+		 */
+		writes = !row.found || row.expired ||
+			(!fingerprint_differs(&row, fingerprint) &&
+			 strcmp(row.state, "completed") != 0 &&
+			 (strcmp(row.state, "in_progress") != 0 || row.lease_over));
+
+		/*
+		 * With wait => false, a write must not wait for another transaction
+		 * claiming, finishing or deleting the key right now: report it.
+		 */
+		if (writes && !wait && key_busy_elsewhere(&k, NULL))
 		{
 			if (wait_for != NULL && GetCurrentTimestamp() < deadline)
 				continue;		/* the bound has not passed: wait again */
-			/* Lost a race to a claim still being written: report, do not wait. */
 			outcome = OUTCOME_IN_PROGRESS;
 			break;
 		}
-		read_row(&k, &row);
 
 		if (!row.found || row.expired)
 		{
