@@ -77,6 +77,24 @@ SELECT pg_temp.fails($$SELECT * FROM idempotency.idem_serve('bigstatus(text, byt
 SELECT pg_temp.fails($$SELECT * FROM idempotency.idem_serve(NULL, 's-8', 'x')$$) AS null_handler;
 SELECT count(*) AS claims FROM idempotency.claims WHERE key = 's-8';
 
+-- A row of other types than the handler declares (a SQL function may
+-- return one: PostgreSQL leaves the check to the caller) is refused, and
+-- leaves nothing; its bytes are never read as the declared types.
+CREATE FUNCTION liar(key text, request bytea,
+	OUT status int, OUT body bytea, OUT content_type text, OUT headers jsonb)
+LANGUAGE sql AS $$ SELECT ROW(200, 1234567::int8, 'x'::text, NULL::jsonb) $$;
+SELECT pg_temp.fails($$SELECT * FROM idempotency.idem_serve('liar(text, bytea)', 's-8b', 'x')$$) AS other_row_types;
+CREATE OR REPLACE FUNCTION liar(key text, request bytea,
+	OUT status int, OUT body bytea, OUT content_type text, OUT headers jsonb)
+LANGUAGE sql AS $$ SELECT ROW(200, 'x'::bytea, 'x'::text, NULL::jsonb, 1) $$;
+SELECT pg_temp.fails($$SELECT * FROM idempotency.idem_serve('liar(text, bytea)', 's-8b', 'x')$$) AS more_columns;
+CREATE OR REPLACE FUNCTION liar(key text, request bytea,
+	OUT status int, OUT body bytea, OUT content_type text, OUT headers jsonb)
+LANGUAGE sql AS $$ SELECT ROW(201, 'x'::bytea, 'text/plain'::text, NULL::jsonb) $$;
+SELECT outcome, status, body FROM idempotency.idem_serve('liar(text, bytea)', 's-8c', 'x') AS same_types_in_a_row;
+SELECT count(*) AS claims FROM idempotency.claims WHERE key = 's-8b';
+DROP FUNCTION liar(text, bytea);
+
 -- A status outside 100 to 599, or NULL, is refused and leaves nothing.
 CREATE FUNCTION odd_status(key text, request bytea,
 	OUT status int, OUT body bytea, OUT content_type text, OUT headers jsonb)
@@ -149,8 +167,19 @@ SELECT split_part(pg_temp.fails($$SELECT * FROM idempotency.idem_serve('mine_onl
 SELECT outcome, status, body FROM idempotency.idem_serve('open_door(text, bytea)', 's-13', 'x');
 RESET ROLE;
 REVOKE EXECUTE ON FUNCTION idempotency.idem_complete(text, bigint, jsonb, int, text, bytea, text, jsonb) FROM idempotency_user;
+CREATE SEQUENCE serve_calls;
+GRANT USAGE ON SEQUENCE serve_calls TO regress_serve_app;
+CREATE FUNCTION counted(key text, request bytea,
+	OUT status int, OUT body bytea, OUT content_type text, OUT headers jsonb)
+LANGUAGE sql AS $$ SELECT 200, convert_to(nextval('serve_calls')::text, 'UTF8'), 'text/plain', NULL::jsonb $$;
 SET ROLE regress_serve_app;
-SELECT split_part(pg_temp.fails($$SELECT * FROM idempotency.idem_serve('open_door(text, bytea)', 's-14', 'x')$$), ' | ', 1) AS no_complete;
+-- (refused before the handler runs: a sequence it would advance is not)
+SELECT split_part(pg_temp.fails($$SELECT * FROM idempotency.idem_serve('counted(text, bytea)', 's-14', 'x')$$), ' | ', 1) AS no_complete;
+RESET ROLE;
+SELECT last_value, is_called FROM serve_calls;
+DROP FUNCTION counted(text, bytea);
+DROP SEQUENCE serve_calls;
+SET ROLE regress_serve_app;
 -- (a replay needs no completion)
 SELECT outcome, status, body FROM idempotency.idem_serve('open_door(text, bytea)', 's-13', 'x');
 RESET ROLE;

@@ -85,7 +85,8 @@ typedef struct ServeSite
 	Oid			claimed;		/* the outcomes 'claimed' and 'reclaimed' */
 	Oid			reclaimed;
 	TupleDesc	answer;			/* (status, body, content_type, headers) */
-	FmgrInfo	call;			/* the handler */
+	Oid			handler;		/* the handler looked up into call, or 0 */
+	FmgrInfo	call;
 } ServeSite;
 
 /* One call: its arguments, and the answer built in the caller's memory. */
@@ -168,7 +169,7 @@ array_is(HeapTuple proc, AttrNumber att, Oid elemtype, const void *want, int n, 
 
 /*
  * The handler, checked (of the form above, in a schema the caller may use,
- * executable by the caller) and looked up into site->call.
+ * executable by the caller) on every call, and looked up into site->call.
  */
 static void
 check_handler(FunctionCallInfo fcinfo, ServeSite *site, Oid handler)
@@ -199,7 +200,17 @@ check_handler(FunctionCallInfo fcinfo, ServeSite *site, Oid handler)
 		aclcheck_error(acl, OBJECT_FUNCTION, NameStr(proc->proname));
 	InvokeFunctionExecuteHook(handler);
 
-	fmgr_info_cxt(handler, &site->call, fcinfo->flinfo->fn_mcxt);
+	/*
+	 * Kept for the statement, as the executor keeps a function's: its
+	 * fn_extra (a SQL function's plans, a SECURITY DEFINER's settings)
+	 * lives as long, instead of being built again for every row.
+	 */
+	if (site->handler != handler)
+	{
+		site->handler = InvalidOid;
+		fmgr_info_cxt(handler, &site->call, fcinfo->flinfo->fn_mcxt);
+		site->handler = handler;
+	}
 	ReleaseSysCache(tup);
 }
 
@@ -212,6 +223,41 @@ may_execute(FmgrInfo *finfo)
 	if (acl != ACLCHECK_OK)
 		aclcheck_error(acl, OBJECT_FUNCTION, get_func_name(finfo->fn_oid));
 	InvokeFunctionExecuteHook(finfo->fn_oid);
+}
+
+/*
+ * The row the handler returned is of the types it declares.  A declaration
+ * does not make it so: a SQL function declared with these OUT parameters
+ * may return a ROW() of other types, which PostgreSQL leaves to the caller
+ * to check at run time (as the executor does for a function in FROM).
+ * Read with our descriptor, other bytes would be taken for a varlena or a
+ * toast pointer.
+ */
+static void
+check_answer_type(Oid handler, HeapTupleHeader row, TupleDesc want)
+{
+	TupleDesc	got = lookup_rowtype_tupdesc(HeapTupleHeaderGetTypeId(row),
+											 HeapTupleHeaderGetTypMod(row));
+	bool		same = got->natts == want->natts &&
+		HeapTupleHeaderGetNatts(row) <= got->natts;
+
+	for (int i = 0; same && i < want->natts; i++)
+	{
+		Form_pg_attribute g = TupleDescAttr(got, i);
+		Form_pg_attribute w = TupleDescAttr(want, i);
+
+		same = !g->attisdropped && g->atttypid == w->atttypid &&
+			g->attlen == w->attlen && g->attbyval == w->attbyval &&
+			g->attalign == w->attalign;
+	}
+	ReleaseTupleDesc(got);
+	if (!same)
+		ereport(ERROR,
+				(errcode(ERRCODE_DATATYPE_MISMATCH),
+				 errmsg("handler %s returned a row of other types than it declares",
+						format_procedure(handler)),
+				 errdetail("idem_serve reads (status int, body bytea, content_type text, headers jsonb)."),
+				 errhint("Return the OUT parameters themselves, or a row of exactly those types.")));
 }
 
 /* A field of a composite datum, by its 1-based number. */
@@ -284,6 +330,8 @@ serve_once(void *arg)
 	}
 	token = field(crow, cdesc, CLAIM_TOKEN, &isnull);
 	ReleaseTupleDesc(cdesc);
+	/* Whether the answer may be stored, before the handler does anything. */
+	may_execute(&site->complete);
 	CommandCounterIncrement();
 
 	/* handler(key, request) */
@@ -303,9 +351,7 @@ serve_once(void *arg)
 	{
 		HeapTupleHeader arow = DatumGetHeapTupleHeader(answer);
 
-		if (HeapTupleHeaderGetNatts(arow) != site->answer->natts)
-			elog(ERROR, "handler %s returned a row of %d columns",
-				 format_procedure(c->handler), HeapTupleHeaderGetNatts(arow));
+		check_answer_type(c->handler, arow, site->answer);
 		for (int i = 0; i < site->answer->natts; i++)
 			c->values[OUT_STATUS + i] = field(arow, site->answer, i + 1, &c->nulls[OUT_STATUS + i]);
 	}
@@ -319,7 +365,6 @@ serve_once(void *arg)
 	CommandCounterIncrement();
 
 	/* idem_complete(key, token, response, status, scope, body, content_type, headers) */
-	may_execute(&site->complete);
 	InitFunctionCallInfoData(*cfc, &site->complete, 8, InvalidOid, NULL, NULL);
 	cfc->args[0].value = PG_GETARG_DATUM(ARG_KEY);
 	cfc->args[0].isnull = false;

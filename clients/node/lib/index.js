@@ -438,8 +438,14 @@ function middleware(pool, handler, options) {
 // claims, runs it and stores its answer in one statement: one round trip
 // and one transaction per request, whatever the outcome.  The key is
 // required; 40001 and 40P01 are run again, up to retries.
+//
+// The first statement names the handler; the server answers with its OID,
+// which later statements pass instead (the name's parse, types and all,
+// costs the server more than the rest of a replay's input).  A function
+// dropped and created again has another OID: the statement that fails on
+// the old one (42883) is sent again with the name.
 const SERVE =
-  'SELECT outcome::text, status, body, content_type, headers' +
+  'SELECT outcome::text, status, body, content_type, headers, $1::regprocedure::oid::text AS handler' +
   ' FROM idempotency.idem_serve($1::regprocedure, $2, $3::bytea, $4::bytea, $5,' +
   ' $6::interval, $7::interval)'
 
@@ -447,6 +453,7 @@ function serve(pool, handlerName, options) {
   if (!pool || typeof pool.query !== 'function') throw new TypeError('pool must be a pg.Pool (or have query())')
   if (typeof handlerName !== 'string' || handlerName === '') throw new TypeError("handlerName must name a SQL function, such as 'place_order(text, bytea)'")
   const o = normaliseOptions(options)
+  let handlerRef = handlerName  // the name, or the OID the server gave for it
   return (req, res) => {
     const run = async () => {
       let key = req.headers['idempotency-key']
@@ -455,7 +462,7 @@ function serve(pool, handlerName, options) {
       if (Buffer.byteLength(key, 'utf8') > MAX_KEY_BYTES) throw new HttpError(400, `Idempotency-Key longer than ${MAX_KEY_BYTES} bytes`)
       const scope = typeof o.scope === 'function' ? await o.scope(req) : o.scope
       const body = await readBody(req, o.maxBodyBytes)
-      const values = [handlerName, key, body, fingerprint(req.method, req.originalUrl || req.url, body),
+      const values = [handlerRef, key, body, fingerprint(req.method, req.originalUrl || req.url, body),
         scope, db.interval(o.ttl), db.interval(o.waitFor)]
       let rows
       for (let attempt = 0; ; attempt++) {
@@ -463,10 +470,16 @@ function serve(pool, handlerName, options) {
           ({ rows } = await pool.query({ name: 'idem_node_serve', text: SERVE, values }))
           break
         } catch (err) {
+          if (err.code === '42883' && values[0] !== handlerName) {
+            values[0] = handlerRef = handlerName  // an OID gone stale: by name again
+            attempt--
+            continue
+          }
           if (!retryable(err) || attempt >= o.retries) throw err
         }
       }
       const row = rows[0]
+      if (values[0] === handlerName) handlerRef = row.handler
       const answer = { outcome: row.outcome, status: row.status, body: row.body, contentType: row.content_type, headers: row.headers, response: null }
       if (answerOthers(res, answer)) return
       res.statusCode = answer.status

@@ -13,7 +13,11 @@ const counter = { roundTrips: 0 }
 test.before(async () => {
   await h.setup()
   pool = h.makePool({ counter })
-  await pool.query(`CREATE OR REPLACE FUNCTION node_place_order(key text, request bytea,
+  await pool.query(PLACE_ORDER)
+  srv = await h.serve(serve(pool, 'node_place_order(text, bytea)', { ...h.quiet, waitFor: 20000 }), counter)
+})
+
+const PLACE_ORDER = `CREATE OR REPLACE FUNCTION node_place_order(key text, request bytea,
       OUT status int, OUT body bytea, OUT content_type text, OUT headers jsonb)
     LANGUAGE plpgsql AS $$
     DECLARE
@@ -32,9 +36,7 @@ test.before(async () => {
       body := convert_to(format('{"amount": %s,  "random": "%s"}', amount, md5(random()::text)), 'UTF8');
       content_type := 'application/json';
       headers := jsonb_build_object('location', '/orders/' || n);
-    END $$`)
-  srv = await h.serve(serve(pool, 'node_place_order(text, bytea)', { ...h.quiet, waitFor: 20000 }), counter)
-})
+    END $$`
 
 test.after(async () => {
   await srv.close()
@@ -81,5 +83,23 @@ test('64 concurrent identical requests: one effect, 63 byte-identical replays', 
   assert.equal(answers.filter((a) => a.status === 201).length, 64)
   assert.equal(replayed.length, 63)
   for (const a of answers) assert.deepEqual(a.body, answers[0].body)
+  assert.equal(await h.effects(pool, key), 1)
+})
+
+test('a handler dropped and created again is found again by its name', async () => {
+  const before = h.uniqueKey('serve-recreated')
+  assert.equal((await h.request(srv, { key: before, body: '{"amount": 1}' })).status, 201)
+  const { rows: [old] } = await pool.query("SELECT 'node_place_order(text, bytea)'::regprocedure::oid AS oid")
+  await pool.query('DROP FUNCTION node_place_order(text, bytea)')
+  await pool.query(PLACE_ORDER)
+  const { rows: [now] } = await pool.query("SELECT 'node_place_order(text, bytea)'::regprocedure::oid AS oid")
+  assert.notEqual(now.oid, old.oid)
+  const key = h.uniqueKey('serve-recreated')
+  const first = await h.request(srv, { key, body: '{"amount": 2}' })
+  assert.equal(first.status, 201)
+  assert.equal(first.headers['x-test-round-trips'], '2')  // the stale OID, then the name
+  const again = await h.request(srv, { key, body: '{"amount": 2}' })
+  assert.equal(again.headers['idempotent-replayed'], 'true')
+  assert.equal(again.headers['x-test-round-trips'], '1')
   assert.equal(await h.effects(pool, key), 1)
 })
