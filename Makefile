@@ -7,7 +7,7 @@
 #
 # scripts/test.sh does all of it on a throwaway cluster.
 
-EXTENSION = idempotency
+EXTENSION = idempotency idempotency_router
 MODULE_big = idempotency
 OBJS = \
 	src/idempotency.o \
@@ -35,10 +35,10 @@ OBJS = \
 
 # The one version string: the control file's default_version, which
 # META.json and CHANGELOG.md repeat (a test checks) and the module reports.
-EXTVERSION := $(shell sed -n "s/^default_version = '\(.*\)'/\1/p" $(EXTENSION).control)
+EXTVERSION := $(shell sed -n "s/^default_version = '\(.*\)'/\1/p" idempotency.control)
 PG_CPPFLAGS += -DIDEM_VERSION='"$(EXTVERSION)"'
 
-DATA = $(wildcard sql/idempotency--*.sql)
+DATA = $(wildcard sql/idempotency--*.sql) $(wildcard sql/idempotency_router--*.sql)
 DOCS = README.md
 
 REGRESS = snowflake_type snowflake claims responses claim_wait serve guard guard_update guard_calls guard_schema guard_partitions guard_privacy guard_limits pessimistic transition_cache stats policies scopes lock_ids fingerprint_paths repair_hints mistakes
@@ -57,12 +57,12 @@ PG_CONFIG ?= pg_config
 PGXS := $(shell $(PG_CONFIG) --pgxs)
 include $(PGXS)
 
-# PGXN: "make dist" writes $(EXTENSION)-$(EXTVERSION).zip, a git archive of
-# the committed HEAD under the one directory $(EXTENSION)-$(EXTVERSION)/,
+# PGXN: "make dist" writes idempotency-$(EXTVERSION).zip, a git archive of
+# the committed HEAD under the one directory idempotency-$(EXTVERSION)/,
 # and keeps it only if scripts/check-meta.py finds its META.json valid for
 # PGXN (meta spec 1.0.0, versions agreeing with the control file).  PGXS
 # defines no dist target of its own.
-DISTNAME = $(EXTENSION)-$(EXTVERSION)
+DISTNAME = idempotency-$(EXTVERSION)
 .PHONY: dist
 dist:
 	@git diff --quiet HEAD -- || echo "make dist: uncommitted changes are not in $(DISTNAME).zip (git archive HEAD)" >&2
