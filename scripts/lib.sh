@@ -108,8 +108,10 @@ idem_packages() {
 	[ "${1:-}" != tests ] || pkgs+=(libipc-run-perl procps)
 	[ "$PG_PACKAGED" = no ] || pkgs+=("postgresql-$PG_MAJOR"
 		"postgresql-server-dev-$PG_MAJOR" "postgresql-client-$PG_MAJOR")
-	# PL/Proxy, for the router's test (t/017_router.pl skips without it).
-	[ "$PG_PACKAGED" = no ] || [ "${1:-}" != tests ] || pkgs+=("postgresql-$PG_MAJOR-plproxy")
+	# PL/Proxy and pg_auto_failover, for the router's tests
+	# (t/017_router.pl, t/018_router_failover.pl skip without them).
+	[ "$PG_PACKAGED" = no ] || [ "${1:-}" != tests ] || pkgs+=("postgresql-$PG_MAJOR-plproxy"
+		"postgresql-$PG_MAJOR-auto-failover" pg-auto-failover-cli)
 	idem_apt_install "${pkgs[@]}"
 	[ "$PG_PACKAGED" = yes ] || bash "$IDEM_SRC/scripts/build-pg.sh" "$PG_MAJOR"
 }

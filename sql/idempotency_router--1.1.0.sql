@@ -46,6 +46,46 @@ BEGIN
 END
 $schema$;
 
+-- Keys are hashed as UTF-8 (idem_shard): in a database of another
+-- encoding a key would be converted first, lossily for some, and two
+-- routers would send one key to two shards.
+DO $encoding$
+BEGIN
+	IF pg_catalog.getdatabaseencoding() OPERATOR(pg_catalog.<>) 'UTF8' THEN
+		RAISE EXCEPTION 'the router database must be UTF8, not %', pg_catalog.getdatabaseencoding()
+			USING ERRCODE = 'feature_not_supported',
+				  DETAIL = 'Keys are hashed to shards as UTF-8; a key converted from another encoding could reach another shard than from a UTF8 router.',
+				  HINT = 'Create the router database with ENCODING ''UTF8'' (and the shards'' too).';
+	END IF;
+END
+$encoding$;
+
+-- PL/Proxy looks a cluster up as a foreign server first and, when there is
+-- none, calls plproxy.get_cluster_version() and its kin, whoever created
+-- them, as the calling role.  The schema plproxy is therefore taken here
+-- (empty, the installing role's), unless a superuser already made it.
+DO $plproxy$
+DECLARE
+	nsp pg_catalog.pg_namespace;
+BEGIN
+	SELECT * INTO nsp FROM pg_catalog.pg_namespace n WHERE n.nspname OPERATOR(pg_catalog.=) 'plproxy';
+	IF NOT FOUND THEN
+		CREATE SCHEMA plproxy;
+		COMMENT ON SCHEMA plproxy IS
+			'held by idempotency_router so that no other role can define PL/Proxy''s cluster functions';
+	ELSIF NOT (SELECT r.rolsuper FROM pg_catalog.pg_roles r WHERE r.oid OPERATOR(pg_catalog.=) nsp.nspowner)
+		OR EXISTS (SELECT FROM pg_catalog.aclexplode(nsp.nspacl) a
+			LEFT JOIN pg_catalog.pg_roles r ON r.oid OPERATOR(pg_catalog.=) a.grantee
+			WHERE a.privilege_type OPERATOR(pg_catalog.=) 'CREATE'
+			AND a.grantee OPERATOR(pg_catalog.<>) nsp.nspowner AND r.rolsuper IS NOT TRUE) THEN
+		RAISE EXCEPTION 'schema "plproxy" is not a superuser''s alone'
+			USING ERRCODE = 'insufficient_privilege',
+				  DETAIL = 'PL/Proxy runs the cluster functions of that schema for every call of the router whose cluster has no foreign server.',
+				  HINT = 'Check what the schema holds, drop it (or have a superuser own it, with CREATE for no one else), and run CREATE EXTENSION again.';
+	END IF;
+END
+$plproxy$;
+
 GRANT USAGE ON SCHEMA idempotency TO PUBLIC;
 
 DO $roles$
@@ -183,7 +223,10 @@ $$;
 -- One-time tokens: issued by any shard; a token is stored, by digest, only
 -- on the shard that issued it, so a consumption asks every shard (in
 -- parallel) and at most one can say yes.  That holds whatever the number
--- of shards, before and after shards are added.
+-- of shards, before and after shards are added.  Each shard commits its
+-- own answer: a consumption that fails because another shard did (down,
+-- say) may have used the token up on its own shard, and the retry says
+-- false.  A token is never consumed twice.
 CREATE FUNCTION idempotency.idem_token_issue(scope text DEFAULT 'default', ttl interval DEFAULT NULL)
 RETURNS text
 LANGUAGE plproxy AS $$
@@ -229,7 +272,7 @@ LANGUAGE plproxy AS $$
 		idempotency.idem_preloaded() AS preloaded,
 		pg_catalog.format('%s:%s/%s', coalesce(pg_catalog.host(pg_catalog.inet_server_addr()), 'local'),
 			pg_catalog.current_setting('port'), pg_catalog.current_database()) AS server
-	FROM pg_catalog.pg_settings s WHERE s.name = 'idempotency.node_id';
+	FROM pg_catalog.pg_settings s WHERE s.name OPERATOR(pg_catalog.=) 'idempotency.node_id';
 $$;
 
 CREATE FUNCTION idempotency.idem_cluster_check(OUT node_id int, OUT server text, OUT problem text)

@@ -32,25 +32,7 @@ my $user = $router->safe_psql('postgres', 'SELECT current_user');
 # completes in one transaction.
 for my $s (@shards)
 {
-	$s->safe_psql('postgres', q{
-		CREATE TABLE orders (id bigint PRIMARY KEY DEFAULT idempotency.snowflake_id()::bigint,
-			key text NOT NULL, amount int NOT NULL);
-		CREATE FUNCTION place_order(k text, amount int, OUT outcome text, OUT response jsonb)
-		LANGUAGE plpgsql AS $$
-		DECLARE
-			c idempotency.idem_claim_result := idempotency.idem_claim(k, scope => 'orders');
-			id bigint;
-		BEGIN
-			outcome := c.outcome;
-			IF c.outcome IN ('claimed', 'reclaimed') THEN
-				INSERT INTO orders (key, amount) VALUES (k, amount) RETURNING orders.id INTO id;
-				response := jsonb_build_object('id', id::text);
-				PERFORM idempotency.idem_complete(k, c.token, response, 201, 'orders');
-			ELSE
-				response := c.response;
-			END IF;
-		END $$;
-	});
+	$s->safe_psql('postgres', $SHARD_ORDERS);
 }
 
 # The router: the extension, the cluster (a foreign server named
@@ -62,11 +44,7 @@ $router->safe_psql('postgres', qq{
 	CREATE EXTENSION idempotency_router CASCADE;
 	CREATE SERVER idempotency FOREIGN DATA WRAPPER plproxy OPTIONS ($parts);
 	CREATE USER MAPPING FOR PUBLIC SERVER idempotency OPTIONS (user '$user');
-	CREATE FUNCTION place_order(k text, amount int, OUT outcome text, OUT response jsonb)
-	LANGUAGE plproxy AS \$\$
-		CLUSTER 'idempotency';
-		RUN ON idempotency.idem_shard('orders', k);
-	\$\$;
+	$ROUTER_ORDERS
 });
 
 # The hash is fixed: these values must never change, or keys would move.
@@ -216,5 +194,23 @@ $router->safe_psql('postgres', 'CREATE ROLE nobody LOGIN');
 ($ret, $out, $err) = $router->psql('postgres',
 	q{SET ROLE nobody; SELECT idempotency.idem_claim('k-2', '1 hour')});
 like($err, qr/permission denied for function idem_claim/, 'a role without idempotency_user may not claim');
+
+# Install safety: the router's database must be UTF8, and the schema
+# plproxy (whose functions PL/Proxy would call for a cluster without a
+# foreign server) is taken by the install, or refused if another role
+# could write it.
+$router->safe_psql('postgres', q{
+	CREATE DATABASE latin ENCODING 'LATIN1' LC_COLLATE 'C' LC_CTYPE 'C' TEMPLATE template0;
+	CREATE DATABASE planted;
+	CREATE ROLE alice LOGIN;
+});
+($ret, $out, $err) = $router->psql('latin', 'CREATE EXTENSION idempotency_router CASCADE');
+like($err, qr/the router database must be UTF8, not LATIN1/, 'a router database of another encoding is refused');
+$router->safe_psql('planted', 'CREATE SCHEMA plproxy AUTHORIZATION alice');
+($ret, $out, $err) = $router->psql('planted', 'CREATE EXTENSION idempotency_router CASCADE');
+like($err, qr/schema "plproxy" is not a superuser's alone/, 'a schema plproxy of another role is refused');
+is($router->safe_psql('postgres', q{
+	SELECT pg_get_userbyid(nspowner) = current_user FROM pg_namespace WHERE nspname = 'plproxy'}),
+	't', 'and the install took the schema plproxy where there was none');
 
 done_testing();

@@ -7,7 +7,7 @@ use Exporter 'import';
 use PostgreSQL::Test::Cluster;
 use Test::More;
 
-our @EXPORT = qw(preloaded_node check_claims_kept);
+our @EXPORT = qw(preloaded_node check_claims_kept $SHARD_ORDERS $ROUTER_ORDERS);
 
 # A new cluster with idempotency in shared_preload_libraries, the given
 # lines appended to postgresql.conf, started, and the extension created in
@@ -48,5 +48,35 @@ sub check_claims_kept
 		't', 'and its owner completes it with the token it had');
 	return;
 }
+
+# A shard's business function for the router tests: claims the key in the
+# scope orders, orders and completes, in one transaction.  Its twin on
+# the router, $ROUTER_ORDERS, sends it to the key's shard.
+our $SHARD_ORDERS = q{
+	CREATE TABLE orders (id bigint PRIMARY KEY DEFAULT idempotency.snowflake_id()::bigint,
+		key text NOT NULL, amount int NOT NULL);
+	CREATE FUNCTION place_order(k text, amount int, OUT outcome text, OUT response jsonb)
+	LANGUAGE plpgsql AS $$
+	DECLARE
+		c idempotency.idem_claim_result := idempotency.idem_claim(k, scope => 'orders');
+		id bigint;
+	BEGIN
+		outcome := c.outcome;
+		IF c.outcome IN ('claimed', 'reclaimed') THEN
+			INSERT INTO orders (key, amount) VALUES (k, amount) RETURNING orders.id INTO id;
+			response := jsonb_build_object('id', id::text);
+			PERFORM idempotency.idem_complete(k, c.token, response, 201, 'orders');
+		ELSE
+			response := c.response;
+		END IF;
+	END $$;
+};
+our $ROUTER_ORDERS = q{
+	CREATE FUNCTION place_order(k text, amount int, OUT outcome text, OUT response jsonb)
+	LANGUAGE plproxy AS $$
+		CLUSTER 'idempotency';
+		RUN ON idempotency.idem_shard('orders', k);
+	$$;
+};
 
 1;
