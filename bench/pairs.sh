@@ -9,10 +9,14 @@ QUERY_MODE=${QUERY_MODE:-prepared}
 # Write a pgbench script $IDEM_WORK/$1.sql with the text $2.
 script() { printf '%s\n' "$2" | as_owner tee "$IDEM_WORK/$1.sql" >/dev/null; }
 
-# tps of one pgbench run of script $1 with synchronous_commit $2.
+# tps of one pgbench run of script $1 with synchronous_commit $2, in the
+# database DB_OF[$1] (an associative array a benchmark may declare), or
+# postgres.
 tps() {
+	local db=postgres
+	if declare -p DB_OF >/dev/null 2>&1 && [ -n "${DB_OF[$1]:-}" ]; then db=${DB_OF[$1]}; fi
 	as_owner env PGOPTIONS="-c synchronous_commit=$2" pgbench -n -M "$QUERY_MODE" -c "$CLIENTS" \
-		-j "$CLIENTS" -T "$SECONDS_RUN" -f "$IDEM_WORK/$1.sql" postgres 2>&1 |
+		-j "$CLIENTS" -T "$SECONDS_RUN" -f "$IDEM_WORK/$1.sql" "$db" 2>&1 |
 		sed -n 's/^tps = \([0-9.]*\).*/\1/p'
 }
 
