@@ -66,11 +66,11 @@ for side in direct router router-1; do
 done
 
 say "router against one shard: $CLIENTS clients, $ROUNDS rounds of $SECONDS_RUN s per side, $QUERY_MODE statements"
-for commit in on off; do
-	pair "claims, new keys, 2 shards" claim-router claim-direct "$commit" ""
-	pair "claims, new keys, 1 shard (the hop)" claim-router-1 claim-direct "$commit" ""
-	pair "place_order, new keys, 2 shards" order-router order-direct "$commit" ""
-	pair "place_order, new keys, 1 shard (the hop)" order-router-1 order-direct "$commit" ""
-done
+# synchronous_commit on only: PL/Proxy's connections to the shards do not
+# take the client's setting, so "off" would compare unlike commits.
+pair "claims, new keys, 2 shards" claim-router claim-direct on ""
+pair "claims, new keys, 1 shard (the hop)" claim-router-1 claim-direct on ""
+pair "place_order, new keys, 2 shards" order-router order-direct on ""
+pair "place_order, new keys, 1 shard (the hop)" order-router-1 order-direct on ""
 psqlq -At -d postgres -c "SELECT 'server: ' || version()"
 echo "machine: $(nproc) cores"
