@@ -62,27 +62,31 @@ $encoding$;
 
 -- PL/Proxy looks a cluster up as a foreign server first and, when there is
 -- none, calls plproxy.get_cluster_version() and its kin, whoever created
--- them, as the calling role.  The schema plproxy is therefore taken here
--- (empty, the installing role's), unless a superuser already made it.
+-- them, as the calling role.  The schema plproxy is therefore taken here:
+-- created empty, the installing role's, with no right for anyone else
+-- (whatever default privileges say), or refused if it exists.
 DO $plproxy$
 DECLARE
-	nsp pg_catalog.pg_namespace;
+	a record;
 BEGIN
-	SELECT * INTO nsp FROM pg_catalog.pg_namespace n WHERE n.nspname OPERATOR(pg_catalog.=) 'plproxy';
-	IF NOT FOUND THEN
-		CREATE SCHEMA plproxy;
-		COMMENT ON SCHEMA plproxy IS
-			'held by idempotency_router so that no other role can define PL/Proxy''s cluster functions';
-	ELSIF NOT (SELECT r.rolsuper FROM pg_catalog.pg_roles r WHERE r.oid OPERATOR(pg_catalog.=) nsp.nspowner)
-		OR EXISTS (SELECT FROM pg_catalog.aclexplode(nsp.nspacl) a
-			LEFT JOIN pg_catalog.pg_roles r ON r.oid OPERATOR(pg_catalog.=) a.grantee
-			WHERE a.privilege_type OPERATOR(pg_catalog.=) 'CREATE'
-			AND a.grantee OPERATOR(pg_catalog.<>) nsp.nspowner AND r.rolsuper IS NOT TRUE) THEN
-		RAISE EXCEPTION 'schema "plproxy" is not a superuser''s alone'
+	IF EXISTS (SELECT FROM pg_catalog.pg_namespace n WHERE n.nspname OPERATOR(pg_catalog.=) 'plproxy') THEN
+		RAISE EXCEPTION 'schema "plproxy" exists'
 			USING ERRCODE = 'insufficient_privilege',
-				  DETAIL = 'PL/Proxy runs the cluster functions of that schema for every call of the router whose cluster has no foreign server.',
-				  HINT = 'Check what the schema holds, drop it (or have a superuser own it, with CREATE for no one else), and run CREATE EXTENSION again.';
+				  DETAIL = 'PL/Proxy runs the cluster functions of that schema, as the caller, for every call of the router whose cluster has no foreign server; the router takes the schema, empty, for itself.',
+				  HINT = 'Check what the schema holds and who made it, drop it, and run CREATE EXTENSION again.';
 	END IF;
+	CREATE SCHEMA plproxy;
+	COMMENT ON SCHEMA plproxy IS
+		'held by idempotency_router so that no other role can define PL/Proxy''s cluster functions';
+	FOR a IN SELECT DISTINCT x.grantee FROM pg_catalog.pg_namespace n, pg_catalog.aclexplode(n.nspacl) x
+		WHERE n.nspname OPERATOR(pg_catalog.=) 'plproxy' AND x.grantee OPERATOR(pg_catalog.<>) n.nspowner
+	LOOP
+		IF a.grantee OPERATOR(pg_catalog.=) 0 THEN
+			REVOKE ALL ON SCHEMA plproxy FROM PUBLIC;
+		ELSE
+			EXECUTE pg_catalog.format('REVOKE ALL ON SCHEMA plproxy FROM %I', pg_catalog.pg_get_userbyid(a.grantee));
+		END IF;
+	END LOOP;
 END
 $plproxy$;
 
@@ -293,17 +297,25 @@ END;
 COMMENT ON FUNCTION idempotency.idem_cluster_check() IS
 	'one row per shard: its node id, where it is, and what is wrong (NULL when nothing): IDs are unique across the cluster when no row has a problem';
 
--- Rights: as on the shards, for idempotency_user; the shards check them
--- again for the role each user mapping names.
+-- Rights: as on the shards, for idempotency_user alone (whatever default
+-- privileges gave); the shards check them again for the role each user
+-- mapping names.
 DO $grants$
 DECLARE
 	f regprocedure;
+	a record;
 BEGIN
 	FOR f IN SELECT p.oid FROM pg_catalog.pg_proc p
 		WHERE p.pronamespace OPERATOR(pg_catalog.=) 'idempotency'::regnamespace
 		AND p.proname OPERATOR(pg_catalog.<>) 'idem_shard'
 	LOOP
 		EXECUTE pg_catalog.format('REVOKE ALL ON FUNCTION %s FROM PUBLIC', f);
+		FOR a IN SELECT DISTINCT x.grantee FROM pg_catalog.pg_proc p, pg_catalog.aclexplode(p.proacl) x
+			WHERE p.oid OPERATOR(pg_catalog.=) f AND x.grantee OPERATOR(pg_catalog.<>) p.proowner
+			AND x.grantee OPERATOR(pg_catalog.<>) 0
+		LOOP
+			EXECUTE pg_catalog.format('REVOKE ALL ON FUNCTION %s FROM %I', f, pg_catalog.pg_get_userbyid(a.grantee));
+		END LOOP;
 		EXECUTE pg_catalog.format('GRANT EXECUTE ON FUNCTION %s TO idempotency_user', f);
 	END LOOP;
 END

@@ -208,7 +208,29 @@ $router->safe_psql('postgres', q{
 like($err, qr/the router database must be UTF8, not LATIN1/, 'a router database of another encoding is refused');
 $router->safe_psql('planted', 'CREATE SCHEMA plproxy AUTHORIZATION alice');
 ($ret, $out, $err) = $router->psql('planted', 'CREATE EXTENSION idempotency_router CASCADE');
-like($err, qr/schema "plproxy" is not a superuser's alone/, 'a schema plproxy of another role is refused');
+like($err, qr/schema "plproxy" exists/, 'a schema plproxy of another role is refused');
+# (one a superuser took over is refused as well: what it holds may be anyone's)
+$router->safe_psql('planted', "ALTER SCHEMA plproxy OWNER TO $user");
+($ret, $out, $err) = $router->psql('planted', 'CREATE EXTENSION idempotency_router CASCADE');
+like($err, qr/schema "plproxy" exists/, 'so is one a superuser owns');
+# Default privileges of the installing role give no one anything: CREATE
+# on new schemas would open the schema idempotency (refused), USAGE and
+# EXECUTE are taken back.
+$router->safe_psql('postgres', 'CREATE DATABASE defaults1; CREATE DATABASE defaults2');
+($ret, $out, $err) = $router->psql('defaults1', q{
+	ALTER DEFAULT PRIVILEGES GRANT CREATE ON SCHEMAS TO alice;
+	CREATE EXTENSION idempotency_router CASCADE;});
+like($err, qr/schema "idempotency" is not one the router may be installed into/,
+	'default privileges that let another role create in new schemas are refused');
+$router->safe_psql('defaults2', q{
+	ALTER DEFAULT PRIVILEGES GRANT USAGE ON SCHEMAS TO alice;
+	ALTER DEFAULT PRIVILEGES GRANT EXECUTE ON FUNCTIONS TO alice;
+	CREATE EXTENSION idempotency_router CASCADE;
+});
+is($router->safe_psql('defaults2', q{
+	SELECT has_schema_privilege('alice', 'plproxy', 'USAGE')
+		OR has_function_privilege('alice', 'idempotency.idem_claim(text, interval, bytea, text, interval, boolean, interval)', 'EXECUTE')}),
+	'f', 'default privileges give no role the schema plproxy or the functions');
 is($router->safe_psql('postgres', q{
 	SELECT pg_get_userbyid(nspowner) = current_user FROM pg_namespace WHERE nspname = 'plproxy'}),
 	't', 'and the install took the schema plproxy where there was none');
