@@ -150,6 +150,17 @@ serve_site(FunctionCallInfo fcinfo)
 	return site;
 }
 
+/* EXECUTE on a function, as a call from SQL checks it. */
+static void
+may_execute(Oid fn)
+{
+	AclResult	acl = idem_proc_aclcheck(fn, GetUserId(), ACL_EXECUTE);
+
+	if (acl != ACLCHECK_OK)
+		aclcheck_error(acl, OBJECT_FUNCTION, get_func_name(fn));
+	InvokeFunctionExecuteHook(fn);
+}
+
 /* Whether an array column of the handler's pg_proc row is exactly want. */
 static bool
 array_is(HeapTuple proc, AttrNumber att, Oid elemtype, const void *want, int n, int elemsize)
@@ -195,10 +206,7 @@ check_handler(FunctionCallInfo fcinfo, ServeSite *site, Oid handler)
 	acl = idem_namespace_aclcheck(proc->pronamespace, GetUserId(), ACL_USAGE);
 	if (acl != ACLCHECK_OK)
 		aclcheck_error(acl, OBJECT_SCHEMA, get_namespace_name(proc->pronamespace));
-	acl = idem_proc_aclcheck(handler, GetUserId(), ACL_EXECUTE);
-	if (acl != ACLCHECK_OK)
-		aclcheck_error(acl, OBJECT_FUNCTION, NameStr(proc->proname));
-	InvokeFunctionExecuteHook(handler);
+	may_execute(handler);
 
 	/*
 	 * Kept for the statement, as the executor keeps a function's: its
@@ -214,16 +222,6 @@ check_handler(FunctionCallInfo fcinfo, ServeSite *site, Oid handler)
 	ReleaseSysCache(tup);
 }
 
-/* EXECUTE on one of the extension's functions, as a call from SQL checks. */
-static void
-may_execute(FmgrInfo *finfo)
-{
-	AclResult	acl = idem_proc_aclcheck(finfo->fn_oid, GetUserId(), ACL_EXECUTE);
-
-	if (acl != ACLCHECK_OK)
-		aclcheck_error(acl, OBJECT_FUNCTION, get_func_name(finfo->fn_oid));
-	InvokeFunctionExecuteHook(finfo->fn_oid);
-}
 
 /*
  * The row the handler returned is of the types it declares.  A declaration
@@ -331,7 +329,7 @@ serve_once(void *arg)
 	token = field(crow, cdesc, CLAIM_TOKEN, &isnull);
 	ReleaseTupleDesc(cdesc);
 	/* Whether the answer may be stored, before the handler does anything. */
-	may_execute(&site->complete);
+	may_execute(site->complete.fn_oid);
 	CommandCounterIncrement();
 
 	/* handler(key, request) */
@@ -406,9 +404,12 @@ idem_serve(PG_FUNCTION_ARGS)
 	c.handler = PG_GETARG_OID(ARG_HANDLER);
 	/* The handler is checked first, whatever the claim then finds. */
 	check_handler(fcinfo, c.site, c.handler);
-	may_execute(&c.site->claim);
+	may_execute(c.site->claim.fn_oid);
 
-	/* Every value is copied out of the subtransaction's memory. */
+	/*
+	 * The answer's values are allocated in this call's memory (the
+	 * subtransaction runs in it), which a rollback leaves alone.
+	 */
 	(void) IdemInSubtransaction(serve_once, &c, 0, NULL);
 	tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, c.values, c.nulls);
 	return (Datum) 0;
