@@ -12,6 +12,7 @@ MODULE_big = idempotency
 OBJS = \
 	src/idempotency.o \
 	src/claim.o \
+	src/call_scan.o \
 	src/claims_table.o \
 	src/claim_wait.o \
 	src/fingerprint.o \
@@ -41,7 +42,7 @@ PG_CPPFLAGS += -DIDEM_VERSION='"$(EXTVERSION)"'
 DATA = $(wildcard sql/idempotency--*.sql) $(wildcard sql/idempotency_router--*.sql)
 DOCS = README.md
 
-REGRESS = snowflake_type snowflake claims responses claim_wait serve guard guard_update guard_calls guard_schema guard_partitions guard_privacy guard_limits pessimistic transition_cache stats policies scopes lock_ids fingerprint_paths repair_hints mistakes
+REGRESS = snowflake_type snowflake claims responses claim_wait serve guard guard_update guard_calls guard_schema guard_partitions guard_privacy guard_limits pessimistic transition_cache stats policies scopes lock_ids fingerprint_paths repair_hints mistakes call_scan
 REGRESS_OPTS = --load-extension=idempotency
 ISOLATION = snowflake_order claim_race claim_takeover guard_race guard_tenants guard_ddl transition_race keyed_lock lease_race token_race purge_race scope_access
 ISOLATION_OPTS = --load-extension=idempotency

@@ -877,7 +877,14 @@ idem_claim(PG_FUNCTION_ARGS)
 	values[RES_OUTCOME] = cache->outcomes[outcome];
 	nulls[RES_OUTCOME] = false;
 	IdemCount(outcome_counters[outcome]);
-	if (spi)
+	if (IdemCallSinkTake(fcinfo, tupdesc, values, nulls))
+	{
+		/* A call in FROM took the columns (call_scan.c). */
+		result = (Datum) 0;
+		if (spi)
+			SPI_finish();
+	}
+	else if (spi)
 	{
 		/* Copied out of SPI's memory, which the values may point into. */
 		result = PointerGetDatum(SPI_returntuple(heap_form_tuple(tupdesc, values, nulls), tupdesc));

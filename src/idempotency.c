@@ -82,6 +82,14 @@ assign_guard_rewrite(bool newval, void *extra)
 		ResetPlanCache();
 }
 
+/* The same for idempotency.call_scan. */
+static void
+assign_call_scan(bool newval, void *extra)
+{
+	if (newval != idem_call_scan)
+		ResetPlanCache();
+}
+
 /*
  * Define the settings and, when preloaded, claim shared memory.
  */
@@ -153,6 +161,17 @@ _PG_init(void)
 							 0,
 							 NULL, assign_guard_rewrite, NULL);
 
+	DefineCustomBoolVariable("idempotency.call_scan",
+							 "Runs idem_claim and idem_transition in FROM without a "
+							 "function scan's tuple store.",
+							 "Off plans them as function scans again; the answers are "
+							 "the same.",
+							 &idem_call_scan,
+							 true,
+							 PGC_USERSET,
+							 GUC_NOT_IN_SAMPLE,
+							 NULL, assign_call_scan, NULL);
+
 	DefineCustomBoolVariable("idempotency.require_policy",
 							 "Refuses scopes that have no row in idempotency.policies.",
 							 "Catches a misspelt scope, which would otherwise be used "
@@ -205,6 +224,7 @@ _PG_init(void)
 
 	MarkGUCPrefixReserved("idempotency");
 	GuardUpdateHooksInit();
+	IdemCallScanInit();
 
 	if (!process_shared_preload_libraries_in_progress)
 		return;

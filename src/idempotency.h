@@ -153,6 +153,12 @@ extern int	idem_purge_batch_size;
 extern int	idem_purge_delay_ms;
 extern void IdemPurgeWorkerRegister(void);
 
+/* call_scan.c */
+extern bool idem_call_scan;
+extern void IdemCallScanInit(void);
+extern bool IdemCallSinkTake(FunctionCallInfo fcinfo, TupleDesc desc,
+							 const Datum *values, const bool *nulls);
+
 /*
  * What a process waits for, as pg_stat_activity.wait_event shows it
  * (PostgreSQL 17 and later; "Extension" before).

@@ -1,0 +1,138 @@
+--
+-- A call of idem_claim or idem_transition in FROM runs as a custom scan
+-- (call_scan.c) instead of a function scan.  Each query below runs both
+-- ways (idempotency.call_scan on and off), in a transaction rolled back
+-- afterwards, and the two must agree: the rows, and how many times the
+-- function was called (track_functions counts both ways).
+--
+SET search_path = idempotency, public;
+\i sql/helpers.psql
+\pset null '∅'
+SET track_functions = 'all';
+
+-- One key completed, to be replayed.
+SELECT token AS t FROM idem_claim('cs-done', '1 hour') \gset
+SELECT idem_complete('cs-done', :t, '{"id": 7}', 201) AS completed;
+
+-- Runs a query with the node on, then off, each in a subtransaction that is
+-- rolled back; returns the plan's top node, the rows, and the calls.
+CREATE FUNCTION pg_temp.both_ways(q text) RETURNS TABLE (mode text, node text, calls bigint, result text)
+LANGUAGE plpgsql AS $$
+DECLARE
+	plan json;
+	before bigint;
+	r text;
+BEGIN
+	FOREACH mode IN ARRAY ARRAY['on', 'off'] LOOP
+		BEGIN
+			PERFORM set_config('idempotency.call_scan', mode, true);
+			EXECUTE 'EXPLAIN (FORMAT JSON, COSTS OFF) ' || q INTO plan;
+			node := (SELECT string_agg(DISTINCT n, ', ' ORDER BY n)
+					 FROM regexp_matches(plan::text, '"(Function Scan|Custom Scan)"', 'g') m(a),
+						  LATERAL unnest(a) n);
+			before := coalesce(pg_stat_get_xact_function_calls('idem_claim(text,interval,bytea,text,interval,boolean,interval)'::regprocedure), 0);
+			EXECUTE 'SELECT string_agg(x::text, '' | '') FROM (' || q || ') x' INTO r;
+			calls := coalesce(pg_stat_get_xact_function_calls('idem_claim(text,interval,bytea,text,interval,boolean,interval)'::regprocedure), 0) - before;
+			result := r;
+			RETURN NEXT;
+			RAISE EXCEPTION 'roll back' USING ERRCODE = 'P0001';
+		EXCEPTION WHEN raise_exception THEN
+			NULL;
+		END;
+	END LOOP;
+END $$;
+
+-- The form applications use: a replay, a new key, expressions and filters.
+SELECT * FROM pg_temp.both_ways($$SELECT outcome, response, status FROM idem_claim('cs-done', '1 hour')$$);
+SELECT * FROM pg_temp.both_ways($$SELECT outcome, token IS NOT NULL AS has_token, attempts FROM idem_claim('cs-new', '1 hour')$$);
+SELECT * FROM pg_temp.both_ways($$SELECT status + 1 AS s, outcome::text || '!' AS o FROM idem_claim('cs-done', '1 hour') WHERE status = 201$$);
+SELECT * FROM pg_temp.both_ways($$SELECT status FROM idem_claim('cs-done', '1 hour') WHERE status = 500$$);
+SELECT * FROM pg_temp.both_ways($$SELECT outcome, token, response, status, recovery_point, attempts, body, content_type, headers FROM idem_claim('cs-done', '1 hour', scope => 'default', wait => false)$$);
+SELECT * FROM pg_temp.both_ways($$SELECT c.outcome FROM idem_claim('cs-done', '1 hour') AS c(outcome, tok)$$);
+
+-- Joined with other rows: called once, whichever side the call is on.
+SELECT * FROM pg_temp.both_ways($$SELECT g, c.outcome, c.status FROM generate_series(1, 3) g, idem_claim('cs-done', '1 hour') c ORDER BY g$$);
+SELECT * FROM pg_temp.both_ways($$SELECT g, c.outcome FROM generate_series(1, 3) g JOIN idem_claim('cs-once', '1 hour') c ON c.attempts <= g ORDER BY g$$);
+SET enable_hashjoin = off; SET enable_mergejoin = off; SET enable_material = off;
+SELECT * FROM pg_temp.both_ways($$SELECT g, c.outcome FROM (VALUES (1), (2), (3)) v(g) JOIN idem_claim('cs-inner', '1 hour') c ON c.attempts <= v.g ORDER BY g$$);
+-- A correlated condition that does not reach the arguments: still once.
+SELECT * FROM pg_temp.both_ways($$SELECT g FROM generate_series(1, 3) g WHERE EXISTS (SELECT 1 FROM idem_claim('cs-corr', '1 hour') c WHERE c.attempts = g)$$);
+RESET enable_hashjoin; RESET enable_mergejoin; RESET enable_material;
+-- Arguments from each row (LATERAL): called once per row.
+SELECT * FROM pg_temp.both_ways($$SELECT g, c.outcome FROM generate_series(1, 3) g, LATERAL idem_claim('cs-lat-' || g, '1 hour') c ORDER BY g$$);
+SELECT * FROM pg_temp.both_ways($$SELECT g, c.outcome FROM generate_series(1, 3) g, LATERAL idem_claim('cs-lat-' || (g % 2), '1 hour') c ORDER BY g$$);
+
+-- A subquery that is not correlated runs once, before (an init plan).
+SELECT * FROM pg_temp.both_ways($$SELECT outcome FROM idem_claim((SELECT 'cs-done'), '1 hour')$$);
+
+-- Where the node does not apply, the function scan stays: the whole row,
+-- ORDINALITY, a correlated subquery in the arguments, row marks, an
+-- UPDATE's FROM.
+SELECT * FROM pg_temp.both_ways($$SELECT c.outcome, c IS NOT NULL AS whole FROM idem_claim('cs-done', '1 hour') c$$);
+SELECT * FROM pg_temp.both_ways($$SELECT outcome, n FROM idem_claim('cs-done', '1 hour') WITH ORDINALITY AS c(outcome, tok, r, s, rp, a, e, b, ct, h, n)$$);
+SELECT * FROM pg_temp.both_ways($$SELECT g, c.outcome FROM generate_series(1, 2) g, LATERAL idem_claim((SELECT 'cs-sub-' || g), '1 hour') c ORDER BY g$$);
+SELECT * FROM pg_temp.both_ways($$SELECT c.outcome FROM idem_claim('cs-done', '1 hour') c, pg_class r WHERE r.relname = 'claims' FOR SHARE OF r$$);
+CREATE TEMP TABLE cs_t (id int PRIMARY KEY, status int);
+INSERT INTO cs_t VALUES (1, 0);
+SET idempotency.call_scan = on;
+EXPLAIN (COSTS OFF) UPDATE cs_t SET status = c.status FROM idem_claim('cs-done', '1 hour') c WHERE cs_t.id = 1;
+UPDATE cs_t SET status = c.status FROM idem_claim('cs-done', '1 hour') c WHERE cs_t.id = 1 RETURNING cs_t.status;
+-- INSERT from a call in FROM: the SELECT is its own query level.
+EXPLAIN (COSTS OFF) INSERT INTO cs_t SELECT 2, status FROM idem_claim('cs-done', '1 hour');
+INSERT INTO cs_t SELECT 2, status FROM idem_claim('cs-done', '1 hour') RETURNING *;
+
+-- EXPLAIN names the call.
+EXPLAIN (VERBOSE, COSTS OFF) SELECT outcome, response, status FROM idem_claim('cs-done', '1 hour');
+EXPLAIN (COSTS OFF) SELECT outcome FROM idem_claim('cs-done', '1 hour');
+
+-- A scrollable cursor reads the one row back and forth; one call.
+SELECT coalesce(pg_stat_get_xact_function_calls('idem_claim(text,interval,bytea,text,interval,boolean,interval)'::regprocedure), 0) AS calls0 \gset
+BEGIN;
+DECLARE cs_cur SCROLL CURSOR FOR SELECT outcome, status FROM idem_claim('cs-scroll', '1 hour');
+FETCH NEXT cs_cur;
+FETCH PRIOR cs_cur;
+FETCH ABSOLUTE 1 cs_cur;
+SELECT pg_stat_get_xact_function_calls('idem_claim(text,interval,bytea,text,interval,boolean,interval)'::regprocedure) - :calls0 AS calls;
+COMMIT;
+
+-- idem_transition in FROM runs as the node too.
+SELECT idem_machine('cs_order', 'new->paid') \g /dev/null
+CREATE TABLE cs_orders (id bigint PRIMARY KEY, state text NOT NULL, version int NOT NULL DEFAULT 0);
+SELECT idem_guard('cs_orders', machine => 'cs_order', version_column => 'version') \g /dev/null
+INSERT INTO cs_orders VALUES (1, 'new');
+EXPLAIN (COSTS OFF) SELECT outcome, state FROM idem_transition('cs_orders', 1, 'paid');
+SELECT outcome, state, version FROM idem_transition('cs_orders', 1, 'paid');
+SELECT outcome, state, version FROM idem_transition('cs_orders', 1, 'paid');
+
+-- Rights are checked at every execution, as for a function scan: a plan
+-- made by a caller who may run idem_claim does not run for one who may not.
+CREATE ROLE cs_nobody;
+GRANT USAGE ON SCHEMA idempotency TO cs_nobody;
+PREPARE cs_p AS SELECT outcome, status FROM idem_claim('cs-done', '1 hour');
+EXECUTE cs_p;
+SET ROLE cs_nobody;
+SELECT pg_temp.fails('EXECUTE cs_p') AS not_allowed;
+RESET ROLE;
+
+-- A result type changed under a kept plan is refused, not misread.
+BEGIN;
+SET LOCAL idempotency.call_scan = on;
+PREPARE cs_q AS SELECT outcome, status FROM idem_claim('cs-done', '1 hour');
+EXECUTE cs_q;
+ALTER TYPE idem_claim_result ALTER ATTRIBUTE status TYPE bigint;
+SELECT pg_temp.fails('EXECUTE cs_q') AS retyped;
+ROLLBACK;
+-- An attribute added: the columns the plan reads are still there, and the
+-- function itself refuses the altered type.
+BEGIN;
+PREPARE cs_r AS SELECT outcome, status FROM idem_claim('cs-done', '1 hour');
+EXECUTE cs_r;
+ALTER TYPE idem_claim_result ADD ATTRIBUTE extra int;
+SELECT pg_temp.fails('EXECUTE cs_r') AS added;
+ROLLBACK;
+
+DEALLOCATE ALL;
+DROP TABLE cs_orders;
+REVOKE USAGE ON SCHEMA idempotency FROM cs_nobody;
+DROP ROLE cs_nobody;
+DELETE FROM claims WHERE key LIKE 'cs-%';
