@@ -61,6 +61,8 @@ RESET enable_hashjoin; RESET enable_mergejoin; RESET enable_material;
 -- Arguments from each row (LATERAL): called once per row.
 SELECT * FROM pg_temp.both_ways($$SELECT g, c.outcome FROM generate_series(1, 3) g, LATERAL idem_claim('cs-lat-' || g, '1 hour') c ORDER BY g$$);
 SELECT * FROM pg_temp.both_ways($$SELECT g, c.outcome FROM generate_series(1, 3) g, LATERAL idem_claim('cs-lat-' || (g % 2), '1 hour') c ORDER BY g$$);
+-- A join condition on both sides, checked at the call (a parameterized scan).
+SELECT * FROM pg_temp.both_ways($$SELECT g, c.outcome FROM generate_series(1, 2) g, LATERAL idem_claim('cs-done' || left(g::text, 0), '1 hour') c WHERE c.attempts = g$$);
 
 -- A subquery that is not correlated runs once, before (an init plan).
 SELECT * FROM pg_temp.both_ways($$SELECT outcome FROM idem_claim((SELECT 'cs-done'), '1 hour')$$);
@@ -77,7 +79,7 @@ INSERT INTO cs_t VALUES (1, 0);
 SET idempotency.call_scan = on;
 EXPLAIN (COSTS OFF) UPDATE cs_t SET status = c.status FROM idem_claim('cs-done', '1 hour') c WHERE cs_t.id = 1;
 UPDATE cs_t SET status = c.status FROM idem_claim('cs-done', '1 hour') c WHERE cs_t.id = 1 RETURNING cs_t.status;
--- INSERT from a call in FROM: the SELECT is its own query level.
+-- INSERT from a call in FROM (no rows are locked, so the node runs).
 EXPLAIN (COSTS OFF) INSERT INTO cs_t SELECT 2, status FROM idem_claim('cs-done', '1 hour');
 INSERT INTO cs_t SELECT 2, status FROM idem_claim('cs-done', '1 hour') RETURNING *;
 
@@ -92,7 +94,17 @@ DECLARE cs_cur SCROLL CURSOR FOR SELECT outcome, status FROM idem_claim('cs-scro
 FETCH NEXT cs_cur;
 FETCH PRIOR cs_cur;
 FETCH ABSOLUTE 1 cs_cur;
+FETCH NEXT cs_cur;
+FETCH PRIOR cs_cur;
 SELECT pg_stat_get_xact_function_calls('idem_claim(text,interval,bytea,text,interval,boolean,interval)'::regprocedure) - :calls0 AS calls;
+COMMIT;
+-- A cursor without SCROLL may still go back over a plan that can, as over
+-- a function scan.
+BEGIN;
+DECLARE cs_cur2 CURSOR FOR SELECT outcome, status FROM idem_claim('cs-done', '1 hour');
+FETCH NEXT cs_cur2;
+FETCH BACKWARD 1 FROM cs_cur2;
+FETCH NEXT cs_cur2;
 COMMIT;
 
 -- idem_transition in FROM runs as the node too.
@@ -129,6 +141,21 @@ PREPARE cs_r AS SELECT outcome, status FROM idem_claim('cs-done', '1 hour');
 EXECUTE cs_r;
 ALTER TYPE idem_claim_result ADD ATTRIBUTE extra int;
 SELECT pg_temp.fails('EXECUTE cs_r') AS added;
+ROLLBACK;
+-- The type changed in the middle of a statement, between two calls: the
+-- node refuses the row rather than read it with the old type (a function
+-- scan errors too on PostgreSQL 15, and reads on where the new type is
+-- binary-compatible on 17 and 18).
+CREATE FUNCTION pg_temp.retype_at(i bigint) RETURNS bigint LANGUAGE plpgsql AS $f$
+BEGIN
+	IF i = 2 THEN
+		EXECUTE 'ALTER TYPE idempotency.idem_transition_result ALTER ATTRIBUTE state TYPE varchar';
+	END IF;
+	RETURN 1;
+END $f$;
+BEGIN;
+SET LOCAL idempotency.call_scan = on;
+SELECT pg_temp.fails($q$SELECT g, c.outcome, c.state FROM generate_series(1, 3) g, LATERAL idempotency.idem_transition('cs_orders', pg_temp.retype_at(g), 'paid') c$q$) AS retyped_midway;
 ROLLBACK;
 
 DEALLOCATE ALL;

@@ -95,8 +95,6 @@ typedef struct CallScanState
 	FunctionCallInfo fcinfo;
 	ExprState **args;			/* per argument; NULL for a constant */
 	ReturnSetInfo rsinfo;
-	TypeCacheEntry *rowtype;	/* the result type, with its columns */
-	uint64		rowtype_id;		/* their version the plan was checked for */
 	int			ncols;			/* columns of the scan tuple */
 	AttrNumber *attnos;			/* the result column of each */
 	Datum	   *values;			/* the row, as the scan tuple has it */
@@ -109,7 +107,7 @@ typedef struct CallScanState
 	bool		taken;			/* the function handed the row over */
 	bool		called;			/* the row answers the current parameters */
 	bool		ever_called;
-	bool		returned;		/* the row was returned in this scan */
+	int			pos;			/* before the row (0), on it (1), past it (2) */
 } CallScanState;
 
 static Plan *plan_call_scan(PlannerInfo *root, RelOptInfo *rel, CustomPath *best_path,
@@ -194,7 +192,8 @@ call_scan_paths(PlannerInfo *root, RelOptInfo *rel, Index rti, RangeTblEntry *rt
 		prev_set_rel_pathlist(root, rel, rti, rte);
 	if (!idem_call_scan || rte->rtekind != RTE_FUNCTION || rte->funcordinality ||
 		list_length(rte->functions) != 1 || rel->reloptkind != RELOPT_BASEREL ||
-		root->rowMarks != NIL || root->parse->commandType != CMD_SELECT)
+		root->rowMarks != NIL ||
+		(root->parse->commandType != CMD_SELECT && root->parse->commandType != CMD_INSERT))
 		return;
 	rtfunc = linitial_node(RangeTblFunction, rte->functions);
 	if (!IsA(rtfunc->funcexpr, FuncExpr))
@@ -221,7 +220,8 @@ call_scan_paths(PlannerInfo *root, RelOptInfo *rel, Index rti, RangeTblEntry *rt
 			Bitmapset  *joined = NULL;
 
 			/* Join conditions checked at the scan must not need the whole row. */
-			pull_varattnos((Node *) scan->param_info->ppi_clauses, rel->relid, &joined);
+			pull_varattnos((Node *) extract_actual_clauses(scan->param_info->ppi_clauses, false),
+						   rel->relid, &joined);
 			if (bms_is_member(InvalidAttrNumber - FirstLowInvalidHeapAttributeNumber, joined))
 				return;
 		}
@@ -230,7 +230,7 @@ call_scan_paths(PlannerInfo *root, RelOptInfo *rel, Index rti, RangeTblEntry *rt
 		path->path.type = T_CustomPath;
 		path->path.pathtype = T_CustomScan;
 		path->path.parallel_safe = false;	/* run where it is planned */
-		path->flags = CUSTOMPATH_SUPPORT_PROJECTION;
+		path->flags = CUSTOMPATH_SUPPORT_PROJECTION | CUSTOMPATH_SUPPORT_BACKWARD_SCAN;
 		path->methods = &call_path_methods;
 		paths = lappend(paths, path);
 	}
@@ -328,6 +328,36 @@ collect_params(Node *node, Bitmapset **params)
 }
 
 static void
+changed_type(CallScanState *st);
+
+/*
+ * The columns the plan reads, in a row type as it is now (desc): each must
+ * still be there with the type the plan was made for (the scan tuple's).
+ * Checked whenever a row is taken, against the row's own descriptor, not a
+ * type cache entry a cache reset could have emptied since.
+ */
+static void
+check_columns(CallScanState *st, TupleDesc desc)
+{
+	TupleDesc	scandesc = st->css.ss.ss_ScanTupleSlot->tts_tupleDescriptor;
+
+	if (desc->tdtypeid != st->call->funcresulttype)
+		changed_type(st);
+	for (int c = 0; c < st->ncols; c++)
+	{
+		Form_pg_attribute want = TupleDescAttr(scandesc, c);
+		Form_pg_attribute have;
+
+		if (st->attnos[c] > desc->natts)
+			changed_type(st);
+		have = TupleDescAttr(desc, st->attnos[c] - 1);
+		if (have->attisdropped || have->atttypid != want->atttypid ||
+			have->atttypmod != want->atttypmod)
+			changed_type(st);
+	}
+}
+
+static void
 changed_type(CallScanState *st)
 {
 	ereport(ERROR,
@@ -359,28 +389,15 @@ begin_call_scan(CustomScanState *node, EState *estate, int eflags)
 	InvokeFunctionExecuteHook(call->funcid);
 
 	/* The columns the plan reads must still be the result type's. */
-	st->rowtype = lookup_type_cache(call->funcresulttype, TYPECACHE_TUPDESC);
-	rowdesc = st->rowtype->tupDesc;
 	st->ncols = list_length(cscan->custom_private);
-	if (rowdesc == NULL || st->ncols != scandesc->natts)
+	if (st->ncols != scandesc->natts)
 		changed_type(st);
 	st->attnos = palloc(sizeof(AttrNumber) * Max(st->ncols, 1));
 	foreach(lc, cscan->custom_private)
-	{
-		int			c = foreach_current_index(lc);
-		AttrNumber	a = lfirst_int(lc);
-		Form_pg_attribute have;
-		Form_pg_attribute want = TupleDescAttr(scandesc, c);
-
-		if (a > rowdesc->natts)
-			changed_type(st);
-		have = TupleDescAttr(rowdesc, a - 1);
-		if (have->attisdropped || have->atttypid != want->atttypid ||
-			have->atttypmod != want->atttypmod)
-			changed_type(st);
-		st->attnos[c] = a;
-	}
-	st->rowtype_id = st->rowtype->tupDesc_identifier;
+		st->attnos[foreach_current_index(lc)] = lfirst_int(lc);
+	rowdesc = lookup_rowtype_tupdesc(call->funcresulttype, -1);
+	check_columns(st, rowdesc);		/* an error releases the pin with the rest */
+	ReleaseTupleDesc(rowdesc);
 	st->values = palloc(sizeof(Datum) * Max(st->ncols, 1));
 	st->nulls = palloc(sizeof(bool) * Max(st->ncols, 1));
 	st->call_cxt = CurrentMemoryContext;	/* the query's */
@@ -424,9 +441,7 @@ IdemCallSinkTake(FunctionCallInfo fcinfo, TupleDesc desc, const Datum *values, c
 	st = (CallScanState *) ((char *) rsinfo - offsetof(CallScanState, rsinfo));
 	if (st->fcinfo != fcinfo)
 		return false;
-	if (desc->tdtypeid != st->call->funcresulttype ||
-		st->rowtype->tupDesc_identifier != st->rowtype_id)
-		changed_type(st);
+	check_columns(st, desc);
 	old = MemoryContextSwitchTo(st->call_cxt);
 	for (int c = 0; c < st->ncols; c++)
 	{
@@ -484,7 +499,8 @@ call_function(CallScanState *st, ExprContext *econtext)
 		memset(&st->rsinfo, 0, sizeof(st->rsinfo));
 		st->rsinfo.type = T_ReturnSetInfo;
 		st->rsinfo.econtext = econtext;
-		st->rsinfo.expectedDesc = st->rowtype->tupDesc;
+		/* Only a function returning record reads expectedDesc: none here. */
+		st->rsinfo.expectedDesc = NULL;
 		st->rsinfo.allowedModes = (int) (SFRM_ValuePerCall | SFRM_Materialize | CALL_SCAN_SINK);
 		st->rsinfo.returnMode = SFRM_ValuePerCall;
 		st->rsinfo.isDone = ExprSingleResult;
@@ -499,16 +515,15 @@ call_function(CallScanState *st, ExprContext *econtext)
 	st->row_null = isnull && !st->taken;
 	if (!isnull && !st->taken)
 	{
-		/* A composite value: take it apart. */
+		/* A composite value: take it apart, as its type is now. */
 		HeapTupleHeader td = DatumGetHeapTupleHeader(result);
-		TupleDesc	rowdesc = st->rowtype->tupDesc;
+		TupleDesc	rowdesc = lookup_rowtype_tupdesc(HeapTupleHeaderGetTypeId(td),
+													 HeapTupleHeaderGetTypMod(td));
 		HeapTupleData tuple;
 		Datum	   *all = palloc(sizeof(Datum) * rowdesc->natts);
 		bool	   *allnulls = palloc(sizeof(bool) * rowdesc->natts);
 
-		if (HeapTupleHeaderGetTypeId(td) != st->call->funcresulttype ||
-			st->rowtype->tupDesc_identifier != st->rowtype_id)
-			changed_type(st);
+		check_columns(st, rowdesc);
 		tuple.t_len = HeapTupleHeaderGetDatumLength(td);
 		ItemPointerSetInvalid(&tuple.t_self);
 		tuple.t_tableOid = InvalidOid;
@@ -519,13 +534,18 @@ call_function(CallScanState *st, ExprContext *econtext)
 			st->values[c] = all[st->attnos[c] - 1];
 			st->nulls[c] = allnulls[st->attnos[c] - 1];
 		}
+		ReleaseTupleDesc(rowdesc);
 	}
 	MemoryContextSwitchTo(old);
 	st->called = true;
 	st->ever_called = true;
 }
 
-/* The one row, then nothing; qual and projection as any scan applies them. */
+/*
+ * The one row, then nothing; qual and projection as any scan applies them.
+ * Backward as a function scan's tuple store reads: from past the end back
+ * onto the row, from the row back to before it (nothing).
+ */
 static TupleTableSlot *
 exec_call_scan(CustomScanState *node)
 {
@@ -534,13 +554,14 @@ exec_call_scan(CustomScanState *node)
 	TupleTableSlot *slot = node->ss.ss_ScanTupleSlot;
 	ProjectionInfo *proj = node->ss.ps.ps_ProjInfo;
 	ExprState  *qual = node->ss.ps.qual;
+	bool		forward = ScanDirectionIsForward(node->ss.ps.state->es_direction);
 
 	CHECK_FOR_INTERRUPTS();
 	ResetExprContext(econtext);
 	ExecClearTuple(slot);
-	if (!st->returned)
+	if (forward ? st->pos == 0 : st->pos == 2)
 	{
-		st->returned = true;
+		st->pos = 1;
 		if (!st->called)
 			call_function(st, econtext);
 		for (int c = 0; c < st->ncols; c++)
@@ -555,6 +576,8 @@ exec_call_scan(CustomScanState *node)
 		InstrCountFiltered1(node, 1);
 		ExecClearTuple(slot);
 	}
+	else
+		st->pos = forward ? 2 : 0;
 	return proj != NULL ? ExecClearTuple(proj->pi_state.resultslot) : slot;
 }
 
@@ -570,7 +593,7 @@ rescan_call_scan(CustomScanState *node)
 {
 	CallScanState *st = (CallScanState *) node;
 
-	st->returned = false;
+	st->pos = 0;
 	if (node->ss.ps.chgParam == NULL)
 		return;
 	if (!st->params_known)
@@ -596,7 +619,16 @@ explain_call_scan(CustomScanState *node, List *ancestors, ExplainState *es)
 							deparse_expression((Node *) st->call, context, true, false), es);
 	}
 	else
-		ExplainPropertyText("Function", get_func_name(st->call->funcid), es);
+	{
+		CustomScan *cscan = (CustomScan *) node->ss.ps.plan;
+		RangeTblEntry *rte = rt_fetch(bms_singleton_member(cscan->custom_relids), es->rtable);
+		char	   *name = get_func_name(st->call->funcid);
+
+		/* Named as a function scan names it: the function, and an alias. */
+		if (strcmp(rte->eref->aliasname, name) != 0)
+			name = psprintf("%s %s", name, quote_identifier(rte->eref->aliasname));
+		ExplainPropertyText("Function", name, es);
+	}
 }
 
 void
