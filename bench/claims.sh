@@ -41,14 +41,8 @@ idem_start_cluster "max_connections = 50"
 
 psqlq() { as_owner psql -X -q -v ON_ERROR_STOP=1 "$@"; }
 source "$(dirname "$0")/pairs.sh"
-
-psqlq <<'SQL'
-CREATE EXTENSION idempotency;
--- The hand-written equivalent: the same columns, key and expiry index.
-CREATE TABLE dedup (LIKE idempotency.claims INCLUDING DEFAULTS INCLUDING CONSTRAINTS);
-ALTER TABLE dedup ADD PRIMARY KEY (scope, key);
-CREATE INDEX ON dedup (expires_at);
-SQL
+source "$(dirname "$0")/dedup.sh"
+dedup_create
 
 script claim_row '\set r random(1, 1000000000)
 SELECT idempotency.idem_claim(:r::text, '"'"'1 hour'"'"');'
@@ -72,19 +66,7 @@ for commit in on off; do
 	pair "new keys: idem_claim (from) vs INSERT" claim_from insert "$commit" "$reset_new"
 done
 
-psqlq <<SQL
-TRUNCATE idempotency.claims, dedup;
-DO \$\$
-DECLARE t bigint;
-BEGIN
-	FOR i IN 1..$REPLAY_KEYS LOOP
-		t := (idempotency.idem_claim('r' || i, '1 day')).token;
-		PERFORM idempotency.idem_complete('r' || i, t, jsonb_build_object('id', i), 200);
-	END LOOP;
-END \$\$;
-INSERT INTO dedup SELECT * FROM idempotency.claims;
-VACUUM ANALYZE idempotency.claims, dedup;
-SQL
+dedup_completed_keys "$REPLAY_KEYS"
 for commit in on off; do
 	pair "replays: idem_claim (row) vs PK SELECT" replay_row select "$commit" ""
 	pair "replays: idem_claim (from) vs PK SELECT" replay_from select "$commit" ""

@@ -37,22 +37,9 @@ idem_build
 idem_start_cluster
 
 psqlq() { as_owner psql -X -q -v ON_ERROR_STOP=1 "$@"; }
-psqlq <<SQL
-CREATE EXTENSION idempotency;
-CREATE TABLE dedup (LIKE idempotency.claims INCLUDING DEFAULTS INCLUDING CONSTRAINTS);
-ALTER TABLE dedup ADD PRIMARY KEY (scope, key);
-CREATE INDEX ON dedup (expires_at);
-DO \$\$
-DECLARE t bigint;
-BEGIN
-	FOR i IN 1..$KEYS LOOP
-		t := (idempotency.idem_claim('r' || i, '1 day')).token;
-		PERFORM idempotency.idem_complete('r' || i, t, jsonb_build_object('id', i), 200);
-	END LOOP;
-END \$\$;
-INSERT INTO dedup SELECT * FROM idempotency.claims;
-VACUUM ANALYZE idempotency.claims, dedup;
-SQL
+source "$(dirname "$0")/dedup.sh"
+dedup_create
+dedup_completed_keys "$KEYS"
 idem_stop_cluster
 
 # stmt NAME SETTING SQL: the SQL (with $1, an integer) prepared and
