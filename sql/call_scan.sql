@@ -57,6 +57,9 @@ SET enable_hashjoin = off; SET enable_mergejoin = off; SET enable_material = off
 SELECT * FROM pg_temp.both_ways($$SELECT g, c.outcome FROM (VALUES (1), (2), (3)) v(g) JOIN idem_claim('cs-inner', '1 hour') c ON c.attempts <= v.g ORDER BY g$$);
 -- A correlated condition that does not reach the arguments: still once.
 SELECT * FROM pg_temp.both_ways($$SELECT g FROM generate_series(1, 3) g WHERE EXISTS (SELECT 1 FROM idem_claim('cs-corr', '1 hour') c WHERE c.attempts = g)$$);
+-- A subquery run again for each row, its condition reading the row: the
+-- call's arguments do not change, so it is not called again.
+SELECT * FROM pg_temp.both_ways($$SELECT g, (SELECT c.attempts FROM idem_claim('cs-sub', '1 hour') c WHERE c.attempts <> g) AS a FROM generate_series(1, 3) g ORDER BY g$$);
 RESET enable_hashjoin; RESET enable_mergejoin; RESET enable_material;
 -- Arguments from each row (LATERAL): called once per row.
 SELECT * FROM pg_temp.both_ways($$SELECT g, c.outcome FROM generate_series(1, 3) g, LATERAL idem_claim('cs-lat-' || g, '1 hour') c ORDER BY g$$);
