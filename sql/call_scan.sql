@@ -110,6 +110,32 @@ FETCH BACKWARD 1 FROM cs_cur2;
 FETCH NEXT cs_cur2;
 COMMIT;
 
+-- A row a condition turned away is passed over, as a scan passes it: read
+-- backward, the condition is asked again.
+SELECT token AS t FROM idem_claim('cs-done2', '1 hour') \gset
+SELECT idem_complete('cs-done2', :t, '{"id": 8}', 202) AS completed;
+CREATE TEMP SEQUENCE cs_flip;
+CREATE FUNCTION pg_temp.flip() RETURNS boolean LANGUAGE sql VOLATILE AS $$SELECT nextval('cs_flip') % 2 = 0$$;
+\set flip_cursor 'DECLARE cs_u SCROLL CURSOR FOR SELECT status FROM idem_claim(''cs-done'', ''1 hour'') UNION ALL SELECT status FROM idem_claim(''cs-done2'', ''1 hour'') WHERE pg_temp.flip() UNION ALL SELECT status FROM idem_claim(''cs-done2'', ''1 hour'');'
+SET idempotency.call_scan = on;
+BEGIN;
+:flip_cursor
+FETCH ALL cs_u;
+FETCH BACKWARD ALL cs_u;
+FETCH ALL cs_u;
+COMMIT;
+SELECT currval('cs_flip') AS conditions_asked;
+ALTER SEQUENCE cs_flip RESTART;
+SET idempotency.call_scan = off;
+BEGIN;
+:flip_cursor
+FETCH ALL cs_u;
+FETCH BACKWARD ALL cs_u;
+FETCH ALL cs_u;
+COMMIT;
+SELECT currval('cs_flip') AS conditions_asked;
+RESET idempotency.call_scan;
+
 -- idem_transition in FROM runs as the node too.
 SELECT idem_machine('cs_order', 'new->paid') \g /dev/null
 CREATE TABLE cs_orders (id bigint PRIMARY KEY, state text NOT NULL, version int NOT NULL DEFAULT 0);

@@ -95,6 +95,7 @@ typedef struct CallScanState
 	FunctionCallInfo fcinfo;
 	ExprState **args;			/* per argument; NULL for a constant */
 	ReturnSetInfo rsinfo;
+	TupleDesc	begin_desc;		/* the row type at the start, if rows come composite */
 	int			ncols;			/* columns of the scan tuple */
 	AttrNumber *attnos;			/* the result column of each */
 	Datum	   *values;			/* the row, as the scan tuple has it */
@@ -357,6 +358,28 @@ check_columns(CallScanState *st, TupleDesc desc)
 	}
 }
 
+/*
+ * The same physical layout, column for column, as tupledesc_match asks of
+ * a function scan's rows: a composite value built for one is read with the
+ * other.
+ */
+static bool
+same_layout(TupleDesc a, TupleDesc b)
+{
+	if (a->natts != b->natts)
+		return false;
+	for (int i = 0; i < a->natts; i++)
+	{
+		Form_pg_attribute x = TupleDescAttr(a, i);
+		Form_pg_attribute y = TupleDescAttr(b, i);
+
+		if (x->attisdropped != y->attisdropped || x->atttypid != y->atttypid ||
+			x->attlen != y->attlen || x->attbyval != y->attbyval || x->attalign != y->attalign)
+			return false;
+	}
+	return true;
+}
+
 static void
 changed_type(CallScanState *st)
 {
@@ -404,6 +427,9 @@ begin_call_scan(CustomScanState *node, EState *estate, int eflags)
 
 	fmgr_info(call->funcid, &st->flinfo);
 	fmgr_info_set_expr((Node *) call, &st->flinfo);
+	/* idem_claim hands its columns over; others return a composite value. */
+	if (st->flinfo.fn_addr != idem_claim)
+		st->begin_desc = lookup_rowtype_tupdesc_copy(call->funcresulttype, -1);
 	st->fcinfo = palloc0(SizeForFunctionCallInfo(nargs));
 	InitFunctionCallInfoData(*st->fcinfo, &st->flinfo, nargs, call->inputcollid,
 							 NULL, (Node *) &st->rsinfo);
@@ -524,6 +550,8 @@ call_function(CallScanState *st, ExprContext *econtext)
 		bool	   *allnulls = palloc(sizeof(bool) * rowdesc->natts);
 
 		check_columns(st, rowdesc);
+		if (st->begin_desc != NULL && !same_layout(rowdesc, st->begin_desc))
+			changed_type(st);
 		tuple.t_len = HeapTupleHeaderGetDatumLength(td);
 		ItemPointerSetInvalid(&tuple.t_self);
 		tuple.t_tableOid = InvalidOid;
@@ -573,11 +601,11 @@ exec_call_scan(CustomScanState *node)
 		econtext->ecxt_scantuple = slot;
 		if (qual == NULL || ExecQual(qual, econtext))
 			return proj != NULL ? ExecProject(proj) : slot;
+		/* Filtered out: a scan reads on past it, to the end. */
 		InstrCountFiltered1(node, 1);
 		ExecClearTuple(slot);
 	}
-	else
-		st->pos = forward ? 2 : 0;
+	st->pos = forward ? 2 : 0;
 	return proj != NULL ? ExecClearTuple(proj->pi_state.resultslot) : slot;
 }
 

@@ -542,6 +542,8 @@ GuardGet(Trigger *tg, Relation rel)
 	bool		found;
 	GuardEntry	built;
 	GuardEntry *g;
+	Trigger		trigger;
+	char	   *args[4];
 
 	ensure_caches();
 	slot = hash_search(guard_cache, &tg->tgoid, HASH_FIND, NULL);
@@ -554,6 +556,17 @@ GuardGet(Trigger *tg, Relation rel)
 				 errmsg("trigger \"%s\" on \"%s\" must have 4 arguments", tg->tgname,
 						RelationGetRelationName(rel)),
 				 errhint("Install guards with idem_guard().")));
+
+	/*
+	 * tg may point into the relcache entry's trigger list, which a rebuild
+	 * taken in by a catalog read below frees: work from a copy.
+	 */
+	trigger = *tg;
+	for (int i = 0; i < 4; i++)
+		args[i] = pstrdup(tg->tgargs[i]);
+	trigger.tgargs = args;
+	trigger.tgname = pstrdup(tg->tgname);
+	tg = &trigger;
 
 	for (;;)
 	{
