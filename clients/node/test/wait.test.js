@@ -34,7 +34,13 @@ function distribution(ms) {
 
 // The owner sleeps `ms` in its handler; 16 duplicates arrive while it
 // works and must all get its answer within 100 ms of its commit, timed
-// from the end of its handler (which precedes the commit: an upper bound).
+// from when the owner's own answer went out, right after its commit (the
+// middleware answers only once the commit has returned).  Timed from the
+// end of its handler instead, which precedes the commit, the figure also
+// holds the commit itself: in one CI run all 16 came 238 to 245 ms after
+// the handler, together, as they wake at the commit, which points at a
+// slow commit (a WAL flush on a busy disk) rather than a slow wake-up.
+// That distribution is printed too.
 async function sixteen(options, label) {
   const srv = await h.serve(wrap(pool, slow, { ...h.quiet, waitFor: 5000, ...options }))
   try {
@@ -45,15 +51,17 @@ async function sixteen(options, label) {
     const first = await owner
     assert.equal(first.status, 201)
     assert.equal(first.headers['idempotent-replayed'], undefined)
-    const committed = handlerEnded.get(key)
-    assert.ok(committed <= Number(first.headers['x-test-sent-at']))
+    const handled = handlerEnded.get(key)
+    const committed = Number(first.headers['x-test-sent-at'])
+    assert.ok(handled <= committed)
     const latencies = dups.map((r) => r.at - committed)
     for (const r of dups) {
       assert.equal(r.status, 201)
       assert.equal(r.headers['idempotent-replayed'], 'true')
       assert.deepEqual(r.body, first.body)
     }
-    console.log(`waiting: duplicates answered after the owner's handler ended (${label}, 16 duplicates): ${distribution(latencies)}`)
+    console.log(`waiting: duplicates answered after the owner's handler ended (${label}, 16 duplicates): ${distribution(dups.map((r) => r.at - handled))}`)
+    console.log(`waiting: duplicates answered after the owner's commit (its answer sent) (${label}, 16 duplicates): ${distribution(latencies)}`)
     assert.ok(Math.max(...latencies) <= 100, `latencies ${latencies}`)
     assert.equal(runs.get(key), 1)
   } finally {
