@@ -59,6 +59,39 @@ CREATE TRIGGER audit AFTER INSERT ON idempotency.claims
 SELECT outcome FROM idempotency.idem_claim('audited', '1 hour');
 SELECT key FROM claim_audit;
 ROLLBACK;
+-- A completion is written directly too, on the same terms: a CHECK it
+-- breaks refuses it (and the claim stays open), a trigger sees it.
+BEGIN;
+ALTER TABLE idempotency.claims ADD CONSTRAINT no_teapots CHECK (status IS DISTINCT FROM 418);
+SELECT token AS t FROM idempotency.idem_claim('teapot', '1 hour') \gset
+SELECT split_part(pg_temp.fails(format('SELECT idempotency.idem_complete(''teapot'', %s, ''{}'', 418)', :t)),
+	' | ', 1) AS check_on_completion;
+SELECT state, status FROM idempotency.claims WHERE key = 'teapot';
+SELECT idempotency.idem_complete('teapot', :t, '{}', 200) AS completed_within_check;
+ROLLBACK;
+BEGIN;
+CREATE TABLE finish_audit (key text, state text);
+CREATE FUNCTION audit_finish() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+	INSERT INTO finish_audit VALUES (NEW.key, NEW.state);
+	RETURN NEW;
+END $$;
+CREATE TRIGGER audit_finish AFTER UPDATE ON idempotency.claims
+	FOR EACH ROW EXECUTE FUNCTION audit_finish();
+SELECT token AS t FROM idempotency.idem_claim('audited-end', '1 hour') \gset
+SELECT idempotency.idem_fail('audited-end', :t, true, '{"error": "x"}', 409);
+SELECT key, state FROM finish_audit;
+ROLLBACK;
+-- A publication of updates on a table without a replica identity: the
+-- completion is refused, as the UPDATE would be.
+BEGIN;
+SET LOCAL client_min_messages = error;
+CREATE PUBLICATION claims_pub FOR TABLE idempotency.claims;
+ALTER TABLE idempotency.claims REPLICA IDENTITY NOTHING;
+SELECT token AS t FROM idempotency.idem_claim('published', '1 hour') \gset
+SELECT split_part(pg_temp.fails(format('SELECT idempotency.idem_complete(''published'', %s, ''{}'', 200)', :t)),
+	' | ', 1) AS no_replica_identity;
+ROLLBACK;
 -- A default on a column a new claim leaves empty: applied.
 BEGIN;
 ALTER TABLE idempotency.claims ALTER COLUMN recovery_point SET DEFAULT 'start';
@@ -98,4 +131,12 @@ SELECT outcome, token > 0 AS has_token, attempts, expires_at > now() AS expires
 SELECT outcome FROM idempotency.idem_claim('direct', '1 hour');
 SELECT state, attempts, lease_until > created_at AS leased, recovery_point, response
   FROM idempotency.claims WHERE key = 'direct';
+-- Completed directly: every column the completion sets, the others kept.
+SELECT idempotency.idem_complete('direct', token, '{"id": 7}', 201,
+	body => '\x7b7d', content_type => 'application/json', headers => '{"location": "/orders/7"}')
+  FROM idempotency.claims WHERE key = 'direct';
+SELECT state, attempts, lease_until, recovery_point, response, status, body, content_type, headers,
+	expires_at > created_at AS expires
+  FROM idempotency.claims WHERE key = 'direct';
+SELECT outcome, status, body FROM idempotency.idem_claim('direct', '1 hour');
 DELETE FROM idempotency.claims WHERE key = 'direct';

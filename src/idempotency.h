@@ -293,9 +293,26 @@ typedef enum IdemClaimsInsertResult
 	CLAIMS_USE_SQL				/* run the SQL statement instead */
 } IdemClaimsInsertResult;
 
+/* A column an update sets. */
+typedef struct IdemClaimsSet
+{
+	IdemClaimsColumn column;
+	Datum		value;
+	bool		isnull;
+} IdemClaimsSet;
+
+typedef enum IdemClaimsWriteResult
+{
+	CLAIMS_UPDATED,				/* the new version is in */
+	CLAIMS_UPDATE_USE_SQL		/* run the SQL statement instead */
+} IdemClaimsWriteResult;
+
 extern Relation IdemClaimsOpen(LOCKMODE mode, const IdemClaimsLayout **layout);
 extern IdemClaimsInsertResult IdemClaimsInsert(Relation rel, const IdemNewClaim *claim,
 											   int64 *token, TimestampTz *expires_at);
+extern IdemClaimsWriteResult IdemClaimsUpdate(Relation rel, ItemPointer tid,
+											  const IdemClaimsSet *sets, int nsets,
+											  int64 token);
 
 /* claim_wait.c */
 extern void IdemClaimWaitShmemInit(IdemClaimWaitShared *w, bool found);
