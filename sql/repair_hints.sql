@@ -82,6 +82,14 @@ SELECT token AS t FROM idempotency.idem_claim('audited-end', '1 hour') \gset
 SELECT idempotency.idem_fail('audited-end', :t, true, '{"error": "x"}', 409);
 SELECT key, state FROM finish_audit;
 ROLLBACK;
+-- A NOT NULL on a column a completion empties: it is refused by it.
+BEGIN;
+ALTER TABLE idempotency.claims ALTER COLUMN lease_until SET NOT NULL;
+SELECT token AS t FROM idempotency.idem_claim('lease-kept', '1 hour') \gset
+SELECT split_part(pg_temp.fails(format('SELECT idempotency.idem_complete(''lease-kept'', %s, ''{}'', 200)', :t)),
+	' | ', 1) AS not_null_on_completion;
+SELECT state FROM idempotency.claims WHERE key = 'lease-kept';
+ROLLBACK;
 -- A publication of updates on a table without a replica identity: the
 -- completion is refused, as the UPDATE would be.
 BEGIN;

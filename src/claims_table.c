@@ -522,8 +522,9 @@ IdemClaimsInsert(Relation rel, const IdemNewClaim *claim, int64 *token,
  * statement (so it cannot have been pruned since), and has checked that it
  * is the owner's live claim.  Returns CLAIMS_UPDATED, or CLAIMS_UPDATE_USE_SQL
  * with nothing written: the table or the caller's rights need the SQL
- * statement, the new row fails a CHECK constraint (the statement reports
- * it), or the version is no longer the key's latest.
+ * statement, the new row fails a CHECK constraint or puts a null in a
+ * column made NOT NULL (the statement reports either), or the version is
+ * no longer the key's latest.
  */
 IdemClaimsWriteResult
 IdemClaimsUpdate(Relation rel, ItemPointer tid, const IdemClaimsSet *sets, int nsets,
@@ -582,6 +583,9 @@ IdemClaimsUpdate(Relation rel, ItemPointer tid, const IdemClaimsSet *sets, int n
 	{
 		AttrNumber	att = layout.attnums[sets[i].column];
 
+		/* A NOT NULL a DBA added: the statement reports it. */
+		if (sets[i].isnull && TupleDescAttr(desc, att - 1)->attnotnull)
+			goto out;
 		slot->tts_values[att - 1] = sets[i].isnull ? (Datum) 0 : sets[i].value;
 		slot->tts_isnull[att - 1] = sets[i].isnull;
 	}
