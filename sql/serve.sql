@@ -208,6 +208,16 @@ SELECT (idempotency.idem_serve('open_door(text, bytea)', 's-16')).outcome;
 SELECT outcome FROM idempotency.idem_serve('open_door(text, bytea)', 's-16');
 SELECT k, s.outcome, s.status FROM (VALUES ('s-17'), ('s-18'), ('s-17')) v(k),
 	LATERAL idempotency.idem_serve('place_order(text, bytea)', v.k, '{"amount": 3}') s ORDER BY k, outcome;
+-- What idem_serve keeps from statement to statement (the OIDs of
+-- idem_claim and idem_complete) follows the catalogs: with the extension
+-- dropped and created again in this transaction, and after the rollback.
+SELECT outcome FROM idempotency.idem_serve('open_door(text, bytea)', 's-19');
+BEGIN;
+DROP EXTENSION idempotency;
+CREATE EXTENSION idempotency;
+SELECT outcome, status FROM idempotency.idem_serve('open_door(text, bytea)', 's-19');
+ROLLBACK;
+SELECT outcome, status FROM idempotency.idem_serve('open_door(text, bytea)', 's-19');
 DROP FUNCTION strict_one(text, bytea), open_door(text, bytea);
 
 DROP FUNCTION place_order(text, bytea), failing(text, bytea), wrong(text), bigstatus(text, bytea),
