@@ -394,6 +394,25 @@ done:
 	return insert_direct;
 }
 
+/*
+ * May a write (ACL_INSERT or ACL_UPDATE) go in directly?  Whatever the SQL
+ * statement would refuse, it refuses itself: a read-only transaction, an
+ * owner without the right to write or to read (the insert returns what
+ * it inserted; the update's WHERE reads the row).  Takes the writer's
+ * lock, whose invalidations may change what was kept.
+ */
+static bool
+direct_write_allowed(Relation rel, AclMode write)
+{
+	if (XactReadOnly ||
+		pg_class_aclcheck(RelationGetRelid(rel), GetUserId(), write) != ACLCHECK_OK ||
+		pg_class_aclcheck(RelationGetRelid(rel), GetUserId(), ACL_SELECT) != ACLCHECK_OK)
+		return false;
+	LockRelationOid(RelationGetRelid(rel), RowExclusiveLock);
+	return valid && layout.attnums_known && direct_insert_allowed(rel) &&
+		valid;					/* opening the indexes took in invalidations */
+}
+
 /* Do the row's values pass the table's CHECK constraints? */
 static bool
 checks_pass(EState *estate, TupleTableSlot *slot)
@@ -442,18 +461,7 @@ IdemClaimsInsert(Relation rel, const IdemNewClaim *claim, int64 *token,
 	bool		conflict = false;
 	List	   *recheck;
 
-	/*
-	 * Whatever the SQL statement would refuse, it refuses itself: a
-	 * read-only transaction, an owner without the right to insert.
-	 */
-	if (XactReadOnly ||
-		pg_class_aclcheck(RelationGetRelid(rel), GetUserId(), ACL_INSERT) != ACLCHECK_OK ||
-		pg_class_aclcheck(RelationGetRelid(rel), GetUserId(), ACL_SELECT) != ACLCHECK_OK)
-		return CLAIMS_USE_SQL;
-	/* A writer's lock; what it takes in may change the table. */
-	LockRelationOid(RelationGetRelid(rel), RowExclusiveLock);
-	if (!valid || !layout.attnums_known || !direct_insert_allowed(rel) ||
-		!valid ||				/* opening the indexes took in invalidations */
+	if (!direct_write_allowed(rel, ACL_INSERT) ||
 		(claim->fingerprint == NULL && fingerprint_not_null))
 		return CLAIMS_USE_SQL;
 
@@ -545,13 +553,7 @@ IdemClaimsUpdate(Relation rel, ItemPointer tid, const IdemClaimsSet *sets, int n
 	bool		update_indexes;
 #endif
 
-	if (XactReadOnly ||
-		pg_class_aclcheck(RelationGetRelid(rel), GetUserId(), ACL_UPDATE) != ACLCHECK_OK ||
-		pg_class_aclcheck(RelationGetRelid(rel), GetUserId(), ACL_SELECT) != ACLCHECK_OK)
-		return CLAIMS_UPDATE_USE_SQL;
-	LockRelationOid(RelationGetRelid(rel), RowExclusiveLock);
-	if (!valid || !layout.attnums_known || !direct_insert_allowed(rel) ||
-		!valid || rel->rd_rel->relrowsecurity)
+	if (!direct_write_allowed(rel, ACL_UPDATE) || rel->rd_rel->relrowsecurity)
 		return CLAIMS_UPDATE_USE_SQL;
 	/* A publication of updates needs a replica identity, as for the UPDATE. */
 	CheckCmdReplicaIdentity(rel, CMD_UPDATE);
