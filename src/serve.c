@@ -44,7 +44,6 @@
 #include "utils/acl.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
-#include "utils/inval.h"
 #include "utils/lsyscache.h"
 #include "utils/regproc.h"
 #include "utils/syscache.h"
@@ -100,37 +99,10 @@ typedef struct ServeCall
 	bool		nulls[NUM_OUT];
 } ServeCall;
 
-/*
- * What a call site needs that does not change from statement to statement
- * (a prepared statement builds its call sites anew at every execution):
- * the OIDs of idem_claim, idem_complete and the two outcomes, for the
- * schema idem_serve is in, kept until a function, type, enum label or
- * schema changes anywhere; and the answer's row descriptor, of built-in
- * types only, kept for the life of the backend.
- */
-static struct
-{
-	bool		valid;
-	Oid			nsp;
-	Oid			claim;
-	Oid			complete;
-	Oid			claimed;
-	Oid			reclaimed;
-}			kept;
-static TupleDesc kept_answer = NULL;
-static bool kept_callbacks = false;
-static uint64 kept_generation = 0;
-
-static void
-kept_invalidate(Datum arg, int cacheid, uint32 hashvalue)
-{
-	kept.valid = false;
-	kept_generation++;
-}
-
 /* An extension function of the schema idem_serve is in, by signature. */
-static Oid
-own_function(Oid nsp, const char *name, const Oid *types, int ntypes)
+static void
+own_function(Oid nsp, const char *name, const Oid *types, int ntypes,
+			 FmgrInfo *finfo, MemoryContext cxt)
 {
 	oidvector  *args = buildoidvector(types, ntypes);
 	Oid			fn = GetSysCacheOid3(PROCNAMEARGSNSP, Anum_pg_proc_oid,
@@ -143,50 +115,7 @@ own_function(Oid nsp, const char *name, const Oid *types, int ntypes)
 				 errmsg("function %s.%s of the idempotency extension does not exist",
 						get_namespace_name(nsp), name),
 				 errhint("Update the extension: ALTER EXTENSION idempotency UPDATE.")));
-	return fn;
-}
-
-static void
-look_up_kept(Oid nsp)
-{
-	Oid			outcome_type;
-	uint64		generation;
-	static const Oid claim_types[] = {TEXTOID, INTERVALOID, BYTEAOID, TEXTOID, INTERVALOID, BOOLOID, INTERVALOID};
-	static const Oid complete_types[] = {TEXTOID, INT8OID, JSONBOID, INT4OID, TEXTOID, BYTEAOID, TEXTOID, JSONBOID};
-
-	if (!kept_callbacks)
-	{
-		CacheRegisterSyscacheCallback(PROCOID, kept_invalidate, (Datum) 0);
-		CacheRegisterSyscacheCallback(TYPEOID, kept_invalidate, (Datum) 0);
-		CacheRegisterSyscacheCallback(ENUMOID, kept_invalidate, (Datum) 0);
-		CacheRegisterSyscacheCallback(NAMESPACEOID, kept_invalidate, (Datum) 0);
-		kept_callbacks = true;
-	}
-	if (kept.valid && kept.nsp == nsp)
-		return;
-	kept.valid = false;
-	generation = kept_generation;
-	kept.claim = own_function(nsp, "idem_claim", claim_types, lengthof(claim_types));
-	kept.complete = own_function(nsp, "idem_complete", complete_types, lengthof(complete_types));
-	outcome_type = GetSysCacheOid2(TYPENAMENSP, Anum_pg_type_oid,
-								   CStringGetDatum("idem_outcome"), ObjectIdGetDatum(nsp));
-	kept.claimed = DatumGetObjectId(DirectFunctionCall2(enum_in, CStringGetDatum("claimed"),
-														ObjectIdGetDatum(outcome_type)));
-	kept.reclaimed = DatumGetObjectId(DirectFunctionCall2(enum_in, CStringGetDatum("reclaimed"),
-														  ObjectIdGetDatum(outcome_type)));
-	kept.nsp = nsp;
-	/* Unless an invalidation came in while looking: then again next time. */
-	kept.valid = generation == kept_generation;
-	if (kept_answer == NULL)
-	{
-		MemoryContext old = MemoryContextSwitchTo(CacheMemoryContext);
-		TupleDesc	answer = CreateTemplateTupleDesc(4);
-
-		for (int i = 0; i < 4; i++)
-			TupleDescInitEntry(answer, i + 1, NULL, handler_types[i + 2], -1, 0);
-		MemoryContextSwitchTo(old);
-		kept_answer = answer;
-	}
+	fmgr_info_cxt(fn, finfo, cxt);
 }
 
 static ServeSite *
@@ -194,16 +123,29 @@ serve_site(FunctionCallInfo fcinfo)
 {
 	ServeSite  *site = fcinfo->flinfo->fn_extra;
 	MemoryContext cxt = fcinfo->flinfo->fn_mcxt;
+	MemoryContext old;
+	Oid			nsp;
+	Oid			outcome_type;
+	static const Oid claim_types[] = {TEXTOID, INTERVALOID, BYTEAOID, TEXTOID, INTERVALOID, BOOLOID, INTERVALOID};
+	static const Oid complete_types[] = {TEXTOID, INT8OID, JSONBOID, INT4OID, TEXTOID, BYTEAOID, TEXTOID, JSONBOID};
 
 	if (site != NULL)
 		return site;
-	look_up_kept(get_func_namespace(fcinfo->flinfo->fn_oid));
+	nsp = get_func_namespace(fcinfo->flinfo->fn_oid);
 	site = MemoryContextAllocZero(cxt, sizeof(ServeSite));
-	fmgr_info_cxt(kept.claim, &site->claim, cxt);
-	fmgr_info_cxt(kept.complete, &site->complete, cxt);
-	site->claimed = kept.claimed;
-	site->reclaimed = kept.reclaimed;
-	site->answer = kept_answer;
+	own_function(nsp, "idem_claim", claim_types, lengthof(claim_types), &site->claim, cxt);
+	own_function(nsp, "idem_complete", complete_types, lengthof(complete_types), &site->complete, cxt);
+	outcome_type = GetSysCacheOid2(TYPENAMENSP, Anum_pg_type_oid,
+								   CStringGetDatum("idem_outcome"), ObjectIdGetDatum(nsp));
+	site->claimed = DatumGetObjectId(DirectFunctionCall2(enum_in, CStringGetDatum("claimed"),
+														 ObjectIdGetDatum(outcome_type)));
+	site->reclaimed = DatumGetObjectId(DirectFunctionCall2(enum_in, CStringGetDatum("reclaimed"),
+														   ObjectIdGetDatum(outcome_type)));
+	old = MemoryContextSwitchTo(cxt);
+	site->answer = CreateTemplateTupleDesc(4);
+	for (int i = 0; i < 4; i++)
+		TupleDescInitEntry(site->answer, i + 1, NULL, handler_types[i + 2], -1, 0);
+	MemoryContextSwitchTo(old);
 	fcinfo->flinfo->fn_extra = site;
 	return site;
 }

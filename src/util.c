@@ -202,9 +202,6 @@ IdemGetResultCache(FunctionCallInfo fcinfo, const char *const *outcome_names, in
 	if (cache != NULL)
 		return cache;
 	rettype = get_fn_expr_rettype(fcinfo->flinfo);
-	/* Called through fmgr without an expression (idem_serve): as declared. */
-	if (!OidIsValid(rettype))
-		rettype = get_func_rettype(fn);
 	if (OidIsValid(rettype) && rettype != RECORDOID)
 	{
 		TypeCacheEntry *tce = lookup_type_cache(rettype, TYPECACHE_TUPDESC);
