@@ -47,11 +47,12 @@
  * a plain table without triggers (so without foreign keys), rules,
  * row-level security, generated or identity columns, with no column but
  * its own, no default or NOT NULL added to a column the insert leaves
- * empty, and an immediate, valid primary key as its only unique index.  And only while the row passes the CHECK constraints, the
- * transaction may write and the owner may insert (or update) and read
- * (the insert returns what it inserted; the update's WHERE reads the row).
- * Otherwise the SQL statement runs, and PostgreSQL applies, or reports,
- * whatever was added.
+ * empty, and an immediate, valid primary key as its only unique index.
+ * And only while the row passes the CHECK constraints (and, updated, puts
+ * no null in a column made NOT NULL), the transaction may write and the
+ * owner may insert (or update) and read (the insert returns what it
+ * inserted; the update's WHERE reads the row).  Otherwise the SQL
+ * statement runs, and PostgreSQL applies, or reports, whatever was added.
  *
  *-------------------------------------------------------------------------
  */
@@ -528,8 +529,8 @@ IdemClaimsInsert(Relation rel, const IdemNewClaim *claim, int64 *token,
  * set and the others as they are.  The caller has the table open
  * (IdemClaimsOpen), has read that version with a snapshot of this
  * statement (so it cannot have been pruned since), and has checked that it
- * is the owner's live claim.  Returns CLAIMS_UPDATED, or CLAIMS_UPDATE_USE_SQL
- * with nothing written: the table or the caller's rights need the SQL
+ * is the owner's live claim.  Returns CLAIMS_UPDATED, or
+ * CLAIMS_UPDATE_USE_SQL with nothing written: the table or the caller's rights need the SQL
  * statement, the new row fails a CHECK constraint or puts a null in a
  * column made NOT NULL (the statement reports either), or the version is
  * no longer the key's latest.
