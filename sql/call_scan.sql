@@ -116,24 +116,12 @@ SELECT token AS t FROM idem_claim('cs-done2', '1 hour') \gset
 SELECT idem_complete('cs-done2', :t, '{"id": 8}', 202) AS completed;
 CREATE TEMP SEQUENCE cs_flip;
 CREATE FUNCTION pg_temp.flip() RETURNS boolean LANGUAGE sql VOLATILE AS $$SELECT nextval('cs_flip') % 2 = 0$$;
-\set flip_cursor 'DECLARE cs_u SCROLL CURSOR FOR SELECT status FROM idem_claim(''cs-done'', ''1 hour'') UNION ALL SELECT status FROM idem_claim(''cs-done2'', ''1 hour'') WHERE pg_temp.flip() UNION ALL SELECT status FROM idem_claim(''cs-done2'', ''1 hour'');'
+\set flip_reads 'BEGIN; DECLARE cs_u SCROLL CURSOR FOR SELECT status FROM idem_claim(''cs-done'', ''1 hour'') UNION ALL SELECT status FROM idem_claim(''cs-done2'', ''1 hour'') WHERE pg_temp.flip() UNION ALL SELECT status FROM idem_claim(''cs-done2'', ''1 hour''); FETCH ALL cs_u; FETCH BACKWARD ALL cs_u; FETCH ALL cs_u; COMMIT; SELECT currval(''cs_flip'') AS conditions_asked;'
 SET idempotency.call_scan = on;
-BEGIN;
-:flip_cursor
-FETCH ALL cs_u;
-FETCH BACKWARD ALL cs_u;
-FETCH ALL cs_u;
-COMMIT;
-SELECT currval('cs_flip') AS conditions_asked;
+:flip_reads
 ALTER SEQUENCE cs_flip RESTART;
 SET idempotency.call_scan = off;
-BEGIN;
-:flip_cursor
-FETCH ALL cs_u;
-FETCH BACKWARD ALL cs_u;
-FETCH ALL cs_u;
-COMMIT;
-SELECT currval('cs_flip') AS conditions_asked;
+:flip_reads
 RESET idempotency.call_scan;
 
 -- idem_transition in FROM runs as the node too.
