@@ -218,6 +218,44 @@ CREATE EXTENSION idempotency;
 SELECT outcome, status FROM idempotency.idem_serve('open_door(text, bytea)', 's-19');
 ROLLBACK;
 SELECT outcome, status FROM idempotency.idem_serve('open_door(text, bytea)', 's-19');
+-- idem_claim's outcome values follow the enum's labels: with two labels
+-- swapped, a new key still answers 'claimed' (to idem_claim and to
+-- idem_serve, whose handler runs), and so again after the rollback.
+SELECT outcome FROM idempotency.idem_claim('s-20');
+BEGIN;
+ALTER TYPE idempotency.idem_outcome RENAME VALUE 'claimed' TO 'regress_swap';
+ALTER TYPE idempotency.idem_outcome RENAME VALUE 'completed' TO 'claimed';
+ALTER TYPE idempotency.idem_outcome RENAME VALUE 'regress_swap' TO 'completed';
+SELECT outcome FROM idempotency.idem_claim('s-21');
+SELECT outcome, status FROM idempotency.idem_serve('place_order(text, bytea)', 's-22', '{"amount": 4}');
+ROLLBACK;
+SELECT outcome FROM idempotency.idem_claim('s-23');
+SELECT outcome, status FROM idempotency.idem_serve('place_order(text, bytea)', 's-24', '{"amount": 5}');
+SELECT outcome, status FROM idempotency.idem_serve('place_order(text, bytea)', 's-24', '{"amount": 5}');
+-- A change of idem_claim_result's relation that leaves the row as it was
+-- (an owner change) keeps the backend's answer instead of adding one:
+-- 400 changes, each followed by new call sites of both functions.
+CREATE ROLE regress_serve_owner;
+DO $$
+DECLARE
+	before bigint;
+	grown bigint;
+	owner text;
+BEGIN
+	PERFORM * FROM idempotency.idem_serve('open_door(text, bytea)', 's-25');
+	SELECT used_bytes INTO before FROM pg_backend_memory_contexts WHERE name = 'CacheMemoryContext';
+	FOR i IN 1..400 LOOP
+		owner := CASE WHEN i % 2 = 1 THEN 'regress_serve_owner' ELSE current_user END;
+		EXECUTE format('ALTER TYPE idempotency.idem_claim_result OWNER TO %I', owner);
+		EXECUTE 'SELECT idempotency.idem_claim($1)' USING 's-25';
+		EXECUTE $q$SELECT * FROM idempotency.idem_serve('open_door(text, bytea)', 's-25')$q$;
+	END LOOP;
+	SELECT used_bytes - before INTO grown FROM pg_backend_memory_contexts WHERE name = 'CacheMemoryContext';
+	RAISE NOTICE 'cache memory grew by less than 256 kB: %', grown < 262144;
+END $$;
+SELECT pg_catalog.pg_get_userbyid(typowner) = current_user AS owner_back
+	FROM pg_type WHERE oid = 'idempotency.idem_claim_result'::regtype;
+DROP ROLE regress_serve_owner;
 DROP FUNCTION strict_one(text, bytea), open_door(text, bytea);
 
 DROP FUNCTION place_order(text, bytea), failing(text, bytea), wrong(text), bigstatus(text, bytea),

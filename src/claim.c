@@ -245,6 +245,22 @@ static const char *const outcome_names[NUM_OUTCOMES] = {
 	"claimed", "completed", "in_progress", "mismatch", "reclaimed"
 };
 
+/*
+ * Is outcome, answered by idem_claim called through flinfo, one that
+ * makes the caller the owner (claimed or reclaimed)?  Read from the call
+ * site's own outcome values, so that it agrees with what the call built.
+ */
+bool
+IdemClaimOwns(FmgrInfo *flinfo, Datum outcome)
+{
+	const IdemResultCache *cache = flinfo->fn_extra;
+
+	if (cache == NULL)
+		elog(ERROR, "idem_claim answered without its result row");
+	return outcome == cache->outcomes[OUTCOME_CLAIMED] ||
+		outcome == cache->outcomes[OUTCOME_RECLAIMED];
+}
+
 /* The fields of idem_claim_result, in order. */
 enum
 {

@@ -215,6 +215,7 @@ extern IdemResultCache *IdemGetResultCache(FunctionCallInfo fcinfo,
 										   const char *const *outcome_names,
 										   int noutcomes, const Oid *types,
 										   int nrequired, int ntypes);
+extern bool IdemClaimOwns(FmgrInfo *flinfo, Datum outcome);
 extern void IdemConnectSPI(void);
 extern uint64 IdemRunPlan(const IdemPlanDef *def, SPIPlanPtr *plan, Datum *args,
 						  const char *nulls, bool read_only);

@@ -44,6 +44,7 @@
 #include "utils/acl.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
+#include "utils/inval.h"
 #include "utils/lsyscache.h"
 #include "utils/regproc.h"
 #include "utils/syscache.h"
@@ -82,8 +83,6 @@ typedef struct ServeSite
 {
 	FmgrInfo	claim;			/* idempotency.idem_claim */
 	FmgrInfo	complete;		/* idempotency.idem_complete */
-	Oid			claimed;		/* the outcomes 'claimed' and 'reclaimed' */
-	Oid			reclaimed;
 	TupleDesc	answer;			/* (status, body, content_type, headers) */
 	Oid			handler;		/* the handler looked up into call, or 0 */
 	FmgrInfo	call;
@@ -99,10 +98,34 @@ typedef struct ServeCall
 	bool		nulls[NUM_OUT];
 } ServeCall;
 
+/*
+ * What every call site starts from, kept per backend (a prepared
+ * statement builds its call sites anew at every execution): idem_claim
+ * and idem_complete of the schema of the idem_serve last called, found by
+ * signature, until any function changes; and the answer's descriptor, of
+ * built-in types only.  The outcomes that mean "run the handler" are
+ * idem_claim's own (IdemClaimOwns), never looked up here.
+ */
+static struct
+{
+	bool		valid;
+	Oid			serve;			/* the idem_serve they were found for */
+	FmgrInfo	claim;
+	FmgrInfo	complete;
+}			kept;
+static TupleDesc kept_answer = NULL;
+static uint64 kept_generation = 0;
+
+static void
+kept_invalidate(Datum arg, int cacheid, uint32 hashvalue)
+{
+	kept.valid = false;
+	kept_generation++;
+}
+
 /* An extension function of the schema idem_serve is in, by signature. */
 static void
-own_function(Oid nsp, const char *name, const Oid *types, int ntypes,
-			 FmgrInfo *finfo, MemoryContext cxt)
+own_function(Oid nsp, const char *name, const Oid *types, int ntypes, FmgrInfo *finfo)
 {
 	oidvector  *args = buildoidvector(types, ntypes);
 	Oid			fn = GetSysCacheOid3(PROCNAMEARGSNSP, Anum_pg_proc_oid,
@@ -115,7 +138,43 @@ own_function(Oid nsp, const char *name, const Oid *types, int ntypes,
 				 errmsg("function %s.%s of the idempotency extension does not exist",
 						get_namespace_name(nsp), name),
 				 errhint("Update the extension: ALTER EXTENSION idempotency UPDATE.")));
-	fmgr_info_cxt(fn, finfo, cxt);
+	fmgr_info_cxt(fn, finfo, CacheMemoryContext);
+}
+
+static void
+look_up_kept(Oid serve)
+{
+	static bool callback = false;
+	static const Oid claim_types[] = {TEXTOID, INTERVALOID, BYTEAOID, TEXTOID, INTERVALOID, BOOLOID, INTERVALOID};
+	static const Oid complete_types[] = {TEXTOID, INT8OID, JSONBOID, INT4OID, TEXTOID, BYTEAOID, TEXTOID, JSONBOID};
+	uint64		generation;
+	Oid			nsp;
+
+	if (!callback)
+	{
+		CacheRegisterSyscacheCallback(PROCOID, kept_invalidate, (Datum) 0);
+		callback = true;
+	}
+	if (kept_answer == NULL)
+	{
+		MemoryContext old = MemoryContextSwitchTo(CacheMemoryContext);
+		TupleDesc	answer = CreateTemplateTupleDesc(4);
+
+		for (int i = 0; i < 4; i++)
+			TupleDescInitEntry(answer, i + 1, NULL, handler_types[i + 2], -1, 0);
+		MemoryContextSwitchTo(old);
+		kept_answer = answer;
+	}
+	if (kept.valid && kept.serve == serve)
+		return;
+	kept.valid = false;
+	generation = kept_generation;
+	nsp = get_func_namespace(serve);
+	own_function(nsp, "idem_claim", claim_types, lengthof(claim_types), &kept.claim);
+	own_function(nsp, "idem_complete", complete_types, lengthof(complete_types), &kept.complete);
+	kept.serve = serve;
+	/* Unless a function changed while looking: then again next time. */
+	kept.valid = generation == kept_generation;
 }
 
 static ServeSite *
@@ -123,29 +182,14 @@ serve_site(FunctionCallInfo fcinfo)
 {
 	ServeSite  *site = fcinfo->flinfo->fn_extra;
 	MemoryContext cxt = fcinfo->flinfo->fn_mcxt;
-	MemoryContext old;
-	Oid			nsp;
-	Oid			outcome_type;
-	static const Oid claim_types[] = {TEXTOID, INTERVALOID, BYTEAOID, TEXTOID, INTERVALOID, BOOLOID, INTERVALOID};
-	static const Oid complete_types[] = {TEXTOID, INT8OID, JSONBOID, INT4OID, TEXTOID, BYTEAOID, TEXTOID, JSONBOID};
 
 	if (site != NULL)
 		return site;
-	nsp = get_func_namespace(fcinfo->flinfo->fn_oid);
+	look_up_kept(fcinfo->flinfo->fn_oid);
 	site = MemoryContextAllocZero(cxt, sizeof(ServeSite));
-	own_function(nsp, "idem_claim", claim_types, lengthof(claim_types), &site->claim, cxt);
-	own_function(nsp, "idem_complete", complete_types, lengthof(complete_types), &site->complete, cxt);
-	outcome_type = GetSysCacheOid2(TYPENAMENSP, Anum_pg_type_oid,
-								   CStringGetDatum("idem_outcome"), ObjectIdGetDatum(nsp));
-	site->claimed = DatumGetObjectId(DirectFunctionCall2(enum_in, CStringGetDatum("claimed"),
-														 ObjectIdGetDatum(outcome_type)));
-	site->reclaimed = DatumGetObjectId(DirectFunctionCall2(enum_in, CStringGetDatum("reclaimed"),
-														   ObjectIdGetDatum(outcome_type)));
-	old = MemoryContextSwitchTo(cxt);
-	site->answer = CreateTemplateTupleDesc(4);
-	for (int i = 0; i < 4; i++)
-		TupleDescInitEntry(site->answer, i + 1, NULL, handler_types[i + 2], -1, 0);
-	MemoryContextSwitchTo(old);
+	fmgr_info_copy(&site->claim, &kept.claim, cxt);
+	fmgr_info_copy(&site->complete, &kept.complete, cxt);
+	site->answer = kept_answer;
 	fcinfo->flinfo->fn_extra = site;
 	return site;
 }
@@ -315,8 +359,7 @@ serve_once(void *arg)
 	crow = DatumGetHeapTupleHeader(claim);
 	cdesc = lookup_rowtype_tupdesc(HeapTupleHeaderGetTypeId(crow), HeapTupleHeaderGetTypMod(crow));
 	c->values[OUT_OUTCOME] = field(crow, cdesc, CLAIM_OUTCOME, &c->nulls[OUT_OUTCOME]);
-	if (DatumGetObjectId(c->values[OUT_OUTCOME]) != site->claimed &&
-		DatumGetObjectId(c->values[OUT_OUTCOME]) != site->reclaimed)
+	if (c->nulls[OUT_OUTCOME] || !IdemClaimOwns(&site->claim, c->values[OUT_OUTCOME]))
 	{
 		/* A replay, a claim in progress or a mismatch: idem_claim's answer. */
 		c->values[OUT_STATUS] = field(crow, cdesc, CLAIM_STATUS, &c->nulls[OUT_STATUS]);

@@ -147,11 +147,16 @@ IdemDurationArg(FunctionCallInfo fcinfo, int n, const char *what, Interval *max,
  * being the outcome enum): a superuser's ALTER TYPE is refused here
  * rather than read past.  A prepared statement builds its call sites anew
  * at every execution, so the answer is kept per backend too, by function
- * and result type (a recreated extension has other OIDs), and built again
- * if the row type changed since (the type cache's identifier of its
- * descriptor moved).  A slot is taken only when free or when its function
- * is gone; its old answer stays allocated, since a running call site may
- * still point at it (a few hundred bytes per recreated extension).
+ * and result type (a recreated extension has other OIDs); a call through
+ * fmgr without an expression (idem_serve calling idem_claim) finds it by
+ * the function's declared result type.  It is looked at again when the
+ * row type may have changed (the type cache's identifier of its
+ * descriptor moved: any invalidation of the type's relation, an owner
+ * change included) or an enum label changed anywhere: rebuilt, and kept
+ * in place of the old answer only if it differs (a different answer
+ * leaves the old one allocated, since a running call site may still
+ * point at it: a few hundred bytes per real change).  A slot is taken
+ * only when free or when its function is gone.
  */
 #define RESULT_CACHES 4
 static struct
@@ -161,6 +166,28 @@ static struct
 	uint64		tupdesc_id;
 	IdemResultCache *cache;
 }			result_caches[RESULT_CACHES];
+static bool result_caches_callback = false;
+
+/* An enum label changed: every kept answer is looked at again. */
+static void
+result_caches_enum_changed(Datum arg, int cacheid, uint32 hashvalue)
+{
+	for (int i = 0; i < RESULT_CACHES; i++)
+		result_caches[i].tupdesc_id = 0;	/* never a descriptor's identifier */
+}
+
+/* Does a kept answer say the same as the one just built? */
+static bool
+same_result_cache(const IdemResultCache *kept, TupleDesc tupdesc, const Datum *outcomes,
+				  int noutcomes)
+{
+	if (!equalTupleDescs(kept->tupdesc, tupdesc))
+		return false;
+	for (int k = 0; k < noutcomes; k++)
+		if (kept->outcomes[k] != outcomes[k])
+			return false;
+	return true;
+}
 
 /*
  * The row type must have the first nrequired columns of types, or more of
@@ -197,11 +224,20 @@ IdemGetResultCache(FunctionCallInfo fcinfo, const char *const *outcome_names, in
 	uint64		tupdesc_id = 0;
 	MemoryContext old;
 	TupleDesc	tupdesc;
+	Datum		outcomes[16];
 	int			slot = -1;
 
 	if (cache != NULL)
 		return cache;
+	Assert(noutcomes <= lengthof(outcomes));
+	if (!result_caches_callback)
+	{
+		CacheRegisterSyscacheCallback(ENUMOID, result_caches_enum_changed, (Datum) 0);
+		result_caches_callback = true;
+	}
 	rettype = get_fn_expr_rettype(fcinfo->flinfo);
+	if (!OidIsValid(rettype) && fcinfo->flinfo->fn_expr == NULL)
+		rettype = get_func_rettype(fn);
 	if (OidIsValid(rettype) && rettype != RECORDOID)
 	{
 		TypeCacheEntry *tce = lookup_type_cache(rettype, TYPECACHE_TUPDESC);
@@ -212,7 +248,7 @@ IdemGetResultCache(FunctionCallInfo fcinfo, const char *const *outcome_names, in
 			{
 				if (result_caches[i].tupdesc_id == tupdesc_id)
 					return fcinfo->flinfo->fn_extra = result_caches[i].cache;
-				slot = i;		/* changed: build it again here */
+				slot = i;		/* maybe changed: look again */
 				break;
 			}
 		for (int i = 0; slot < 0 && i < RESULT_CACHES; i++)
@@ -224,13 +260,20 @@ IdemGetResultCache(FunctionCallInfo fcinfo, const char *const *outcome_names, in
 	if (get_call_result_type(fcinfo, NULL, &tupdesc) != TYPEFUNC_COMPOSITE)
 		elog(ERROR, "function returning an outcome must return a row");
 	check_result_row(fcinfo, tupdesc, types, nrequired, ntypes);
+	for (int k = 0; k < noutcomes; k++)
+		outcomes[k] = DirectFunctionCall2(enum_in, CStringGetDatum(outcome_names[k]),
+										  ObjectIdGetDatum(TupleDescAttr(tupdesc, 0)->atttypid));
+	if (slot >= 0 && result_caches[slot].fn == fn && result_caches[slot].rettype == rettype &&
+		same_result_cache(result_caches[slot].cache, tupdesc, outcomes, noutcomes))
+	{
+		/* Nothing changed that the answer holds: keep it. */
+		result_caches[slot].tupdesc_id = tupdesc_id;
+		return fcinfo->flinfo->fn_extra = result_caches[slot].cache;
+	}
 	old = MemoryContextSwitchTo(slot >= 0 ? CacheMemoryContext : fcinfo->flinfo->fn_mcxt);
 	cache = palloc(offsetof(IdemResultCache, outcomes) + sizeof(Datum) * noutcomes);
 	cache->tupdesc = BlessTupleDesc(CreateTupleDescCopy(tupdesc));
-	for (int k = 0; k < noutcomes; k++)
-		cache->outcomes[k] =
-			DirectFunctionCall2(enum_in, CStringGetDatum(outcome_names[k]),
-								ObjectIdGetDatum(TupleDescAttr(cache->tupdesc, 0)->atttypid));
+	memcpy(cache->outcomes, outcomes, sizeof(Datum) * noutcomes);
 	MemoryContextSwitchTo(old);
 	if (slot >= 0)
 	{
