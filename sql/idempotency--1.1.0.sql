@@ -602,6 +602,15 @@ GRANT EXECUTE ON FUNCTION idempotency.idem_lookup(text, text) TO idempotency_use
 -- it runs under the caller's search_path.  An answer of status 500 or more
 -- is not stored, and what the handler wrote is undone with the claim, so
 -- that a retry runs again (src/serve.c).
+CREATE TYPE idempotency.idem_serve_result AS (
+	outcome idempotency.idem_outcome,
+	status int,
+	body bytea,
+	content_type text,
+	headers jsonb
+);
+COMMENT ON TYPE idempotency.idem_serve_result IS 'result of idem_serve: the outcome and the answer';
+
 CREATE FUNCTION idempotency.idem_serve(
 	handler regprocedure,
 	key text,
@@ -610,8 +619,7 @@ CREATE FUNCTION idempotency.idem_serve(
 	scope text DEFAULT 'default',
 	ttl interval DEFAULT NULL,
 	wait_for interval DEFAULT NULL)
-RETURNS TABLE (outcome idempotency.idem_outcome, status int, body bytea,
-	content_type text, headers jsonb)
+RETURNS SETOF idempotency.idem_serve_result
 	AS 'MODULE_PATHNAME', 'idem_serve'
 	LANGUAGE C VOLATILE PARALLEL UNSAFE ROWS 1;
 COMMENT ON FUNCTION idempotency.idem_serve(regprocedure, text, bytea, bytea, text, interval, interval) IS

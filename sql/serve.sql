@@ -256,6 +256,41 @@ END $$;
 SELECT pg_catalog.pg_get_userbyid(typowner) = current_user AS owner_back
 	FROM pg_type WHERE oid = 'idempotency.idem_claim_result'::regtype;
 DROP ROLE regress_serve_owner;
+-- In FROM, idem_serve runs as the extension's node (its one row handed
+-- over, no tuple store); with the node off, and in a target list, as a
+-- set of one row.  The answers are the same.
+EXPLAIN (COSTS OFF) SELECT outcome, body FROM idempotency.idem_serve('open_door(text, bytea)', 's-26', 'a');
+SELECT outcome, status, convert_from(body, 'UTF8') AS body, content_type
+	FROM idempotency.idem_serve('open_door(text, bytea)', 's-26', 'a');
+SET idempotency.call_scan = off;
+EXPLAIN (COSTS OFF) SELECT outcome, body FROM idempotency.idem_serve('open_door(text, bytea)', 's-26', 'a');
+SELECT outcome, status, convert_from(body, 'UTF8') AS body, content_type
+	FROM idempotency.idem_serve('open_door(text, bytea)', 's-26', 'a');
+RESET idempotency.call_scan;
+SELECT (s).outcome, (s).status FROM (SELECT idempotency.idem_serve('open_door(text, bytea)', 's-26', 'a') s) q;
+-- Its row type altered by a superuser: refused wherever it is called,
+-- before a value is read with the wrong type, and nothing is served.
+BEGIN;
+ALTER TYPE idempotency.idem_serve_result ALTER ATTRIBUTE status TYPE text;
+SELECT pg_temp.fails($$SELECT * FROM idempotency.idem_serve('open_door(text, bytea)', 's-27')$$) AS altered_from;
+SET LOCAL idempotency.call_scan = off;
+SELECT pg_temp.fails($$SELECT * FROM idempotency.idem_serve('open_door(text, bytea)', 's-27')$$) AS altered_scan;
+SELECT pg_temp.fails($$SELECT idempotency.idem_serve('open_door(text, bytea)', 's-27')$$) AS altered_list;
+SELECT count(*) AS claimed FROM idempotency.claims WHERE key = 's-27';
+ROLLBACK;
+-- idem_claim given a SET clause, or made SECURITY DEFINER, is called
+-- through fmgr's wrapper: idem_serve still tells an owner from a replay.
+BEGIN;
+ALTER FUNCTION idempotency.idem_claim(text, interval, bytea, text, interval, boolean, interval)
+	SET work_mem = '8MB';
+SELECT outcome, status FROM idempotency.idem_serve('place_order(text, bytea)', 's-28', '{"amount": 6}');
+SELECT outcome, status FROM idempotency.idem_serve('place_order(text, bytea)', 's-28', '{"amount": 6}');
+ALTER FUNCTION idempotency.idem_claim(text, interval, bytea, text, interval, boolean, interval)
+	RESET ALL SECURITY DEFINER;
+SELECT outcome, status FROM idempotency.idem_serve('place_order(text, bytea)', 's-29', '{"amount": 7}');
+SELECT key, state, status FROM idempotency.claims WHERE key IN ('s-28', 's-29') ORDER BY key;
+SELECT count(*) AS orders FROM serve_orders WHERE key IN ('s-28', 's-29');
+ROLLBACK;
 DROP FUNCTION strict_one(text, bytea), open_door(text, bytea);
 
 DROP FUNCTION place_order(text, bytea), failing(text, bytea), wrong(text), bigstatus(text, bytea),

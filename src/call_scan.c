@@ -1,8 +1,8 @@
 /*-------------------------------------------------------------------------
  *
  * call_scan.c
- *	  A call of idem_claim or idem_transition in FROM, run without the
- *	  function scan's tuple store.
+ *	  A call of idem_claim, idem_transition or idem_serve in FROM, run
+ *	  without the function scan's tuple store.
  *
  * SELECT outcome, token FROM idem_claim(...) is how applications call the
  * extension: one statement, one row.  PostgreSQL runs a function in FROM
@@ -12,9 +12,9 @@
  * is a few per cent of the whole statement, which a primary-key SELECT
  * does not pay.
  *
- * So a planner hook replaces the function scan of these two functions by
- * a custom scan that calls the function once, keeps its row and returns
- * it.  The semantics are the function scan's:
+ * So a planner hook replaces the function scan of these functions by a
+ * custom scan that calls the function once, keeps its row and returns it
+ * (idem_serve returns a set, of exactly one row: it is called once too).  The semantics are the function scan's:
  *   - the function is called once per scan, and again on a rescan only if
  *     a parameter its arguments read changed (a LATERAL reference);
  *     otherwise a rescan returns the same row;
@@ -23,9 +23,10 @@
  *     track_functions;
  *   - a null result is a row of nulls.
  *
- * idem_claim hands its row's columns to the node (IdemCallSinkTake)
- * instead of forming a composite value the node would take apart again,
- * and the scan tuple holds only the columns the query reads.
+ * idem_claim and idem_serve hand their row's columns to the node
+ * (IdemCallSinkTake) instead of forming a composite value the node would
+ * take apart again, or a tuple store it would read back, and the scan
+ * tuple holds only the columns the query reads.
  *
  * The node is used only where a function scan would run as plainly: one
  * function, no ORDINALITY, no correlated subquery in its arguments (one
@@ -78,6 +79,7 @@ static set_rel_pathlist_hook_type prev_set_rel_pathlist = NULL;
 
 /* The functions whose calls in FROM the node runs. */
 extern Datum idem_claim(PG_FUNCTION_ARGS);
+extern Datum idem_serve(PG_FUNCTION_ARGS);
 extern Datum idem_transition(PG_FUNCTION_ARGS);
 
 /*
@@ -139,9 +141,12 @@ static const CustomExecMethods call_exec_methods = {
 	.ExplainCustomScan = explain_call_scan,
 };
 
-/* Is fn one of the functions the node runs? */
+/*
+ * Is fn one of the functions the node runs?  Of those returning a set,
+ * only idem_serve, which returns exactly one row.
+ */
 static bool
-runs_here(Oid fn)
+runs_here(Oid fn, bool retset)
 {
 	FmgrInfo	flinfo;
 	HeapTuple	proc = SearchSysCache1(PROCOID, ObjectIdGetDatum(fn));
@@ -154,6 +159,8 @@ runs_here(Oid fn)
 	if (!in_c)
 		return false;
 	fmgr_info(fn, &flinfo);
+	if (retset)
+		return flinfo.fn_addr == idem_serve;
 	return flinfo.fn_addr == idem_claim || flinfo.fn_addr == idem_transition;
 }
 
@@ -200,8 +207,8 @@ call_scan_paths(PlannerInfo *root, RelOptInfo *rel, Index rti, RangeTblEntry *rt
 	if (!IsA(rtfunc->funcexpr, FuncExpr))
 		return;
 	call = (FuncExpr *) rtfunc->funcexpr;
-	if (call->funcretset || get_typtype(call->funcresulttype) != TYPTYPE_COMPOSITE ||
-		contain_subplans((Node *) call->args) || !runs_here(call->funcid))
+	if (get_typtype(call->funcresulttype) != TYPTYPE_COMPOSITE ||
+		contain_subplans((Node *) call->args) || !runs_here(call->funcid, call->funcretset))
 		return;
 	desc = lookup_rowtype_tupdesc(call->funcresulttype, -1);
 	usable = desc->natts == rel->max_attr && !needs_whole_row(rel, desc);
@@ -427,8 +434,8 @@ begin_call_scan(CustomScanState *node, EState *estate, int eflags)
 
 	fmgr_info(call->funcid, &st->flinfo);
 	fmgr_info_set_expr((Node *) call, &st->flinfo);
-	/* idem_claim hands its columns over; others return a composite value. */
-	if (st->flinfo.fn_addr != idem_claim)
+	/* idem_claim and idem_serve hand their columns over; others return a composite value. */
+	if (st->flinfo.fn_addr != idem_claim && st->flinfo.fn_addr != idem_serve)
 		st->begin_desc = lookup_rowtype_tupdesc_copy(call->funcresulttype, -1);
 	st->fcinfo = palloc0(SizeForFunctionCallInfo(nargs));
 	InitFunctionCallInfoData(*st->fcinfo, &st->flinfo, nargs, call->inputcollid,
@@ -449,11 +456,24 @@ begin_call_scan(CustomScanState *node, EState *estate, int eflags)
 	}
 }
 
+/* Is the call the node's, which takes a row handed over (IdemCallSinkTake)? */
+bool
+IdemCallSinkOffered(FunctionCallInfo fcinfo)
+{
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+	CallScanState *st;
+
+	if (rsinfo == NULL || !IsA(rsinfo, ReturnSetInfo) || !(rsinfo->allowedModes & CALL_SCAN_SINK))
+		return false;
+	st = (CallScanState *) ((char *) rsinfo - offsetof(CallScanState, rsinfo));
+	return st->fcinfo == fcinfo;
+}
+
 /*
- * Called by idem_claim with its result row: if the call comes from the
- * node, take the columns the scan reads (copied into the node's memory,
- * out of a toast table as a composite value would be) and return true;
- * the function then returns no value of its own.
+ * Called by idem_claim and idem_serve with their result row: if the call
+ * comes from the node, take the columns the scan reads (copied into the
+ * node's memory, out of a toast table as a composite value would be) and
+ * return true; the function then returns no value of its own.
  */
 bool
 IdemCallSinkTake(FunctionCallInfo fcinfo, TupleDesc desc, const Datum *values, const bool *nulls)
@@ -462,11 +482,9 @@ IdemCallSinkTake(FunctionCallInfo fcinfo, TupleDesc desc, const Datum *values, c
 	CallScanState *st;
 	MemoryContext old;
 
-	if (rsinfo == NULL || !IsA(rsinfo, ReturnSetInfo) || !(rsinfo->allowedModes & CALL_SCAN_SINK))
+	if (!IdemCallSinkOffered(fcinfo))
 		return false;
 	st = (CallScanState *) ((char *) rsinfo - offsetof(CallScanState, rsinfo));
-	if (st->fcinfo != fcinfo)
-		return false;
 	check_columns(st, desc);
 	old = MemoryContextSwitchTo(st->call_cxt);
 	for (int c = 0; c < st->ncols; c++)

@@ -67,6 +67,7 @@
 #include "utils/resowner.h"
 #include "utils/snapmgr.h"
 #include "utils/timestamp.h"
+#include "utils/typcache.h"
 
 #include "idempotency.h"
 
@@ -245,21 +246,6 @@ static const char *const outcome_names[NUM_OUTCOMES] = {
 	"claimed", "completed", "in_progress", "mismatch", "reclaimed"
 };
 
-/*
- * Is outcome, answered by idem_claim called through flinfo, one that
- * makes the caller the owner (claimed or reclaimed)?  Read from the call
- * site's own outcome values, so that it agrees with what the call built.
- */
-bool
-IdemClaimOwns(FmgrInfo *flinfo, Datum outcome)
-{
-	const IdemResultCache *cache = flinfo->fn_extra;
-
-	if (cache == NULL)
-		elog(ERROR, "idem_claim answered without its result row");
-	return outcome == cache->outcomes[OUTCOME_CLAIMED] ||
-		outcome == cache->outcomes[OUTCOME_RECLAIMED];
-}
 
 /* The fields of idem_claim_result, in order. */
 enum
@@ -278,6 +264,56 @@ static const Oid result_types[NUM_RES_COLS] = {
 	InvalidOid, INT8OID, JSONBOID, INT4OID, TEXTOID, INT4OID, TIMESTAMPTZOID,
 	BYTEAOID, TEXTOID, JSONBOID
 };
+
+/*
+ * idem_claim's row, returned through flinfo (idem_serve's call): the
+ * descriptor to read it with, pinned or not (ReleaseTupleDesc it), and
+ * whether its outcome makes the caller the owner (claimed or reclaimed).
+ * Called directly, the function kept both in the call site's fn_extra:
+ * the descriptor the row was built with and the outcome values it chose
+ * from.  Called through a wrapper of fmgr's (idem_claim made SECURITY
+ * DEFINER or given a SET clause: fn_extra is the wrapper's), by the row's
+ * type as it is now, checked as idem_claim checks it, and the outcomes
+ * by their labels.
+ */
+TupleDesc
+IdemClaimResultDesc(FmgrInfo *flinfo, HeapTupleHeader row, bool *owns)
+{
+	const IdemResultCache *cache = flinfo->fn_addr == idem_claim ? flinfo->fn_extra : NULL;
+	TupleDesc	desc;
+	HeapTupleData tuple;
+	Datum		outcome;
+	bool		isnull;
+
+	if (cache != NULL)
+		desc = cache->tupdesc;
+	else
+	{
+		desc = lookup_rowtype_tupdesc(HeapTupleHeaderGetTypeId(row), HeapTupleHeaderGetTypMod(row));
+		IdemCheckResultRow(flinfo->fn_oid, desc, result_types, NUM_RES_COLS_1_0,
+						   lengthof(result_types));
+	}
+	tuple.t_len = HeapTupleHeaderGetDatumLength(row);
+	ItemPointerSetInvalid(&tuple.t_self);
+	tuple.t_tableOid = InvalidOid;
+	tuple.t_data = row;
+	outcome = heap_getattr(&tuple, 1, desc, &isnull);
+	if (isnull)
+		*owns = false;
+	else if (cache != NULL)
+		*owns = outcome == cache->outcomes[OUTCOME_CLAIMED] ||
+			outcome == cache->outcomes[OUTCOME_RECLAIMED];
+	else
+	{
+		Oid			type = TupleDescAttr(desc, 0)->atttypid;
+
+		*owns = outcome == DirectFunctionCall2(enum_in, CStringGetDatum(outcome_names[OUTCOME_CLAIMED]),
+											   ObjectIdGetDatum(type)) ||
+			outcome == DirectFunctionCall2(enum_in, CStringGetDatum(outcome_names[OUTCOME_RECLAIMED]),
+										   ObjectIdGetDatum(type));
+	}
+	return desc;
+}
 
 static uint64
 run_plan(ClaimPlan which, Datum *args, const char *nulls, bool read_only)

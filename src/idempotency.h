@@ -156,6 +156,7 @@ extern void IdemPurgeWorkerRegister(void);
 /* call_scan.c */
 extern bool idem_call_scan;
 extern void IdemCallScanInit(void);
+extern bool IdemCallSinkOffered(FunctionCallInfo fcinfo);
 extern bool IdemCallSinkTake(FunctionCallInfo fcinfo, TupleDesc desc,
 							 const Datum *values, const bool *nulls);
 
@@ -215,7 +216,9 @@ extern IdemResultCache *IdemGetResultCache(FunctionCallInfo fcinfo,
 										   const char *const *outcome_names,
 										   int noutcomes, const Oid *types,
 										   int nrequired, int ntypes);
-extern bool IdemClaimOwns(FmgrInfo *flinfo, Datum outcome);
+extern void IdemCheckResultRow(Oid fn, TupleDesc tupdesc, const Oid *types,
+							   int nrequired, int ntypes);
+extern TupleDesc IdemClaimResultDesc(FmgrInfo *flinfo, HeapTupleHeader row, bool *owns);
 extern void IdemConnectSPI(void);
 extern uint64 IdemRunPlan(const IdemPlanDef *def, SPIPlanPtr *plan, Datum *args,
 						  const char *nulls, bool read_only);

@@ -78,12 +78,16 @@ enum
 static const Oid handler_types[] = {TEXTOID, BYTEAOID, INT4OID, BYTEAOID, TEXTOID, JSONBOID};
 static const char handler_modes[] = {'i', 'i', 'o', 'o', 'o', 'o'};
 
+/* idem_serve_result's columns (the first, the outcome enum, checked as one). */
+static const Oid result_types[] = {InvalidOid, INT4OID, BYTEAOID, TEXTOID, JSONBOID};
+
 /* What one call site keeps from call to call, in its fn_mcxt. */
 typedef struct ServeSite
 {
 	FmgrInfo	claim;			/* idempotency.idem_claim */
 	FmgrInfo	complete;		/* idempotency.idem_complete */
 	TupleDesc	answer;			/* (status, body, content_type, headers) */
+	IdemResultCache *result;	/* idem_serve_result, as the C code fills it */
 	Oid			handler;		/* the handler looked up into call, or 0 */
 	FmgrInfo	call;
 } ServeSite;
@@ -103,8 +107,9 @@ typedef struct ServeCall
  * statement builds its call sites anew at every execution): idem_claim
  * and idem_complete of the schema of the idem_serve last called, found by
  * signature, until any function changes; and the answer's descriptor, of
- * built-in types only.  The outcomes that mean "run the handler" are
- * idem_claim's own (IdemClaimOwns), never looked up here.
+ * built-in types only.  Whether the outcome means "run the handler", and
+ * the descriptor of idem_claim's row, are the call's own
+ * (IdemClaimResultDesc), never looked up here.
  */
 static struct
 {
@@ -183,10 +188,15 @@ serve_site(FunctionCallInfo fcinfo)
 	ServeSite  *site = fcinfo->flinfo->fn_extra;
 	MemoryContext cxt = fcinfo->flinfo->fn_mcxt;
 
+	IdemResultCache *result;
+
 	if (site != NULL)
 		return site;
 	look_up_kept(fcinfo->flinfo->fn_oid);
+	/* The result row checked and kept as for idem_claim's (it sets fn_extra). */
+	result = IdemGetResultCache(fcinfo, NULL, 0, result_types, NUM_OUT, NUM_OUT);
 	site = MemoryContextAllocZero(cxt, sizeof(ServeSite));
+	site->result = result;
 	fmgr_info_copy(&site->claim, &kept.claim, cxt);
 	fmgr_info_copy(&site->complete, &kept.complete, cxt);
 	site->answer = kept_answer;
@@ -332,6 +342,7 @@ serve_once(void *arg)
 	TupleDesc	cdesc;
 	Datum		token;
 	bool		isnull;
+	bool		owns;
 	FmgrInfo   *handler;
 	Datum		answer = (Datum) 0;
 	int32		status;
@@ -357,9 +368,9 @@ serve_once(void *arg)
 	if (cfc->isnull)
 		elog(ERROR, "idem_claim returned NULL");
 	crow = DatumGetHeapTupleHeader(claim);
-	cdesc = lookup_rowtype_tupdesc(HeapTupleHeaderGetTypeId(crow), HeapTupleHeaderGetTypMod(crow));
+	cdesc = IdemClaimResultDesc(&site->claim, crow, &owns);
 	c->values[OUT_OUTCOME] = field(crow, cdesc, CLAIM_OUTCOME, &c->nulls[OUT_OUTCOME]);
-	if (c->nulls[OUT_OUTCOME] || !IdemClaimOwns(&site->claim, c->values[OUT_OUTCOME]))
+	if (!owns)
 	{
 		/* A replay, a claim in progress or a mismatch: idem_claim's answer. */
 		c->values[OUT_STATUS] = field(crow, cdesc, CLAIM_STATUS, &c->nulls[OUT_STATUS]);
@@ -428,6 +439,24 @@ serve_once(void *arg)
 	return status < 500;
 }
 
+/*
+ * The answer as a set of one row, for a caller other than the call node:
+ * a tuple store of the row as built here, with the descriptor it was
+ * built for (the caller checks it against the one it expects, so that a
+ * row type altered since the statement was planned is refused, not read).
+ */
+static void
+return_in_store(ReturnSetInfo *rsinfo, TupleDesc desc, Datum *values, bool *nulls)
+{
+	MemoryContext old = MemoryContextSwitchTo(rsinfo->econtext->ecxt_per_query_memory);
+
+	rsinfo->returnMode = SFRM_Materialize;
+	rsinfo->setDesc = CreateTupleDescCopy(desc);
+	rsinfo->setResult = tuplestore_begin_heap(false, false, work_mem);
+	MemoryContextSwitchTo(old);
+	tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
+}
+
 Datum
 idem_serve(PG_FUNCTION_ARGS)
 {
@@ -440,8 +469,13 @@ idem_serve(PG_FUNCTION_ARGS)
 				 errmsg("handler must not be null"),
 				 errhint("Pass the handler as a regprocedure, such as 'place_order(text, bytea)'.")));
 	/* Refused where a set cannot be returned, before anything is done. */
-	InitMaterializedSRF(fcinfo, rsinfo != NULL && rsinfo->expectedDesc != NULL ?
-						MAT_SRF_USE_EXPECTED_DESC : 0);
+	if (!IdemCallSinkOffered(fcinfo) &&
+		(rsinfo == NULL || !IsA(rsinfo, ReturnSetInfo) ||
+		 (rsinfo->allowedModes & SFRM_Materialize) == 0))
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("set-valued function called in context that cannot accept a set"),
+				 errhint("Call idem_serve in FROM: SELECT * FROM idempotency.idem_serve(...).")));
 	c.fcinfo = fcinfo;
 	c.site = serve_site(fcinfo);
 	c.handler = PG_GETARG_OID(ARG_HANDLER);
@@ -454,6 +488,7 @@ idem_serve(PG_FUNCTION_ARGS)
 	 * subtransaction runs in it), which a rollback leaves alone.
 	 */
 	(void) IdemInSubtransaction(serve_once, &c, 0, NULL);
-	tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, c.values, c.nulls);
+	if (!IdemCallSinkTake(fcinfo, c.site->result->tupdesc, c.values, c.nulls))
+		return_in_store(rsinfo, c.site->result->tupdesc, c.values, c.nulls);
 	return (Datum) 0;
 }

@@ -193,9 +193,8 @@ same_result_cache(const IdemResultCache *kept, TupleDesc tupdesc, const Datum *o
  * The row type must have the first nrequired columns of types, or more of
  * them (the columns a later version added), with those types.
  */
-static void
-check_result_row(FunctionCallInfo fcinfo, TupleDesc tupdesc, const Oid *types,
-				 int nrequired, int ntypes)
+void
+IdemCheckResultRow(Oid fn, TupleDesc tupdesc, const Oid *types, int nrequired, int ntypes)
 {
 	bool		ok = tupdesc->natts >= nrequired && tupdesc->natts <= ntypes;
 
@@ -209,7 +208,7 @@ check_result_row(FunctionCallInfo fcinfo, TupleDesc tupdesc, const Oid *types,
 	if (!ok)
 		ereport(ERROR,
 				(errcode(ERRCODE_DATATYPE_MISMATCH),
-				 errmsg("the result type of %s has been altered", get_func_name(fcinfo->flinfo->fn_oid)),
+				 errmsg("the result type of %s has been altered", get_func_name(fn)),
 				 errdetail("The function fills %d columns of the types its install script gave them.", ntypes),
 				 errhint("Put the type back as the extension created it, or reinstall the extension.")));
 }
@@ -259,7 +258,7 @@ IdemGetResultCache(FunctionCallInfo fcinfo, const char *const *outcome_names, in
 
 	if (get_call_result_type(fcinfo, NULL, &tupdesc) != TYPEFUNC_COMPOSITE)
 		elog(ERROR, "function returning an outcome must return a row");
-	check_result_row(fcinfo, tupdesc, types, nrequired, ntypes);
+	IdemCheckResultRow(fn, tupdesc, types, nrequired, ntypes);
 	for (int k = 0; k < noutcomes; k++)
 		outcomes[k] = DirectFunctionCall2(enum_in, CStringGetDatum(outcome_names[k]),
 										  ObjectIdGetDatum(TupleDescAttr(tupdesc, 0)->atttypid));
