@@ -291,6 +291,42 @@ SELECT outcome, status FROM idempotency.idem_serve('place_order(text, bytea)', '
 SELECT key, state, status FROM idempotency.claims WHERE key IN ('s-28', 's-29') ORDER BY key;
 SELECT count(*) AS orders FROM serve_orders WHERE key IN ('s-28', 's-29');
 ROLLBACK;
+-- What a backend keeps of a handler it called follows the handler's
+-- catalog row: made SECURITY DEFINER, its schema's USAGE taken away from
+-- the caller, moved to a schema the caller may not use, dropped.  The
+-- handler is named by OID throughout.
+CREATE ROLE regress_serve_caller IN ROLE idempotency_user;
+CREATE SCHEMA regress_serve_open;
+GRANT USAGE ON SCHEMA regress_serve_open TO regress_serve_caller;
+CREATE FUNCTION regress_serve_open.who(key text, request bytea,
+	OUT status int, OUT body bytea, OUT content_type text, OUT headers jsonb)
+LANGUAGE sql AS $$ SELECT 200, convert_to(current_user, 'UTF8'), 'text/plain', NULL::jsonb $$;
+SELECT 'regress_serve_open.who(text, bytea)'::regprocedure::oid AS who \gset
+SET ROLE regress_serve_caller;
+SELECT outcome, convert_from(body, 'UTF8') AS ran_as
+	FROM idempotency.idem_serve(:who::oid::regprocedure, 's-30');
+RESET ROLE;
+ALTER FUNCTION regress_serve_open.who(text, bytea) SECURITY DEFINER;
+SET ROLE regress_serve_caller;
+SELECT outcome, convert_from(body, 'UTF8') = session_user AS ran_as_owner
+	FROM idempotency.idem_serve(:who::oid::regprocedure, 's-31');
+RESET ROLE;
+REVOKE USAGE ON SCHEMA regress_serve_open FROM regress_serve_caller;
+SET ROLE regress_serve_caller;
+SELECT split_part(pg_temp.fails($$SELECT * FROM idempotency.idem_serve($$ || :who || $$::oid::regprocedure, 's-32')$$), ' | ', 1) AS usage_revoked;
+RESET ROLE;
+GRANT USAGE ON SCHEMA regress_serve_open TO regress_serve_caller;
+CREATE SCHEMA regress_serve_closed;
+ALTER FUNCTION regress_serve_open.who(text, bytea) SET SCHEMA regress_serve_closed;
+SET ROLE regress_serve_caller;
+SELECT split_part(pg_temp.fails($$SELECT * FROM idempotency.idem_serve($$ || :who || $$::oid::regprocedure, 's-32')$$), ' | ', 1) AS moved;
+RESET ROLE;
+DROP FUNCTION regress_serve_closed.who(text, bytea);
+SELECT regexp_replace(split_part(pg_temp.fails($$SELECT * FROM idempotency.idem_serve($$ || :who || $$::oid::regprocedure, 's-32')$$), ' | ', 1), 'handler [0-9]+', 'handler N') AS dropped;
+SELECT split_part(pg_temp.fails($$SELECT * FROM idempotency.idem_serve(0::oid::regprocedure, 's-32')$$), ' | ', 1) AS no_function;
+SELECT count(*) AS claims FROM idempotency.claims WHERE key = 's-32';
+DROP SCHEMA regress_serve_open, regress_serve_closed;
+DROP ROLE regress_serve_caller;
 DROP FUNCTION strict_one(text, bytea), open_door(text, bytea);
 
 DROP FUNCTION place_order(text, bytea), failing(text, bytea), wrong(text), bigstatus(text, bytea),

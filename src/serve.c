@@ -121,10 +121,27 @@ static struct
 static TupleDesc kept_answer = NULL;
 static uint64 kept_generation = 0;
 
+/*
+ * Handlers found to be of the form idem_serve calls, with their schema
+ * and FmgrInfo, kept per backend until any function changes: a service
+ * calls the same few handlers statement after statement.  The rights to
+ * call one are checked at every call all the same.
+ */
+#define KEPT_HANDLERS 8
+static struct
+{
+	Oid			handler;		/* or InvalidOid */
+	Oid			nsp;
+	FmgrInfo	call;
+}			kept_handlers[KEPT_HANDLERS];
+static int	kept_handlers_next = 0;
+
 static void
 kept_invalidate(Datum arg, int cacheid, uint32 hashvalue)
 {
 	kept.valid = false;
+	for (int i = 0; i < KEPT_HANDLERS; i++)
+		kept_handlers[i].handler = InvalidOid;
 	kept_generation++;
 }
 
@@ -233,15 +250,16 @@ array_is(HeapTuple proc, AttrNumber att, Oid elemtype, const void *want, int n, 
 }
 
 /*
- * The handler, checked (of the form above, in a schema the caller may use,
- * executable by the caller) on every call, and looked up into site->call.
+ * Check in its catalog row that handler is of the form idem_serve calls,
+ * and keep it: the index of its entry in kept_handlers.
  */
-static void
-check_handler(FunctionCallInfo fcinfo, ServeSite *site, Oid handler)
+static int
+look_up_handler(Oid handler)
 {
+	uint64		generation = kept_generation;
 	HeapTuple	tup = SearchSysCache1(PROCOID, ObjectIdGetDatum(handler));
 	Form_pg_proc proc;
-	AclResult	acl;
+	int			k;
 
 	if (!HeapTupleIsValid(tup) ||
 		(proc = (Form_pg_proc) GETSTRUCT(tup))->prokind != PROKIND_FUNCTION ||
@@ -256,10 +274,36 @@ check_handler(FunctionCallInfo fcinfo, ServeSite *site, Oid handler)
 						format_procedure(handler)),
 				 errdetail("It must be a plain function (key text, request bytea, OUT status int, OUT body bytea, OUT content_type text, OUT headers jsonb)."),
 				 errhint("Declare it with those arguments and OUT parameters, in that order.")));
+	k = kept_handlers_next;
+	kept_handlers_next = (k + 1) % KEPT_HANDLERS;
+	kept_handlers[k].handler = InvalidOid;
+	kept_handlers[k].nsp = proc->pronamespace;
+	ReleaseSysCache(tup);
+	fmgr_info_cxt(handler, &kept_handlers[k].call, CacheMemoryContext);
+	/* Unless a function changed while looking: then looked up again next time. */
+	if (generation == kept_generation)
+		kept_handlers[k].handler = handler;
+	return k;
+}
 
-	acl = idem_namespace_aclcheck(proc->pronamespace, GetUserId(), ACL_USAGE);
+/*
+ * The handler, checked (of the form above, in a schema the caller may use,
+ * executable by the caller) on every call, and looked up into site->call.
+ */
+static void
+check_handler(FunctionCallInfo fcinfo, ServeSite *site, Oid handler)
+{
+	int			k = 0;
+	AclResult	acl;
+
+	while (k < KEPT_HANDLERS && kept_handlers[k].handler != handler)
+		k++;
+	if (k == KEPT_HANDLERS || !OidIsValid(handler))
+		k = look_up_handler(handler);
+
+	acl = idem_namespace_aclcheck(kept_handlers[k].nsp, GetUserId(), ACL_USAGE);
 	if (acl != ACLCHECK_OK)
-		aclcheck_error(acl, OBJECT_SCHEMA, get_namespace_name(proc->pronamespace));
+		aclcheck_error(acl, OBJECT_SCHEMA, get_namespace_name(kept_handlers[k].nsp));
 	may_execute(handler);
 
 	/*
@@ -269,11 +313,9 @@ check_handler(FunctionCallInfo fcinfo, ServeSite *site, Oid handler)
 	 */
 	if (site->handler != handler)
 	{
-		site->handler = InvalidOid;
-		fmgr_info_cxt(handler, &site->call, fcinfo->flinfo->fn_mcxt);
+		fmgr_info_copy(&site->call, &kept_handlers[k].call, fcinfo->flinfo->fn_mcxt);
 		site->handler = handler;
 	}
-	ReleaseSysCache(tup);
 }
 
 
