@@ -8,9 +8,10 @@
  * tens of nanoseconds), so no two backends ever write the same memory:
  * each backend has a slot of counters in shared memory, at its backend
  * number (IdemBackendId(), compat.h), which only it writes, with plain
- * atomic stores (no locked instruction, no cache line bouncing between
- * CPUs).  A reader sums the slots.  A slot is not cleared when its
- * backend exits, so what a backend counted stays counted.  A reset
+ * atomic stores (no locked instruction, and no cache line shared with
+ * another backend's slot, so none bouncing between CPUs).  A reader sums
+ * the slots.  A slot is not cleared when its backend exits, so what a
+ * backend counted stays counted.  A reset
  * records the sums at that moment as a baseline, which the view
  * subtracts.  Counts from transactions that roll back remain, as in
  * PostgreSQL's own statistics.  Nothing is kept across a restart.
@@ -33,9 +34,16 @@
 PG_FUNCTION_INFO_V1(idem_stats);
 PG_FUNCTION_INFO_V1(idem_stats_reset);
 
-typedef struct IdemStatsSlot
+/*
+ * A backend's counters, padded to whole cache lines: packed, two
+ * backends' slots would share a line, and every count of one would take
+ * the line from the other's CPU.  (Shared memory hands out cache-aligned
+ * allocations.)
+ */
+typedef union IdemStatsSlot
 {
 	pg_atomic_uint64 counts[NUM_IDEM_COUNTERS];	/* written by its backend only */
+	char		pad[TYPEALIGN(PG_CACHE_LINE_SIZE, sizeof(pg_atomic_uint64) * NUM_IDEM_COUNTERS)];
 } IdemStatsSlot;
 
 /* The counters, in the order of the view's columns. */
