@@ -327,6 +327,27 @@ SELECT split_part(pg_temp.fails($$SELECT * FROM idempotency.idem_serve(0::oid::r
 SELECT count(*) AS claims FROM idempotency.claims WHERE key = 's-32';
 DROP SCHEMA regress_serve_open, regress_serve_closed;
 DROP ROLE regress_serve_caller;
+-- One statement switching between two SQL handlers keeps one call of
+-- each (its plans built once), rather than building a handler's again at
+-- every switch: the memory in use grows by less than 4 MB over 1,000
+-- calls (by about 29 kB a switch before).
+CREATE FUNCTION say_a(key text, request bytea,
+	OUT status int, OUT body bytea, OUT content_type text, OUT headers jsonb)
+LANGUAGE sql AS $$ SELECT 200, 'a'::bytea, 'text/plain', NULL::jsonb $$;
+CREATE FUNCTION say_b(key text, request bytea,
+	OUT status int, OUT body bytea, OUT content_type text, OUT headers jsonb)
+LANGUAGE sql AS $$ SELECT 200, 'b'::bytea, 'text/plain', NULL::jsonb $$;
+-- (the backend's resident memory, in kB: not all of what a SQL function
+-- builds shows in pg_backend_memory_contexts)
+CREATE FUNCTION memory_in_use() RETURNS bigint LANGUAGE sql VOLATILE
+	AS $$ SELECT substring(pg_read_file('/proc/self/status') FROM 'VmRSS:\s*(\d+)')::bigint $$;
+SELECT max(used) - min(used) < 4096 AS little_growth, count(*) AS rows,
+	count(*) FILTER (WHERE body = 'a') AS a, count(*) FILTER (WHERE body = 'b') AS b
+FROM (SELECT s.body, CASE WHEN g IN (100, 1000) THEN memory_in_use() END AS used
+	FROM generate_series(1, 1000) g,
+		LATERAL idempotency.idem_serve(CASE WHEN g % 2 = 0 THEN 'say_a(text, bytea)'
+			ELSE 'say_b(text, bytea)' END::regprocedure, 's-40-' || g) s) q;
+DROP FUNCTION say_a(text, bytea), say_b(text, bytea), memory_in_use();
 DROP FUNCTION strict_one(text, bytea), open_door(text, bytea);
 
 DROP FUNCTION place_order(text, bytea), failing(text, bytea), wrong(text), bigstatus(text, bytea),

@@ -88,9 +88,20 @@ typedef struct ServeSite
 	FmgrInfo	complete;		/* idempotency.idem_complete */
 	TupleDesc	answer;			/* (status, body, content_type, headers) */
 	IdemResultCache *result;	/* idem_serve_result, as the C code fills it */
-	Oid			handler;		/* the handler looked up into call, or 0 */
-	FmgrInfo	call;
+	List	   *handlers;		/* SiteHandler per handler called here */
 } ServeSite;
+
+/*
+ * A handler as a call site calls it, kept for the statement as the
+ * executor keeps a function's: its fn_extra (a SQL function's plans, a
+ * SECURITY DEFINER's settings) lives as long, instead of being built again
+ * for every row, or for every switch between handlers.
+ */
+typedef struct SiteHandler
+{
+	Oid			handler;
+	FmgrInfo	call;
+} SiteHandler;
 
 /* One call: its arguments, and the answer built in the caller's memory. */
 typedef struct ServeCall
@@ -98,6 +109,7 @@ typedef struct ServeCall
 	FunctionCallInfo fcinfo;
 	ServeSite  *site;
 	Oid			handler;
+	FmgrInfo   *call;			/* the handler's, in site->handlers */
 	Datum		values[NUM_OUT];
 	bool		nulls[NUM_OUT];
 } ServeCall;
@@ -288,13 +300,16 @@ look_up_handler(Oid handler)
 
 /*
  * The handler, checked (of the form above, in a schema the caller may use,
- * executable by the caller) on every call, and looked up into site->call.
+ * executable by the caller) on every call: the site's FmgrInfo for it.
  */
-static void
+static FmgrInfo *
 check_handler(FunctionCallInfo fcinfo, ServeSite *site, Oid handler)
 {
 	int			k = 0;
 	AclResult	acl;
+	ListCell   *lc;
+	SiteHandler *h;
+	MemoryContext old;
 
 	while (k < KEPT_HANDLERS && kept_handlers[k].handler != handler)
 		k++;
@@ -306,16 +321,19 @@ check_handler(FunctionCallInfo fcinfo, ServeSite *site, Oid handler)
 		aclcheck_error(acl, OBJECT_SCHEMA, get_namespace_name(kept_handlers[k].nsp));
 	may_execute(handler);
 
-	/*
-	 * Kept for the statement, as the executor keeps a function's: its
-	 * fn_extra (a SQL function's plans, a SECURITY DEFINER's settings)
-	 * lives as long, instead of being built again for every row.
-	 */
-	if (site->handler != handler)
+	foreach(lc, site->handlers)
 	{
-		fmgr_info_copy(&site->call, &kept_handlers[k].call, fcinfo->flinfo->fn_mcxt);
-		site->handler = handler;
+		h = lfirst(lc);
+		if (h->handler == handler)
+			return &h->call;
 	}
+	old = MemoryContextSwitchTo(fcinfo->flinfo->fn_mcxt);
+	h = palloc(sizeof(SiteHandler));
+	h->handler = handler;
+	fmgr_info_copy(&h->call, &kept_handlers[k].call, fcinfo->flinfo->fn_mcxt);
+	site->handlers = lappend(site->handlers, h);
+	MemoryContextSwitchTo(old);
+	return &h->call;
 }
 
 
@@ -429,7 +447,7 @@ serve_once(void *arg)
 	CommandCounterIncrement();
 
 	/* handler(key, request) */
-	handler = &site->call;
+	handler = c->call;
 	InitFunctionCallInfoData(*cfc, handler, 2, PG_GET_COLLATION(), NULL, NULL);
 	cfc->args[0].value = PG_GETARG_DATUM(ARG_KEY);
 	cfc->args[0].isnull = false;
@@ -522,7 +540,7 @@ idem_serve(PG_FUNCTION_ARGS)
 	c.site = serve_site(fcinfo);
 	c.handler = PG_GETARG_OID(ARG_HANDLER);
 	/* The handler is checked first, whatever the claim then finds. */
-	check_handler(fcinfo, c.site, c.handler);
+	c.call = check_handler(fcinfo, c.site, c.handler);
 	may_execute(c.site->claim.fn_oid);
 
 	/*
