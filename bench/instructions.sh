@@ -19,6 +19,12 @@
 #   select        SELECT response, status FROM dedup WHERE (scope, key) = ...
 #   claim_from    SELECT outcome, token FROM idem_claim(new key)
 #   insert        INSERT ... ON CONFLICT DO NOTHING of a new key
+#   serve_replay  idem_serve(place_order, key) of a completed key
+#   fn_replay     the same key through order_once, the claim, the order
+#                 and the completion hand-written in PL/pgSQL (as
+#                 bench/http.sh's ext-fn service)
+#   serve_new     idem_serve of a new key (the handler inserts an order)
+#   fn_new        order_once of a new key
 # and the ratio of each to its hand-written counterpart (> 1: ours costs
 # less).
 #
@@ -40,6 +46,45 @@ psqlq() { as_owner psql -X -q -v ON_ERROR_STOP=1 "$@"; }
 source "$(dirname "$0")/dedup.sh"
 dedup_create
 dedup_completed_keys "$KEYS"
+psqlq <<SQL
+CREATE TABLE orders (id bigserial PRIMARY KEY, key text NOT NULL, amount int NOT NULL);
+CREATE FUNCTION place_order(key text, request bytea,
+	OUT status int, OUT body bytea, OUT content_type text, OUT headers jsonb)
+LANGUAGE plpgsql AS \$\$
+DECLARE
+	amount int := (convert_from(request, 'UTF8')::jsonb ->> 'amount')::int;
+	id bigint;
+BEGIN
+	INSERT INTO orders (key, amount) VALUES (key, amount) RETURNING orders.id INTO id;
+	status := 201;
+	body := convert_to(json_build_object('id', id::text, 'amount', amount)::text, 'UTF8');
+	content_type := 'application/json';
+END \$\$;
+CREATE FUNCTION order_once(k text, request bytea,
+	OUT outcome idempotency.idem_outcome, OUT status int, OUT body bytea)
+LANGUAGE plpgsql AS \$\$
+DECLARE
+	c idempotency.idem_claim_result := idempotency.idem_claim(k);
+	amount int;
+	id bigint;
+BEGIN
+	outcome := c.outcome;
+	IF c.outcome NOT IN ('claimed', 'reclaimed') THEN
+		status := c.status;
+		body := c.body;
+		RETURN;
+	END IF;
+	amount := (convert_from(request, 'UTF8')::jsonb ->> 'amount')::int;
+	INSERT INTO orders (key, amount) VALUES (k, amount) RETURNING orders.id INTO id;
+	status := 201;
+	body := convert_to(json_build_object('id', id::text, 'amount', amount)::text, 'UTF8');
+	PERFORM idempotency.idem_complete(k, c.token, NULL, status, body => body,
+		content_type => 'application/json');
+END \$\$;
+SELECT count(*) FROM generate_series(1, $KEYS) i,
+	LATERAL idempotency.idem_serve('place_order(text, bytea)', 's' || i, '{"amount": 3}');
+VACUUM ANALYZE idempotency.claims, orders;
+SQL
 idem_stop_cluster
 
 # stmt NAME SETTING SQL: the SQL (with $1, an integer) prepared and
@@ -59,6 +104,10 @@ stmt replay_scan off "SELECT outcome, response, status FROM idempotency.idem_cla
 stmt replay_row on "SELECT idempotency.idem_claim('r' || (\$1 % $KEYS + 1), '1 hour')"
 stmt select on "SELECT response, status FROM dedup WHERE scope = 'default' AND key = 'r' || (\$1 % $KEYS + 1)"
 stmt claim_from on "SELECT outcome, token FROM idempotency.idem_claim('n' || \$1, '1 hour')"
+stmt serve_replay on "SELECT outcome::text, status, body, content_type, headers FROM idempotency.idem_serve('place_order(text, bytea)', 's' || (\$1 % $KEYS + 1), '{\"amount\": 3}')"
+stmt fn_replay on "SELECT outcome::text, status, body FROM order_once('s' || (\$1 % $KEYS + 1), '{\"amount\": 3}')"
+stmt serve_new on "SELECT outcome::text, status, body, content_type, headers FROM idempotency.idem_serve('place_order(text, bytea)', 'sn' || \$1, '{\"amount\": 3}')"
+stmt fn_new on "SELECT outcome::text, status, body FROM order_once('fn' || \$1, '{\"amount\": 3}')"
 stmt insert on "INSERT INTO dedup (key, state, token, lease_until, expires_at) VALUES ('n' || \$1, 'in_progress', 1, now() + interval '1 min', now() + interval '1 hour') ON CONFLICT DO NOTHING"
 
 # Instructions of one single-user run of script $1.
@@ -69,7 +118,7 @@ count() {
 	sed -n 's/^summary: \([0-9]*\).*/\1/p; s/^totals: \([0-9]*\).*/\1/p' "$IDEM_WORK/$1.out" | head -n 1
 }
 declare -A per
-for s in replay_from replay_scan replay_row select claim_from insert; do
+for s in replay_from replay_scan replay_row select claim_from insert serve_replay fn_replay serve_new fn_new; do
 	full=$(count "$s") empty=$(count "$s-0")
 	per[$s]=$(( (full - empty) / N ))
 done
@@ -80,3 +129,5 @@ ratio "replay, idem_claim in FROM / PK SELECT" "${per[replay_from]}" "${per[sele
 ratio "replay, idem_claim in FROM (function scan) / PK SELECT" "${per[replay_scan]}" "${per[select]}"
 ratio "replay, SELECT idem_claim(...) / PK SELECT" "${per[replay_row]}" "${per[select]}"
 ratio "new key, idem_claim in FROM / INSERT ON CONFLICT" "${per[claim_from]}" "${per[insert]}"
+ratio "replay, idem_serve / PL/pgSQL claim, order, completion" "${per[serve_replay]}" "${per[fn_replay]}"
+ratio "new key, idem_serve / PL/pgSQL claim, order, completion" "${per[serve_new]}" "${per[fn_new]}"
