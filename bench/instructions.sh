@@ -46,43 +46,11 @@ psqlq() { as_owner psql -X -q -v ON_ERROR_STOP=1 "$@"; }
 source "$(dirname "$0")/dedup.sh"
 dedup_create
 dedup_completed_keys "$KEYS"
+psqlq < "$(dirname "$0")/orders.sql"
 psqlq <<SQL
-CREATE TABLE orders (id bigserial PRIMARY KEY, key text NOT NULL, amount int NOT NULL);
-CREATE FUNCTION place_order(key text, request bytea,
-	OUT status int, OUT body bytea, OUT content_type text, OUT headers jsonb)
-LANGUAGE plpgsql AS \$\$
-DECLARE
-	amount int := (convert_from(request, 'UTF8')::jsonb ->> 'amount')::int;
-	id bigint;
-BEGIN
-	INSERT INTO orders (key, amount) VALUES (key, amount) RETURNING orders.id INTO id;
-	status := 201;
-	body := convert_to(json_build_object('id', id::text, 'amount', amount)::text, 'UTF8');
-	content_type := 'application/json';
-END \$\$;
-CREATE FUNCTION order_once(k text, request bytea,
-	OUT outcome idempotency.idem_outcome, OUT status int, OUT body bytea)
-LANGUAGE plpgsql AS \$\$
-DECLARE
-	c idempotency.idem_claim_result := idempotency.idem_claim(k);
-	amount int;
-	id bigint;
-BEGIN
-	outcome := c.outcome;
-	IF c.outcome NOT IN ('claimed', 'reclaimed') THEN
-		status := c.status;
-		body := c.body;
-		RETURN;
-	END IF;
-	amount := (convert_from(request, 'UTF8')::jsonb ->> 'amount')::int;
-	INSERT INTO orders (key, amount) VALUES (k, amount) RETURNING orders.id INTO id;
-	status := 201;
-	body := convert_to(json_build_object('id', id::text, 'amount', amount)::text, 'UTF8');
-	PERFORM idempotency.idem_complete(k, c.token, NULL, status, body => body,
-		content_type => 'application/json');
-END \$\$;
 SELECT count(*) FROM generate_series(1, $KEYS) i,
-	LATERAL idempotency.idem_serve('place_order(text, bytea)', 's' || i, '{"amount": 3}');
+	LATERAL idempotency.idem_serve('place_order(text, bytea)', 's' || i, '{"amount": 3}',
+		scope => 'orders');
 -- The dedup table holds the same rows as the claims table again, so that
 -- both primary keys are as deep.
 TRUNCATE dedup;
@@ -108,10 +76,10 @@ stmt replay_scan off "SELECT outcome, response, status FROM idempotency.idem_cla
 stmt replay_row on "SELECT idempotency.idem_claim('r' || (\$1 % $KEYS + 1), '1 hour')"
 stmt select on "SELECT response, status FROM dedup WHERE scope = 'default' AND key = 'r' || (\$1 % $KEYS + 1)"
 stmt claim_from on "SELECT outcome, token FROM idempotency.idem_claim('n' || \$1, '1 hour')"
-stmt serve_replay on "SELECT outcome::text, status, body, content_type, headers FROM idempotency.idem_serve('place_order(text, bytea)', 's' || (\$1 % $KEYS + 1), '{\"amount\": 3}')"
-stmt fn_replay on "SELECT outcome::text, status, body FROM order_once('s' || (\$1 % $KEYS + 1), '{\"amount\": 3}')"
-stmt serve_new on "SELECT outcome::text, status, body, content_type, headers FROM idempotency.idem_serve('place_order(text, bytea)', 'sn' || \$1, '{\"amount\": 3}')"
-stmt fn_new on "SELECT outcome::text, status, body FROM order_once('fn' || \$1, '{\"amount\": 3}')"
+stmt serve_replay on "SELECT outcome::text, status, body, content_type, headers FROM idempotency.idem_serve('place_order(text, bytea)', 's' || (\$1 % $KEYS + 1), '{\"amount\": 3}', scope => 'orders')"
+stmt fn_replay on "SELECT outcome::text, status, body FROM order_once('s' || (\$1 % $KEYS + 1), '{\"amount\": 3}', NULL)"
+stmt serve_new on "SELECT outcome::text, status, body, content_type, headers FROM idempotency.idem_serve('place_order(text, bytea)', 'sn' || \$1, '{\"amount\": 3}', scope => 'orders')"
+stmt fn_new on "SELECT outcome::text, status, body FROM order_once('fn' || \$1, '{\"amount\": 3}', NULL)"
 stmt insert on "INSERT INTO dedup (key, state, token, lease_until, expires_at) VALUES ('n' || \$1, 'in_progress', 1, now() + interval '1 min', now() + interval '1 hour') ON CONFLICT DO NOTHING"
 
 # Instructions of one single-user run of script $1.

@@ -12,47 +12,8 @@ http_setup() {
 	idem_owner
 	idem_build
 	idem_start_cluster "max_connections = 100"
-	psqlq <<'SQL'
-CREATE EXTENSION IF NOT EXISTS idempotency;
-DROP TABLE IF EXISTS orders;
-CREATE TABLE orders (id bigserial PRIMARY KEY, key text NOT NULL, amount int NOT NULL,
-	created_at timestamptz NOT NULL DEFAULT now());
--- The handler of app.js's ext-sql mode: the JavaScript handler's work.
-CREATE OR REPLACE FUNCTION place_order(key text, request bytea,
-	OUT status int, OUT body bytea, OUT content_type text, OUT headers jsonb)
-LANGUAGE plpgsql AS $$
-DECLARE
-	amount int := (convert_from(request, 'UTF8')::jsonb ->> 'amount')::int;
-	id bigint;
-BEGIN
-	INSERT INTO orders (key, amount) VALUES (key, amount) RETURNING orders.id INTO id;
-	status := 201;
-	body := convert_to(json_build_object('id', id::text, 'amount', amount)::text, 'UTF8');
-	content_type := 'application/json';
-END $$;
--- app.js's ext-fn mode: the claim, the order and the completion written
--- out in one function, as a team would without the client.
-CREATE OR REPLACE FUNCTION order_once(k text, request bytea, fp bytea,
-	OUT outcome idempotency.idem_outcome, OUT status int, OUT body bytea)
-LANGUAGE plpgsql AS $$
-DECLARE
-	c idempotency.idem_claim_result := idempotency.idem_claim(k, NULL, fp, 'orders');
-	amount int;
-	id bigint;
-BEGIN
-	outcome := c.outcome;
-	IF c.outcome NOT IN ('claimed', 'reclaimed') THEN
-		status := c.status;
-		body := c.body;
-		RETURN;
-	END IF;
-	amount := (convert_from(request, 'UTF8')::jsonb ->> 'amount')::int;
-	INSERT INTO orders (key, amount) VALUES (k, amount) RETURNING orders.id INTO id;
-	status := 201;
-	body := convert_to(json_build_object('id', id::text, 'amount', amount)::text, 'UTF8');
-	PERFORM idempotency.idem_complete(k, c.token, NULL, status, 'orders', body, 'application/json');
-END $$;
-SQL
+	psqlq -c 'CREATE EXTENSION IF NOT EXISTS idempotency'
+	psqlq < "$(dirname "${BASH_SOURCE[0]}")/../orders.sql"
 	HTTP_DIR=$IDEM_WORK/src/bench/http
 	(cd "$HTTP_DIR" && as_owner env HOME="$IDEM_WORK" npm_config_cache="$IDEM_WORK/.npm" \
 		npm ci --no-audit --no-fund --silent)
