@@ -14,7 +14,8 @@
  *
  * So a planner hook replaces the function scan of these functions by a
  * custom scan that calls the function once, keeps its row and returns it
- * (idem_serve returns a set, of exactly one row: it is called once too).  The semantics are the function scan's:
+ * (idem_serve returns a set, of exactly one row: it is called once too).
+ * The semantics are the function scan's:
  *   - the function is called once per scan, and again on a rescan only if
  *     a parameter its arguments read changed (a LATERAL reference);
  *     otherwise a rescan returns the same row;
@@ -434,7 +435,7 @@ begin_call_scan(CustomScanState *node, EState *estate, int eflags)
 
 	fmgr_info(call->funcid, &st->flinfo);
 	fmgr_info_set_expr((Node *) call, &st->flinfo);
-	/* idem_claim and idem_serve hand their columns over; others return a composite value. */
+	/* idem_claim and idem_serve hand their columns over; others return a row. */
 	if (st->flinfo.fn_addr != idem_claim && st->flinfo.fn_addr != idem_serve)
 		st->begin_desc = lookup_rowtype_tupdesc_copy(call->funcresulttype, -1);
 	st->fcinfo = palloc0(SizeForFunctionCallInfo(nargs));

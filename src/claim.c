@@ -246,7 +246,6 @@ static const char *const outcome_names[NUM_OUTCOMES] = {
 	"claimed", "completed", "in_progress", "mismatch", "reclaimed"
 };
 
-
 /* The fields of idem_claim_result, in order. */
 enum
 {

@@ -216,7 +216,6 @@ serve_site(FunctionCallInfo fcinfo)
 {
 	ServeSite  *site = fcinfo->flinfo->fn_extra;
 	MemoryContext cxt = fcinfo->flinfo->fn_mcxt;
-
 	IdemResultCache *result;
 
 	if (site != NULL)

@@ -11,10 +11,10 @@
  * atomic stores (no locked instruction, and no cache line shared with
  * another backend's slot, so none bouncing between CPUs).  A reader sums
  * the slots.  A slot is not cleared when its backend exits, so what a
- * backend counted stays counted.  A reset
- * records the sums at that moment as a baseline, which the view
- * subtracts.  Counts from transactions that roll back remain, as in
- * PostgreSQL's own statistics.  Nothing is kept across a restart.
+ * backend counted stays counted.  A reset records the sums at that moment
+ * as a baseline, which the view subtracts.  Counts from transactions that
+ * roll back remain, as in PostgreSQL's own statistics.  Nothing is kept
+ * across a restart.
  *
  * Without shared_preload_libraries there is no shared memory: nothing is
  * counted, and the view raises the usual error naming the setting.

@@ -228,7 +228,8 @@ IdemGetResultCache(FunctionCallInfo fcinfo, const char *const *outcome_names, in
 
 	if (cache != NULL)
 		return cache;
-	Assert(noutcomes <= lengthof(outcomes));
+	if (noutcomes > (int) lengthof(outcomes))
+		elog(ERROR, "too many outcomes: %d", noutcomes);
 	if (!result_caches_callback)
 	{
 		CacheRegisterSyscacheCallback(ENUMOID, result_caches_enum_changed, (Datum) 0);
