@@ -457,17 +457,24 @@ begin_call_scan(CustomScanState *node, EState *estate, int eflags)
 	}
 }
 
-/* Is the call the node's, which takes a row handed over (IdemCallSinkTake)? */
-bool
-IdemCallSinkOffered(FunctionCallInfo fcinfo)
+/* The node making this call, which takes a row handed over, or NULL. */
+static CallScanState *
+sink_of(FunctionCallInfo fcinfo)
 {
 	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
 	CallScanState *st;
 
 	if (rsinfo == NULL || !IsA(rsinfo, ReturnSetInfo) || !(rsinfo->allowedModes & CALL_SCAN_SINK))
-		return false;
+		return NULL;
 	st = (CallScanState *) ((char *) rsinfo - offsetof(CallScanState, rsinfo));
-	return st->fcinfo == fcinfo;
+	return st->fcinfo == fcinfo ? st : NULL;
+}
+
+/* Is the call the node's (IdemCallSinkTake will take the row)? */
+bool
+IdemCallSinkOffered(FunctionCallInfo fcinfo)
+{
+	return sink_of(fcinfo) != NULL;
 }
 
 /*
@@ -479,13 +486,11 @@ IdemCallSinkOffered(FunctionCallInfo fcinfo)
 bool
 IdemCallSinkTake(FunctionCallInfo fcinfo, TupleDesc desc, const Datum *values, const bool *nulls)
 {
-	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
-	CallScanState *st;
+	CallScanState *st = sink_of(fcinfo);
 	MemoryContext old;
 
-	if (!IdemCallSinkOffered(fcinfo))
+	if (st == NULL)
 		return false;
-	st = (CallScanState *) ((char *) rsinfo - offsetof(CallScanState, rsinfo));
 	check_columns(st, desc);
 	old = MemoryContextSwitchTo(st->call_cxt);
 	for (int c = 0; c < st->ncols; c++)

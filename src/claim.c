@@ -266,52 +266,50 @@ static const Oid result_types[NUM_RES_COLS] = {
 
 /*
  * idem_claim's row, returned through flinfo (idem_serve's call): the
- * descriptor to read it with, pinned or not (ReleaseTupleDesc it), and
- * whether its outcome makes the caller the owner (claimed or reclaimed).
- * Called directly, the function kept both in the call site's fn_extra:
- * the descriptor the row was built with and the outcome values it chose
- * from.  Called through a wrapper of fmgr's (idem_claim made SECURITY
- * DEFINER or given a SET clause: fn_extra is the wrapper's), by the row's
- * type as it is now, checked as idem_claim checks it, and the outcomes
- * by their labels.
+ * descriptor to read it with, pinned or not (ReleaseTupleDesc it).
+ * Called directly, the function kept in the call site's fn_extra the
+ * descriptor the row was built with.  Called through a wrapper of fmgr's
+ * (idem_claim made SECURITY DEFINER or given a SET clause: fn_extra is the
+ * wrapper's), the row's type as it is now, checked as idem_claim checks it.
  */
-TupleDesc
-IdemClaimResultDesc(FmgrInfo *flinfo, HeapTupleHeader row, bool *owns)
+static const IdemResultCache *
+kept_result(FmgrInfo *flinfo)
 {
-	const IdemResultCache *cache = flinfo->fn_addr == idem_claim ? flinfo->fn_extra : NULL;
+	return flinfo->fn_addr == idem_claim ? flinfo->fn_extra : NULL;
+}
+
+TupleDesc
+IdemClaimResultDesc(FmgrInfo *flinfo, HeapTupleHeader row)
+{
+	const IdemResultCache *cache = kept_result(flinfo);
 	TupleDesc	desc;
-	HeapTupleData tuple;
-	Datum		outcome;
-	bool		isnull;
 
 	if (cache != NULL)
-		desc = cache->tupdesc;
-	else
-	{
-		desc = lookup_rowtype_tupdesc(HeapTupleHeaderGetTypeId(row), HeapTupleHeaderGetTypMod(row));
-		IdemCheckResultRow(flinfo->fn_oid, desc, result_types, NUM_RES_COLS_1_0,
-						   lengthof(result_types));
-	}
-	tuple.t_len = HeapTupleHeaderGetDatumLength(row);
-	ItemPointerSetInvalid(&tuple.t_self);
-	tuple.t_tableOid = InvalidOid;
-	tuple.t_data = row;
-	outcome = heap_getattr(&tuple, 1, desc, &isnull);
-	if (isnull)
-		*owns = false;
-	else if (cache != NULL)
-		*owns = outcome == cache->outcomes[OUTCOME_CLAIMED] ||
-			outcome == cache->outcomes[OUTCOME_RECLAIMED];
-	else
-	{
-		Oid			type = TupleDescAttr(desc, 0)->atttypid;
-
-		*owns = outcome == DirectFunctionCall2(enum_in, CStringGetDatum(outcome_names[OUTCOME_CLAIMED]),
-											   ObjectIdGetDatum(type)) ||
-			outcome == DirectFunctionCall2(enum_in, CStringGetDatum(outcome_names[OUTCOME_RECLAIMED]),
-										   ObjectIdGetDatum(type));
-	}
+		return cache->tupdesc;
+	desc = lookup_rowtype_tupdesc(HeapTupleHeaderGetTypeId(row), HeapTupleHeaderGetTypMod(row));
+	IdemCheckResultRow(flinfo->fn_oid, desc, result_types, NUM_RES_COLS_1_0,
+					   lengthof(result_types));
 	return desc;
+}
+
+/*
+ * Does outcome, read from idem_claim's row with desc, make the caller the
+ * owner (claimed or reclaimed)?  By the outcome values the call chose
+ * from, or, through fmgr's wrapper, by their labels.
+ */
+bool
+IdemClaimOwns(FmgrInfo *flinfo, TupleDesc desc, Datum outcome)
+{
+	const IdemResultCache *cache = kept_result(flinfo);
+	Oid			type = TupleDescAttr(desc, 0)->atttypid;
+
+	if (cache != NULL)
+		return outcome == cache->outcomes[OUTCOME_CLAIMED] ||
+			outcome == cache->outcomes[OUTCOME_RECLAIMED];
+	return outcome == DirectFunctionCall2(enum_in, CStringGetDatum(outcome_names[OUTCOME_CLAIMED]),
+										  ObjectIdGetDatum(type)) ||
+		outcome == DirectFunctionCall2(enum_in, CStringGetDatum(outcome_names[OUTCOME_RECLAIMED]),
+									   ObjectIdGetDatum(type));
 }
 
 static uint64

@@ -530,10 +530,10 @@ IdemClaimsInsert(Relation rel, const IdemNewClaim *claim, int64 *token,
  * (IdemClaimsOpen), has read that version with a snapshot of this
  * statement (so it cannot have been pruned since), and has checked that it
  * is the owner's live claim.  Returns CLAIMS_UPDATED, or
- * CLAIMS_UPDATE_USE_SQL with nothing written: the table or the caller's rights need the SQL
- * statement, the new row fails a CHECK constraint or puts a null in a
- * column made NOT NULL (the statement reports either), or the version is
- * no longer the key's latest.
+ * CLAIMS_UPDATE_USE_SQL with nothing written: the table or the caller's
+ * rights need the SQL statement, the new row fails a CHECK constraint or
+ * puts a null in a column made NOT NULL (the statement reports either), or
+ * the version is no longer the key's latest.
  */
 IdemClaimsWriteResult
 IdemClaimsUpdate(Relation rel, ItemPointer tid, const IdemClaimsSet *sets, int nsets,

@@ -218,7 +218,8 @@ extern IdemResultCache *IdemGetResultCache(FunctionCallInfo fcinfo,
 										   int nrequired, int ntypes);
 extern void IdemCheckResultRow(Oid fn, TupleDesc tupdesc, const Oid *types,
 							   int nrequired, int ntypes);
-extern TupleDesc IdemClaimResultDesc(FmgrInfo *flinfo, HeapTupleHeader row, bool *owns);
+extern TupleDesc IdemClaimResultDesc(FmgrInfo *flinfo, HeapTupleHeader row);
+extern bool IdemClaimOwns(FmgrInfo *flinfo, TupleDesc desc, Datum outcome);
 extern void IdemConnectSPI(void);
 extern uint64 IdemRunPlan(const IdemPlanDef *def, SPIPlanPtr *plan, Datum *args,
 						  const char *nulls, bool read_only);

@@ -121,7 +121,7 @@ typedef struct ServeCall
  * signature, until any function changes; and the answer's descriptor, of
  * built-in types only.  Whether the outcome means "run the handler", and
  * the descriptor of idem_claim's row, are the call's own
- * (IdemClaimResultDesc), never looked up here.
+ * (IdemClaimOwns, IdemClaimResultDesc), never looked up here.
  */
 static struct
 {
@@ -401,7 +401,6 @@ serve_once(void *arg)
 	TupleDesc	cdesc;
 	Datum		token;
 	bool		isnull;
-	bool		owns;
 	FmgrInfo   *handler;
 	Datum		answer = (Datum) 0;
 	int32		status;
@@ -427,9 +426,10 @@ serve_once(void *arg)
 	if (cfc->isnull)
 		elog(ERROR, "idem_claim returned NULL");
 	crow = DatumGetHeapTupleHeader(claim);
-	cdesc = IdemClaimResultDesc(&site->claim, crow, &owns);
+	cdesc = IdemClaimResultDesc(&site->claim, crow);
 	c->values[OUT_OUTCOME] = field(crow, cdesc, CLAIM_OUTCOME, &c->nulls[OUT_OUTCOME]);
-	if (!owns)
+	if (c->nulls[OUT_OUTCOME] ||
+		!IdemClaimOwns(&site->claim, cdesc, c->values[OUT_OUTCOME]))
 	{
 		/* A replay, a claim in progress or a mismatch: idem_claim's answer. */
 		c->values[OUT_STATUS] = field(crow, cdesc, CLAIM_STATUS, &c->nulls[OUT_STATUS]);
