@@ -221,3 +221,16 @@ SELECT outcome, md5(response::text) = (SELECT md5(jsonb_build_object('blob', str
 	FROM generate_series(1, 20000) i) AS whole_document, length(response->>'blob') AS blob_length
 FROM idem_claim('big-response');
 SELECT (idem_claim('big-response')).outcome, length((idem_claim('big-response')).response->>'blob') AS spread;
+
+-- A call sees what its own statement did before it, as a call in a
+-- statement of its own would: a row deleted earlier in the statement is
+-- gone, and one completed earlier in it is replayed.
+SELECT token AS same1 FROM idem_claim('same-statement-1') \gset
+SELECT idem_complete('same-statement-1', :same1, '"first"', 200);
+WITH gone AS (DELETE FROM claims WHERE key = 'same-statement-1' RETURNING key)
+SELECT c.outcome, c.token > :same1 AS higher_token, c.response
+FROM gone, LATERAL idem_claim(gone.key, '1 hour') c;
+SELECT token AS same2 FROM idem_claim('same-statement-2') \gset
+WITH done AS (SELECT idem_complete('same-statement-2', :same2, '"done"', 200) AS ok)
+SELECT c.outcome, c.response, c.status
+FROM done, LATERAL idem_claim('same-statement-2' || left(done.ok::text, 0), '1 hour') c;

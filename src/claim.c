@@ -226,6 +226,7 @@ typedef struct ClaimRow
 	bool		lease_over;		/* the owner's lease has run out */
 	bool		has_body;		/* the table has the columns of 1.1.0 */
 	bool		mine;			/* written by this transaction */
+	bool		touched;		/* written, or since changed or locked, by it */
 	ItemPointerData tid;		/* the version read */
 } ClaimRow;
 
@@ -468,12 +469,28 @@ fetch_claim(Relation rel, const IdemClaimsLayout *layout, const ClaimKey *k,
 }
 
 /*
- * Read the key's row with a fresh snapshot (in READ COMMITTED; the
- * transaction's own in the other levels), as an SPI query would, but
- * straight from the primary key: this is every call's first step.
+ * Has this transaction updated, deleted or locked the version?  A
+ * multixact counts as yes, unexamined.
+ */
+static bool
+xmax_here(HeapTupleHeader tup)
+{
+	if (tup->t_infomask & HEAP_XMAX_INVALID)
+		return false;
+	if (tup->t_infomask & HEAP_XMAX_IS_MULTI)
+		return true;
+	return TransactionIdIsCurrentTransactionId(HeapTupleHeaderGetRawXmax(tup));
+}
+
+/*
+ * Read the key's row straight from the primary key: this is every call's
+ * first step.  With latest, under a fresh snapshot (in READ COMMITTED; the
+ * transaction's own in the other levels) that sees this transaction's own
+ * writes, as an SPI query would.  Without, under the statement's snapshot,
+ * as a SELECT in the same statement would read it (see idem_claim).
  */
 static void
-read_row(const ClaimKey *k, ClaimRow *row)
+read_row(const ClaimKey *k, ClaimRow *row, bool latest)
 {
 	const IdemClaimsLayout *layout;
 	Relation	rel = open_claims(&layout);
@@ -483,10 +500,15 @@ read_row(const ClaimKey *k, ClaimRow *row)
 
 	memset(row, 0, sizeof(*row));
 	row->has_body = layout->has_body;
-	CommandCounterIncrement();	/* see this transaction's own writes */
-	snapshot = RegisterSnapshot(GetTransactionSnapshot());
-	tuple = fetch_claim(rel, layout, k, snapshot, NULL, NULL);
-	UnregisterSnapshot(snapshot);
+	if (!latest && ActiveSnapshotSet())
+		tuple = fetch_claim(rel, layout, k, GetActiveSnapshot(), NULL, NULL);
+	else
+	{
+		CommandCounterIncrement();	/* see this transaction's own writes */
+		snapshot = RegisterSnapshot(GetTransactionSnapshot());
+		tuple = fetch_claim(rel, layout, k, snapshot, NULL, NULL);
+		UnregisterSnapshot(snapshot);
+	}
 
 	if (tuple != NULL)
 	{
@@ -507,6 +529,7 @@ read_row(const ClaimKey *k, ClaimRow *row)
 		row->found = true;
 		row->tid = tuple->t_self;
 		row->mine = TransactionIdIsCurrentTransactionId(HeapTupleHeaderGetRawXmin(tuple->t_data));
+		row->touched = row->mine || xmax_here(tuple->t_data);
 		row->state = "unknown";
 		for (int j = 0; j < CLAIMS_NUM_STATES; j++)
 			if (row->values[COL_STATE] == layout->states[j])
@@ -619,7 +642,7 @@ wait_for_owner(const ClaimKey *k, bytea *fingerprint, TimestampTz deadline)
 			IdemInSubtransactionUntil(wait_for_writer, &writer, deadline);
 			continue;
 		}
-		read_row(k, &row);
+		read_row(k, &row, true);
 		if (!row.found || row.expired || row.mine || row.lease_over ||
 			strcmp(row.state, "in_progress") != 0 ||
 			fingerprint_differs(&row, fingerprint))
@@ -762,10 +785,27 @@ idem_claim(PG_FUNCTION_ARGS)
 		 * holds the key, as long as the bound allows.
 		 */
 		bool		writes;
+		bool		latest = tries > 0 || wait_for != NULL || IsolationUsesXactSnapshot();
 
 		if (wait_for != NULL)
 			wait_for_owner(&k, fingerprint, deadline);
-		read_row(&k, &row);
+
+		/*
+		 * The first read, in READ COMMITTED, uses the statement's snapshot
+		 * rather than taking a new one: a replay then costs what a SELECT of
+		 * the stored response costs.  What that read can settle is a
+		 * replay or a mismatch of a row this transaction has not touched,
+		 * answered as of the statement's start as the SELECT would answer,
+		 * and a key with no row, which the insert below takes unless
+		 * another transaction has taken it since (then the next try reads
+		 * the latest).  Anything else is read again with the latest
+		 * snapshot before it is acted on.
+		 */
+		read_row(&k, &row, latest);
+		if (!latest && row.found &&
+			(row.touched || row.expired ||
+			 (strcmp(row.state, "completed") != 0 && !fingerprint_differs(&row, fingerprint))))
+			read_row(&k, &row, true);
 
 		/*
 		 * Whether this try writes: a new or expired claim is taken, a failed
@@ -1016,7 +1056,7 @@ owner_write(const ClaimKey *k, int64 token, ClaimPlan plan, Datum *args,
 	IdemMemoForget();
 	for (int tries = 0;; tries++)
 	{
-		read_row(k, &row);
+		read_row(k, &row, true);
 		if (rowp)
 			*rowp = row;
 		if (!row.found || row.expired)
