@@ -226,7 +226,6 @@ typedef struct ClaimRow
 	bool		lease_over;		/* the owner's lease has run out */
 	bool		has_body;		/* the table has the columns of 1.1.0 */
 	bool		mine;			/* written by this transaction */
-	bool		touched;		/* written, or since changed or locked, by it */
 	ItemPointerData tid;		/* the version read */
 } ClaimRow;
 
@@ -469,20 +468,6 @@ fetch_claim(Relation rel, const IdemClaimsLayout *layout, const ClaimKey *k,
 }
 
 /*
- * Has this transaction updated, deleted or locked the version?  A
- * multixact counts as yes, unexamined.
- */
-static bool
-xmax_here(HeapTupleHeader tup)
-{
-	if (tup->t_infomask & HEAP_XMAX_INVALID)
-		return false;
-	if (tup->t_infomask & HEAP_XMAX_IS_MULTI)
-		return true;
-	return TransactionIdIsCurrentTransactionId(HeapTupleHeaderGetRawXmax(tup));
-}
-
-/*
  * Read the key's row straight from the primary key: this is every call's
  * first step.  With latest, under a fresh snapshot (in READ COMMITTED; the
  * transaction's own in the other levels) that sees this transaction's own
@@ -529,7 +514,6 @@ read_row(const ClaimKey *k, ClaimRow *row, bool latest)
 		row->found = true;
 		row->tid = tuple->t_self;
 		row->mine = TransactionIdIsCurrentTransactionId(HeapTupleHeaderGetRawXmin(tuple->t_data));
-		row->touched = row->mine || xmax_here(tuple->t_data);
 		row->state = "unknown";
 		for (int j = 0; j < CLAIMS_NUM_STATES; j++)
 			if (row->values[COL_STATE] == layout->states[j])
@@ -785,26 +769,28 @@ idem_claim(PG_FUNCTION_ARGS)
 		 * holds the key, as long as the bound allows.
 		 */
 		bool		writes;
-		bool		latest = tries > 0 || wait_for != NULL || IsolationUsesXactSnapshot();
+		bool		latest = tries > 0 || wait_for != NULL || IsolationUsesXactSnapshot() ||
+			XactReadOnly || TransactionIdIsValid(GetTopTransactionIdIfAny());
 
 		if (wait_for != NULL)
 			wait_for_owner(&k, fingerprint, deadline);
 
 		/*
-		 * The first read, in READ COMMITTED, uses the statement's snapshot
-		 * rather than taking a new one: a replay then costs what a SELECT of
-		 * the stored response costs.  What that read can settle is a
-		 * replay or a mismatch of a row this transaction has not touched,
-		 * answered as of the statement's start as the SELECT would answer,
-		 * and a key with no row, which the insert below takes unless
-		 * another transaction has taken it since (then the next try reads
-		 * the latest).  Anything else is read again with the latest
-		 * snapshot before it is acted on.
+		 * The first read, in a READ COMMITTED transaction that has written
+		 * nothing yet, uses the statement's snapshot rather than taking a
+		 * new one: a replay then costs what a SELECT of the stored response
+		 * costs.  That read settles only a completed claim not past its
+		 * expiry (a replay, or a mismatch), which nothing but its expiry or
+		 * a DBA's DELETE ends, as a SELECT in the same statement would;
+		 * and a key with no row, which the insert below takes, unless a
+		 * transaction has taken it since: the insert meets that row and the
+		 * next try reads the latest.  Anything else is read again with the
+		 * latest snapshot before it is acted on.  A transaction that has
+		 * written (it may have claimed, completed or deleted this key
+		 * itself) or may not write always reads the latest.
 		 */
 		read_row(&k, &row, latest);
-		if (!latest && row.found &&
-			(row.touched || row.expired ||
-			 (strcmp(row.state, "completed") != 0 && !fingerprint_differs(&row, fingerprint))))
+		if (!latest && row.found && (row.expired || strcmp(row.state, "completed") != 0))
 			read_row(&k, &row, true);
 
 		/*
