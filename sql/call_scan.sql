@@ -143,7 +143,8 @@ SET ROLE cs_nobody;
 SELECT pg_temp.fails('EXECUTE cs_p') AS not_allowed;
 RESET ROLE;
 
--- A result type changed under a kept plan is refused, not misread.
+-- A result type changed under a kept plan is refused, not misread (here
+-- by the function, which checks the type it fills before it runs).
 BEGIN;
 SET LOCAL idempotency.call_scan = on;
 PREPARE cs_q AS SELECT outcome, status FROM idem_claim('cs-done', '1 hour');

@@ -61,6 +61,7 @@
 #include "utils/acl.h"
 #include "utils/builtins.h"
 #include "utils/datum.h"
+#include "utils/inval.h"
 #include "utils/lsyscache.h"
 #include "utils/ruleutils.h"
 #include "utils/syscache.h"
@@ -163,6 +164,56 @@ runs_here(Oid fn, bool retset)
 	if (retset)
 		return flinfo.fn_addr == idem_serve;
 	return flinfo.fn_addr == idem_claim || flinfo.fn_addr == idem_transition;
+}
+
+/*
+ * The call information of the functions the node runs, as fmgr_info
+ * builds it, kept per backend: looking it up again (the pg_proc row, then
+ * the library's symbol) is a good part of what starting a scan costs.
+ * Only plain C functions of ours are kept (a security definer, a function
+ * with settings or one an fmgr hook wraps is not one: runs_here), and a
+ * change to any pg_proc row empties the list.  While an fmgr hook is
+ * loaded, which may want to wrap any call, it is not used.
+ */
+static struct
+{
+	Oid			fn;
+	FmgrInfo	flinfo;
+}			known_fns[3];
+static int	nknown_fns = 0;
+static bool known_fns_callback = false;
+
+static void
+known_fns_reset(Datum arg, int cacheid, uint32 hashvalue)
+{
+	nknown_fns = 0;
+}
+
+static void
+call_fmgr_info(Oid fn, FmgrInfo *flinfo)
+{
+	bool		hooked = needs_fmgr_hook != NULL;
+
+	for (int i = 0; !hooked && i < nknown_fns; i++)
+		if (known_fns[i].fn == fn)
+		{
+			*flinfo = known_fns[i].flinfo;
+			flinfo->fn_mcxt = CurrentMemoryContext;
+			return;
+		}
+	fmgr_info(fn, flinfo);
+	if (hooked || nknown_fns == lengthof(known_fns) ||
+		(flinfo->fn_addr != idem_claim && flinfo->fn_addr != idem_serve &&
+		 flinfo->fn_addr != idem_transition))
+		return;
+	if (!known_fns_callback)
+	{
+		CacheRegisterSyscacheCallback(PROCOID, known_fns_reset, (Datum) 0);
+		known_fns_callback = true;
+	}
+	known_fns[nknown_fns].fn = fn;
+	known_fns[nknown_fns].flinfo = *flinfo;
+	nknown_fns++;
 }
 
 /* Does the query need the whole row, or a column the row type dropped? */
@@ -405,7 +456,6 @@ begin_call_scan(CustomScanState *node, EState *estate, int eflags)
 	CustomScan *cscan = (CustomScan *) node->ss.ps.plan;
 	FuncExpr   *call = linitial_node(FuncExpr, cscan->custom_exprs);
 	TupleDesc	scandesc = node->ss.ss_ScanTupleSlot->tts_tupleDescriptor;
-	TupleDesc	rowdesc;
 	AclResult	acl;
 	int			nargs = list_length(call->args);
 	int			i = 0;
@@ -419,25 +469,30 @@ begin_call_scan(CustomScanState *node, EState *estate, int eflags)
 		aclcheck_error(acl, OBJECT_FUNCTION, get_func_name(call->funcid));
 	InvokeFunctionExecuteHook(call->funcid);
 
-	/* The columns the plan reads must still be the result type's. */
 	st->ncols = list_length(cscan->custom_private);
 	if (st->ncols != scandesc->natts)
 		changed_type(st);
 	st->attnos = palloc(sizeof(AttrNumber) * Max(st->ncols, 1));
 	foreach(lc, cscan->custom_private)
 		st->attnos[foreach_current_index(lc)] = lfirst_int(lc);
-	rowdesc = lookup_rowtype_tupdesc(call->funcresulttype, -1);
-	check_columns(st, rowdesc);		/* an error releases the pin with the rest */
-	ReleaseTupleDesc(rowdesc);
 	st->values = palloc(sizeof(Datum) * Max(st->ncols, 1));
 	st->nulls = palloc(sizeof(bool) * Max(st->ncols, 1));
 	st->call_cxt = CurrentMemoryContext;	/* the query's */
 
-	fmgr_info(call->funcid, &st->flinfo);
+	call_fmgr_info(call->funcid, &st->flinfo);
 	fmgr_info_set_expr((Node *) call, &st->flinfo);
-	/* idem_claim and idem_serve hand their columns over; others return a row. */
+
+	/*
+	 * The columns the plan reads must still be the result type's.
+	 * idem_claim and idem_serve hand their columns over, checked as they
+	 * are taken (IdemCallSinkTake); the others return a row, checked here
+	 * and against this layout when it comes.
+	 */
 	if (st->flinfo.fn_addr != idem_claim && st->flinfo.fn_addr != idem_serve)
+	{
 		st->begin_desc = lookup_rowtype_tupdesc_copy(call->funcresulttype, -1);
+		check_columns(st, st->begin_desc);
+	}
 	st->fcinfo = palloc0(SizeForFunctionCallInfo(nargs));
 	InitFunctionCallInfoData(*st->fcinfo, &st->flinfo, nargs, call->inputcollid,
 							 NULL, (Node *) &st->rsinfo);

@@ -165,6 +165,7 @@ static struct
 	Oid			rettype;
 	uint64		tupdesc_id;
 	IdemResultCache *cache;
+	bool		fresh;			/* no invalidation since tupdesc_id matched */
 }			result_caches[RESULT_CACHES];
 static bool result_caches_callback = false;
 
@@ -173,7 +174,30 @@ static void
 result_caches_enum_changed(Datum arg, int cacheid, uint32 hashvalue)
 {
 	for (int i = 0; i < RESULT_CACHES; i++)
+	{
 		result_caches[i].tupdesc_id = 0;	/* never a descriptor's identifier */
+		result_caches[i].fresh = false;
+	}
+}
+
+/*
+ * A relation's definition changed, or a function's: the type cache's
+ * identifier of a row type may have moved (it changes only on such an
+ * invalidation of the type's relation), and a function's OID may name
+ * another function.  Each kept answer is checked against the type cache
+ * again at its next call.
+ */
+static void
+result_caches_rel_changed(Datum arg, Oid relid)
+{
+	for (int i = 0; i < RESULT_CACHES; i++)
+		result_caches[i].fresh = false;
+}
+
+static void
+result_caches_proc_changed(Datum arg, int cacheid, uint32 hashvalue)
+{
+	result_caches_rel_changed(arg, InvalidOid);
 }
 
 /* Does a kept answer say the same as the one just built? */
@@ -233,6 +257,8 @@ IdemGetResultCache(FunctionCallInfo fcinfo, const char *const *outcome_names, in
 	if (!result_caches_callback)
 	{
 		CacheRegisterSyscacheCallback(ENUMOID, result_caches_enum_changed, (Datum) 0);
+		CacheRegisterSyscacheCallback(PROCOID, result_caches_proc_changed, (Datum) 0);
+		CacheRegisterRelcacheCallback(result_caches_rel_changed, (Datum) 0);
 		result_caches_callback = true;
 	}
 	rettype = get_fn_expr_rettype(fcinfo->flinfo);
@@ -240,14 +266,28 @@ IdemGetResultCache(FunctionCallInfo fcinfo, const char *const *outcome_names, in
 		rettype = get_func_rettype(fn);
 	if (OidIsValid(rettype) && rettype != RECORDOID)
 	{
-		TypeCacheEntry *tce = lookup_type_cache(rettype, TYPECACHE_TUPDESC);
+		TypeCacheEntry *tce;
 
+		/* Nothing changed since the last look: no type cache look-up. */
+		for (int i = 0; i < RESULT_CACHES; i++)
+			if (result_caches[i].fresh && result_caches[i].fn == fn &&
+				result_caches[i].rettype == rettype)
+				return fcinfo->flinfo->fn_extra = result_caches[i].cache;
+		tce = lookup_type_cache(rettype, TYPECACHE_TUPDESC);
 		tupdesc_id = tce->tupDesc_identifier;
 		for (int i = 0; i < RESULT_CACHES; i++)
 			if (result_caches[i].fn == fn && result_caches[i].rettype == rettype)
 			{
+				/*
+				 * Fresh from here on: nothing between the look-up and this
+				 * test can take in an invalidation, and any later one
+				 * clears it.
+				 */
 				if (result_caches[i].tupdesc_id == tupdesc_id)
+				{
+					result_caches[i].fresh = true;
 					return fcinfo->flinfo->fn_extra = result_caches[i].cache;
+				}
 				slot = i;		/* maybe changed: look again */
 				break;
 			}
@@ -281,6 +321,7 @@ IdemGetResultCache(FunctionCallInfo fcinfo, const char *const *outcome_names, in
 		result_caches[slot].rettype = rettype;
 		result_caches[slot].tupdesc_id = tupdesc_id;
 		result_caches[slot].cache = cache;
+		result_caches[slot].fresh = false;	/* the next call checks the identifier */
 	}
 	fcinfo->flinfo->fn_extra = cache;
 	return cache;
