@@ -152,6 +152,19 @@ EXECUTE cs_q;
 ALTER TYPE idem_claim_result ALTER ATTRIBUTE status TYPE bigint;
 SELECT pg_temp.fails('EXECUTE cs_q') AS retyped;
 ROLLBACK;
+-- A change the function accepts (a typmod) but the kept plan does not: the
+-- node refuses it before the call does anything (a claim would be rolled
+-- back with the statement, but not the counters or the token sequence).
+BEGIN;
+SET LOCAL idempotency.call_scan = on;
+PREPARE cs_t AS SELECT outcome, expires_at FROM idem_claim('cs-t' || random(), '1 hour');
+EXECUTE cs_t \g /dev/null
+SELECT claims_claimed AS claimed_before FROM stats \gset
+ALTER TYPE idem_claim_result ALTER ATTRIBUTE expires_at TYPE timestamptz(0);
+SELECT pg_temp.fails('EXECUTE cs_t') AS retyped_typmod;
+SELECT claims_claimed - :claimed_before AS claimed_meanwhile FROM stats;
+ROLLBACK;
+DEALLOCATE cs_t;
 -- An attribute added: the columns the plan reads are still there, and the
 -- function itself refuses the altered type.
 BEGIN;

@@ -109,6 +109,7 @@ typedef struct CallScanState
 	Bitmapset  *params;			/* PARAM_EXEC ids the arguments read */
 	bool		params_known;
 	bool		row_null;		/* the call returned null */
+	TupleDesc	checked_desc;	/* a row type the columns were checked against */
 	bool		taken;			/* the function handed the row over */
 	bool		called;			/* the row answers the current parameters */
 	bool		ever_called;
@@ -181,10 +182,10 @@ static struct
 	FmgrInfo	flinfo;
 }			known_fns[3];
 static int	nknown_fns = 0;
-static bool known_fns_callback = false;
 
-static void
-known_fns_reset(Datum arg, int cacheid, uint32 hashvalue)
+/* A pg_proc row changed (util.c's catalog watch): look them up again. */
+void
+IdemCallScanForget(void)
 {
 	nknown_fns = 0;
 }
@@ -206,11 +207,7 @@ call_fmgr_info(Oid fn, FmgrInfo *flinfo)
 		(flinfo->fn_addr != idem_claim && flinfo->fn_addr != idem_serve &&
 		 flinfo->fn_addr != idem_transition))
 		return;
-	if (!known_fns_callback)
-	{
-		CacheRegisterSyscacheCallback(PROCOID, known_fns_reset, (Datum) 0);
-		known_fns_callback = true;
-	}
+	IdemWatchCatalogs();
 	known_fns[nknown_fns].fn = fn;
 	known_fns[nknown_fns].flinfo = *flinfo;
 	nknown_fns++;
@@ -484,9 +481,9 @@ begin_call_scan(CustomScanState *node, EState *estate, int eflags)
 
 	/*
 	 * The columns the plan reads must still be the result type's.
-	 * idem_claim and idem_serve hand their columns over, checked as they
-	 * are taken (IdemCallSinkTake); the others return a row, checked here
-	 * and against this layout when it comes.
+	 * idem_claim and idem_serve check them against the type they fill
+	 * before they do anything (IdemCallSinkCheck); the others return a
+	 * row, checked here and against this layout when it comes.
 	 */
 	if (st->flinfo.fn_addr != idem_claim && st->flinfo.fn_addr != idem_serve)
 	{
@@ -533,6 +530,23 @@ IdemCallSinkOffered(FunctionCallInfo fcinfo)
 }
 
 /*
+ * Called by idem_claim and idem_serve with the row type they fill, before
+ * they read or write anything: if the call comes from the node, the
+ * columns its plan reads must still be of that type.  A plan made before
+ * the type changed is refused before the call has any effect.
+ */
+void
+IdemCallSinkCheck(FunctionCallInfo fcinfo, TupleDesc desc)
+{
+	CallScanState *st = sink_of(fcinfo);
+
+	if (st == NULL)
+		return;
+	check_columns(st, desc);
+	st->checked_desc = desc;
+}
+
+/*
  * Called by idem_claim and idem_serve with their result row: if the call
  * comes from the node, take the columns the scan reads (copied into the
  * node's memory, out of a toast table as a composite value would be) and
@@ -546,7 +560,8 @@ IdemCallSinkTake(FunctionCallInfo fcinfo, TupleDesc desc, const Datum *values, c
 
 	if (st == NULL)
 		return false;
-	check_columns(st, desc);
+	if (desc != st->checked_desc)
+		check_columns(st, desc);
 	old = MemoryContextSwitchTo(st->call_cxt);
 	for (int c = 0; c < st->ncols; c++)
 	{

@@ -739,6 +739,7 @@ idem_claim(PG_FUNCTION_ARGS)
 	cache = IdemGetResultCache(fcinfo, outcome_names, NUM_OUTCOMES,
 							   result_types, NUM_RES_COLS_1_0, lengthof(result_types));
 	tupdesc = cache->tupdesc;
+	IdemCallSinkCheck(fcinfo, tupdesc);
 	memset(nulls, true, sizeof(nulls));
 
 	IdemAsOwner(&save);

@@ -157,6 +157,8 @@ extern void IdemPurgeWorkerRegister(void);
 extern bool idem_call_scan;
 extern void IdemCallScanInit(void);
 extern bool IdemCallSinkOffered(FunctionCallInfo fcinfo);
+extern void IdemCallSinkCheck(FunctionCallInfo fcinfo, TupleDesc desc);
+extern void IdemCallScanForget(void);
 extern bool IdemCallSinkTake(FunctionCallInfo fcinfo, TupleDesc desc,
 							 const Datum *values, const bool *nulls);
 
@@ -212,6 +214,7 @@ typedef struct IdemResultCache
 	Datum		outcomes[FLEXIBLE_ARRAY_MEMBER];	/* enum value per outcome */
 } IdemResultCache;
 
+extern void IdemWatchCatalogs(void);
 extern IdemResultCache *IdemGetResultCache(FunctionCallInfo fcinfo,
 										   const char *const *outcome_names,
 										   int noutcomes, const Oid *types,

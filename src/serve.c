@@ -132,6 +132,7 @@ static struct
 }			kept;
 static TupleDesc kept_answer = NULL;
 static uint64 kept_generation = 0;
+static needs_fmgr_hook_type kept_hook = NULL;	/* when they were looked up */
 
 /*
  * Handlers found to be of the form idem_serve calls, with their schema
@@ -220,6 +221,17 @@ serve_site(FunctionCallInfo fcinfo)
 
 	if (site != NULL)
 		return site;
+
+	/*
+	 * The kept call information was built without the fmgr hook of a
+	 * module loaded since (LOAD), or with one: looked up again, so that
+	 * the hook sees the calls made here as it sees any other.
+	 */
+	if (kept_hook != needs_fmgr_hook)
+	{
+		kept_invalidate((Datum) 0, PROCOID, 0);
+		kept_hook = needs_fmgr_hook;
+	}
 	look_up_kept(fcinfo->flinfo->fn_oid);
 	/* The result row checked and kept as for idem_claim's (it sets fn_extra). */
 	result = IdemGetResultCache(fcinfo, NULL, 0, result_types, NUM_OUT, NUM_OUT);
@@ -537,6 +549,7 @@ idem_serve(PG_FUNCTION_ARGS)
 				 errhint("Call idem_serve in FROM: SELECT * FROM idempotency.idem_serve(...).")));
 	c.fcinfo = fcinfo;
 	c.site = serve_site(fcinfo);
+	IdemCallSinkCheck(fcinfo, c.site->result->tupdesc);
 	c.handler = PG_GETARG_OID(ARG_HANDLER);
 	/* The handler is checked first, whatever the claim then finds. */
 	c.call = check_handler(fcinfo, c.site, c.handler);

@@ -167,7 +167,6 @@ static struct
 	IdemResultCache *cache;
 	bool		fresh;			/* no invalidation since tupdesc_id matched */
 }			result_caches[RESULT_CACHES];
-static bool result_caches_callback = false;
 
 /* An enum label changed: every kept answer is looked at again. */
 static void
@@ -185,19 +184,13 @@ result_caches_enum_changed(Datum arg, int cacheid, uint32 hashvalue)
  * identifier of a row type may have moved (it changes only on such an
  * invalidation of the type's relation), and a function's OID may name
  * another function.  Each kept answer is checked against the type cache
- * again at its next call.
+ * again at its next call.  (Called by the catalog watch, below.)
  */
 static void
-result_caches_rel_changed(Datum arg, Oid relid)
+result_caches_stale(void)
 {
 	for (int i = 0; i < RESULT_CACHES; i++)
 		result_caches[i].fresh = false;
-}
-
-static void
-result_caches_proc_changed(Datum arg, int cacheid, uint32 hashvalue)
-{
-	result_caches_rel_changed(arg, InvalidOid);
 }
 
 /* Does a kept answer say the same as the one just built? */
@@ -254,13 +247,7 @@ IdemGetResultCache(FunctionCallInfo fcinfo, const char *const *outcome_names, in
 		return cache;
 	if (noutcomes > (int) lengthof(outcomes))
 		elog(ERROR, "too many outcomes: %d", noutcomes);
-	if (!result_caches_callback)
-	{
-		CacheRegisterSyscacheCallback(ENUMOID, result_caches_enum_changed, (Datum) 0);
-		CacheRegisterSyscacheCallback(PROCOID, result_caches_proc_changed, (Datum) 0);
-		CacheRegisterRelcacheCallback(result_caches_rel_changed, (Datum) 0);
-		result_caches_callback = true;
-	}
+	IdemWatchCatalogs();
 	rettype = get_fn_expr_rettype(fcinfo->flinfo);
 	if (!OidIsValid(rettype) && fcinfo->flinfo->fn_expr == NULL)
 		rettype = get_func_rettype(fn);
@@ -522,18 +509,51 @@ IdemRunContestedUntil(const IdemPlanDef *def, SPIPlanPtr *plan, Datum *args,
  * Both are rare in a running system; the look-up is one index probe.
  */
 static Oid	owner_id = InvalidOid;
-static bool owner_callbacks = false;
+
+/*
+ * The catalog watch: one relcache callback and three catalog cache
+ * callbacks for what this file and call_scan.c keep per backend.
+ * PostgreSQL has room for ten relcache callbacks in a backend, shared by
+ * every module loaded (logical decoding takes two), so the extension's
+ * caches share callbacks rather than each registering its own.
+ */
+static bool catalog_watch = false;
 
 static void
-owner_relcache_callback(Datum arg, Oid relid)
+watch_relcache(Datum arg, Oid relid)
 {
 	owner_id = InvalidOid;
+	result_caches_stale();
 }
 
 static void
-owner_syscache_callback(Datum arg, int cacheid, uint32 hashvalue)
+watch_syscache(Datum arg, int cacheid, uint32 hashvalue)
 {
-	owner_id = InvalidOid;
+	switch (cacheid)
+	{
+		case AUTHOID:
+			owner_id = InvalidOid;
+			break;
+		case ENUMOID:
+			result_caches_enum_changed(arg, cacheid, hashvalue);
+			break;
+		case PROCOID:
+			result_caches_stale();
+			IdemCallScanForget();
+			break;
+	}
+}
+
+void
+IdemWatchCatalogs(void)
+{
+	if (catalog_watch)
+		return;
+	CacheRegisterRelcacheCallback(watch_relcache, (Datum) 0);
+	CacheRegisterSyscacheCallback(AUTHOID, watch_syscache, (Datum) 0);
+	CacheRegisterSyscacheCallback(ENUMOID, watch_syscache, (Datum) 0);
+	CacheRegisterSyscacheCallback(PROCOID, watch_syscache, (Datum) 0);
+	catalog_watch = true;
 }
 
 /*
@@ -581,12 +601,7 @@ extension_owner(void)
 
 	if (OidIsValid(owner_id))
 		return owner_id;
-	if (!owner_callbacks)
-	{
-		CacheRegisterRelcacheCallback(owner_relcache_callback, (Datum) 0);
-		CacheRegisterSyscacheCallback(AUTHOID, owner_syscache_callback, (Datum) 0);
-		owner_callbacks = true;
-	}
+	IdemWatchCatalogs();
 	owner = read_extension(NULL);
 	if (!OidIsValid(owner))
 		ereport(ERROR,
