@@ -83,7 +83,11 @@ ok(purged_by_worker('postgres', 'second'), 'and purges again');
 
 # Killed outright, the server restarts after the crash, and the worker too.
 $pid = worker_pid();
+my $crash_offset = -s $node->logfile;
 kill 'KILL', $pid;
+# Not poll_query_until at once: a psql refused during the restart can exit
+# before IPC::Run writes the query, which dies on EPIPE.
+$node->wait_for_log(qr/database system is ready to accept connections/, $crash_offset);
 ok($node->poll_query_until('postgres', "SELECT count(*) = 1 FROM ($worker_sql) w WHERE pid <> $pid"),
 	'after a crash, the worker is back');
 add_rows('postgres', 'third', 200);
