@@ -21,6 +21,7 @@
 const crypto = require('node:crypto')
 const { Capture } = require('./capture')
 const db = require('./db')
+const { Mux } = require('./mux')
 
 const DEFAULTS = {
   required: false,
@@ -32,6 +33,7 @@ const DEFAULTS = {
   lease: null,
   ttl: null,
   maxBodyBytes: 1024 * 1024,
+  multiplex: 0,
   onError: (err) => console.error('pg-idempotency:', err && err.message),
 }
 
@@ -370,6 +372,7 @@ function build(pool, handler, options, expressStyle) {
   if (!pool || typeof pool.connect !== 'function') throw new TypeError('pool must be a pg.Pool (or have connect() and query())')
   if (typeof handler !== 'function') throw new TypeError('handler must be a function (req, res, ctx)')
   const o = normaliseOptions(options)
+  if (o.multiplex !== 0) throw new TypeError('multiplex applies to serve() only: a handler in JavaScript needs its own connection for its transaction')
 
   return function idempotencyHandler(req, res, next) {
     const capture = new Capture(res)
@@ -453,6 +456,14 @@ function serve(pool, handlerName, options) {
   if (!pool || typeof pool.query !== 'function') throw new TypeError('pool must be a pg.Pool (or have query())')
   if (typeof handlerName !== 'string' || handlerName === '') throw new TypeError("handlerName must name a SQL function, such as 'place_order(text, bytea)'")
   const o = normaliseOptions(options)
+  if (!Number.isInteger(o.multiplex) || o.multiplex < 0) throw new RangeError('multiplex must be an integer >= 0')
+  let mux = null
+  if (o.multiplex > 0) {
+    if (typeof pool.connect !== 'function' || !pool.options || pool.options.pipeline !== true) {
+      throw new TypeError('multiplex needs a pg.Pool made with pipeline: true (pg 8.23 or later)')
+    }
+    mux = new Mux(pool, o.multiplex)
+  }
   let handlerRef = handlerName  // the name, or the OID the server gave for it
   return (req, res) => {
     const run = async () => {
@@ -462,12 +473,26 @@ function serve(pool, handlerName, options) {
       if (Buffer.byteLength(key, 'utf8') > MAX_KEY_BYTES) throw new HttpError(400, `Idempotency-Key longer than ${MAX_KEY_BYTES} bytes`)
       const scope = typeof o.scope === 'function' ? await o.scope(req) : o.scope
       const body = await readBody(req, o.maxBodyBytes)
+      const waitFor = db.interval(o.waitFor)
+      // Multiplexed, a statement must not wait: the requests queued behind
+      // it on its connection would wait too.  It is sent without the bound;
+      // a duplicate that finds the key in progress is sent again with it,
+      // on a connection of its own.
+      let shared = mux !== null
       const values = [handlerRef, key, body, fingerprint(req.method, req.originalUrl || req.url, body),
-        scope, db.interval(o.ttl), db.interval(o.waitFor)]
+        scope, db.interval(o.ttl), shared ? null : waitFor]
       let rows
       for (let attempt = 0; ; attempt++) {
         try {
-          ({ rows } = await pool.query({ name: 'idem_node_serve', text: SERVE, values }))
+          ({ rows } = await (shared ? mux : pool).query({ name: 'idem_node_serve', text: SERVE, values }))
+          if (shared && waitFor !== null && rows[0].outcome === 'in_progress') {
+            shared = false
+            values[6] = waitFor
+            if (values[0] === handlerName) handlerRef = rows[0].handler
+            values[0] = handlerRef
+            attempt--
+            continue
+          }
           break
         } catch (err) {
           if (err.code === '42883' && values[0] !== handlerName) {

@@ -1,0 +1,175 @@
+'use strict'
+// serve() with `multiplex`: the statements of concurrent requests share a
+// few pipelined connections.  Each stays its own transaction, an error ends
+// only its own request, a lost connection costs only the requests in
+// flight on it, and the connections go back to the pool when idle.
+
+const test = require('node:test')
+const assert = require('node:assert/strict')
+const { serve, wrap } = require('..')
+const h = require('./helpers')
+
+const HANDLER = 'node_mux_order(text, bytea)'
+const FUNCTION = `CREATE OR REPLACE FUNCTION node_mux_order(key text, request bytea,
+      OUT status int, OUT body bytea, OUT content_type text, OUT headers jsonb)
+    LANGUAGE plpgsql AS $$
+    DECLARE
+      amount int := (convert_from(request, 'UTF8')::jsonb ->> 'amount')::int;  -- 'x' fails: 22P02
+    BEGIN
+      IF amount = 0 THEN PERFORM pg_sleep(0.05); END IF;
+      INSERT INTO node_effects (key, run) VALUES (key, 1);
+      status := 201;
+      body := convert_to(format('{"amount": %s, "backend": %s, "nonce": "%s"}',
+                                amount, pg_backend_pid(), md5(random()::text)), 'UTF8');
+      content_type := 'application/json';
+    END $$`
+
+let setupPool
+
+test.before(async () => {
+  await h.setup()
+  setupPool = h.makePool({ max: 2 })
+  await setupPool.query(FUNCTION)
+})
+test.after(async () => {
+  await setupPool.end()
+})
+
+// A server on a pool of its own, so that its connections can be counted.
+async function muxServer(multiplex, counter, options = {}) {
+  const pool = h.makePool({ max: 10, counter })
+  const srv = await h.serve(serve(pool, HANDLER, { ...h.quiet, ...options, multiplex }), counter)
+  return { pool, srv, close: async () => { await srv.close(); await pool.end() } }
+}
+
+test('options: a pool without pipeline mode, a bad size and wrap() are refused', async () => {
+  const plain = h.makePool({ pipeline: false })
+  try {
+    assert.throws(() => serve(plain, HANDLER, { multiplex: 2 }), /pipeline: true/)
+    assert.doesNotThrow(() => serve(plain, HANDLER, { multiplex: 0 }))
+  } finally {
+    await plain.end()
+  }
+  const pool = h.makePool()
+  try {
+    assert.throws(() => serve(pool, HANDLER, { multiplex: -1 }), RangeError)
+    assert.throws(() => serve(pool, HANDLER, { multiplex: 1.5 }), RangeError)
+    assert.throws(() => wrap(pool, () => {}, { multiplex: 2 }), /serve\(\) only/)
+    assert.throws(() => serve({ query() {} }, HANDLER, { multiplex: 2 }), TypeError)
+  } finally {
+    await pool.end()
+  }
+})
+
+// The duplicates that find the key in progress are sent again with waitFor,
+// each on a connection of its own; without it they would get 409.
+test('64 concurrent identical requests on 2 shared connections: one effect, 63 byte-identical replays', async () => {
+  const s = await muxServer(2, null, { waitFor: 20000 })
+  try {
+    const key = h.uniqueKey('mux-storm')
+    const answers = await Promise.all(Array.from({ length: 64 }, () => h.request(s.srv, { key, body: '{"amount": 0}' })))
+    assert.equal(answers.filter((a) => a.status === 201).length, 64)
+    assert.equal(answers.filter((a) => a.headers['idempotent-replayed'] === 'true').length, 63)
+    for (const a of answers) assert.deepEqual(a.body, answers[0].body)
+    assert.equal(await h.effects(setupPool, key), 1)
+    assert.equal(s.pool.idleCount, s.pool.totalCount)
+  } finally {
+    await s.close()
+  }
+})
+
+test('64 requests at once on 2 shared connections: 2 connections, given back afterwards', async () => {
+  const s = await muxServer(2)
+  try {
+    const keys = Array.from({ length: 64 }, (_, i) => h.uniqueKey(`mux-many${i}`))
+    const many = await Promise.all(keys.map((k) => h.request(s.srv, { key: k, body: '{"amount": 0}' })))
+    assert.deepEqual([...new Set(many.map((a) => a.status))], [201])
+    const backends = new Set(many.map((a) => JSON.parse(a.body).backend))
+    assert.ok(backends.size <= 2, `statements ran on ${backends.size} backends`)
+    assert.ok(s.pool.totalCount <= 2, `the pool opened ${s.pool.totalCount} connections`)
+    assert.equal(s.pool.idleCount, s.pool.totalCount)
+    for (const k of keys) assert.equal(await h.effects(setupPool, k), 1, k)
+  } finally {
+    await s.close()
+  }
+})
+
+test('without multiplex the same burst takes a connection per statement', async () => {
+  const s = await muxServer(0)
+  try {
+    const keys = Array.from({ length: 32 }, (_, i) => h.uniqueKey(`nomux${i}`))
+    const many = await Promise.all(keys.map((k) => h.request(s.srv, { key: k, body: '{"amount": 0}' })))
+    assert.ok(new Set(many.map((a) => JSON.parse(a.body).backend)).size > 2)
+  } finally {
+    await s.close()
+  }
+})
+
+test('one round trip per request, and an error ends only its own request', async () => {
+  const counter = { roundTrips: 0 }
+  const s = await muxServer(1, counter)
+  try {
+    const key = h.uniqueKey('mux-one')
+    const first = await h.request(s.srv, { key, body: '{"amount": 4}' })
+    assert.equal(first.status, 201)
+    assert.equal(first.headers['x-test-round-trips'], '1')
+    // Good and failing requests pipelined on the one connection.
+    const good = Array.from({ length: 20 }, (_, i) => h.uniqueKey(`mux-good${i}`))
+    const bad = Array.from({ length: 20 }, (_, i) => h.uniqueKey(`mux-bad${i}`))
+    const sent = []
+    for (let i = 0; i < 20; i++) {
+      sent.push(h.request(s.srv, { key: good[i], body: '{"amount": 5}' }))
+      sent.push(h.request(s.srv, { key: bad[i], body: '{"amount": "x"}' }))
+    }
+    const answers = await Promise.all(sent)
+    for (let i = 0; i < 20; i++) {
+      assert.equal(answers[2 * i].status, 201, good[i])
+      assert.equal(answers[2 * i + 1].status, 500, bad[i])
+      assert.equal(await h.effects(setupPool, good[i]), 1)
+      assert.equal(await h.effects(setupPool, bad[i]), 0)
+    }
+    // A failed request stored nothing: sent again right, it runs.
+    assert.equal((await h.request(s.srv, { key: bad[0], body: '{"amount": "x"}' })).status, 500)
+    assert.equal((await h.request(s.srv, { key: bad[1], body: '{"amount": 6}' })).status, 201)
+    assert.equal(s.pool.totalCount, 1)
+  } finally {
+    await s.close()
+  }
+})
+
+test('a shared connection killed mid-storm: its requests get 503, none runs twice, the pool recovers', async () => {
+  const s = await muxServer(2)
+  try {
+    const keys = Array.from({ length: 80 }, (_, i) => h.uniqueKey(`mux-kill${i}`))
+    const status = new Map()
+    let next = 0
+    const worker = async () => {
+      while (next < keys.length) {
+        const key = keys[next++]
+        status.set(key, (await h.request(s.srv, { key, body: '{"amount": 0}' })).status)
+      }
+    }
+    const workers = Array.from({ length: 16 }, worker)
+    await h.sleep(100)
+    const { rows } = await setupPool.query(
+      `SELECT count(pg_terminate_backend(pid))::int AS n FROM pg_stat_activity
+        WHERE datname = current_database() AND pid <> pg_backend_pid()
+          AND query LIKE '%idem_serve%'`)
+    await Promise.all(workers)
+    assert.ok(rows[0].n > 0, 'no connection was killed')
+    const codes = [...status.values()]
+    assert.ok(codes.every((c) => c === 201 || c === 503), `statuses ${[...new Set(codes)]}`)
+    assert.ok(codes.includes(503), 'the kill failed no request')
+    // Every key sent again: a 503 ran at most once before (the retry
+    // replays it or runs it now), a 201 replays.
+    for (const key of keys) {
+      const again = await h.request(s.srv, { key, body: '{"amount": 0}' })
+      assert.equal(again.status, 201, key)
+      if (status.get(key) === 201) assert.equal(again.headers['idempotent-replayed'], 'true', key)
+      assert.equal(await h.effects(setupPool, key), 1, key)
+    }
+    assert.equal(s.pool.idleCount, s.pool.totalCount)
+  } finally {
+    await s.close()
+  }
+})
