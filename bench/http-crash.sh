@@ -8,6 +8,9 @@
 #   ext, app killed              the Node service on this extension, killed
 #                                twice and restarted
 #   ext, PostgreSQL killed       pg_ctl stop -m immediate, then started again
+#   ext-mux, ...                 the same with serve() and multiplex: 4 (the
+#                                statements of many requests in flight on
+#                                each connection when it is lost)
 #   redis-always, Redis killed   Redis (appendfsync always) killed and
 #                                restarted: it reloads its append-only file
 #   redis-always, app killed     the service killed twice, some requests
@@ -74,12 +77,15 @@ SQL
 start_redis always always
 start_redis no-aof no-aof
 start_app ext 18081
+start_app ext-mux 18086
 start_app redis 18082 "$IDEM_WORK/redis-always/redis.sock"
 start_app redis 18084 "$IDEM_WORK/redis-no-aof/redis.sock"
 
 say "SIGKILL in the middle of $SECONDS_RUN s runs, then every key sent again"
 scenario "ext, app killed" 18081 kill_app 18081 ext
 scenario "ext, PostgreSQL killed" 18081 kill_postgres
+scenario "ext-mux, app killed" 18086 kill_app 18086 ext-mux
+scenario "ext-mux, PostgreSQL killed" 18086 kill_postgres
 scenario "redis-always, Redis killed" 18082 kill_redis always always
 scenario "redis-always, app killed" 18082 kill_app 18082 redis "$IDEM_WORK/redis-always/redis.sock"
 scenario "redis-no-aof, Redis killed" 18084 kill_redis no-aof no-aof

@@ -6,6 +6,8 @@
 //                                   claim, order and stored answer in one transaction
 //   node app.js ext-sql PORT        the same with the handler in SQL (serve(): one
 //                                   statement, idem_serve, per request)
+//   node app.js ext-mux PORT        serve() with multiplex: 4, the statements of
+//                                   concurrent requests pipelined on 4 shared connections
 //   node app.js ext-fn PORT         a hand-written SQL function (claim, order, completion:
 //                                   order_once in bench/http/lib.sh) called in one statement,
 //                                   without the client: the least a request can cost here
@@ -59,6 +61,9 @@ async function main () {
     // clients/node's serve(): claim, order and answer in one statement.
     const { serve } = require('../../clients/node')
     handler = serve(pool, 'place_order(text, bytea)', { scope: 'orders' })
+  } else if (mode === 'ext-mux') {
+    const { serve } = require('../../clients/node')
+    handler = serve(pool, 'place_order(text, bytea)', { scope: 'orders', multiplex: 4 })
   } else if (mode === 'ext-fn') {
     handler = async (req, res) => {
       const key = req.headers['idempotency-key']
@@ -113,7 +118,7 @@ async function main () {
       }
     }
   } else {
-    throw new Error('mode must be ext, ext-sql, ext-fn or redis')
+    throw new Error('mode must be ext, ext-sql, ext-mux, ext-fn or redis')
   }
   const server = http.createServer((req, res) => {
     Promise.resolve(handler(req, res)).catch(() => {
