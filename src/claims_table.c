@@ -153,7 +153,7 @@ look_up(void)
 
 	if (!callbacks)
 	{
-		CacheRegisterRelcacheCallback(relcache_changed, (Datum) 0);
+		IdemOnRelcacheChange(relcache_changed);
 		CacheRegisterSyscacheCallback(NAMESPACEOID, schema_changed, (Datum) 0);
 		callbacks = true;
 	}

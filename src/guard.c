@@ -258,7 +258,7 @@ ensure_caches(void)
 		drop_dead_guards();
 	if (!callbacks_registered)
 	{
-		CacheRegisterRelcacheCallback(guard_relcache_callback, (Datum) 0);
+		IdemOnRelcacheChange(guard_relcache_callback);
 		CacheRegisterSyscacheCallback(ENUMOID, guard_enum_callback, (Datum) 0);
 		RegisterXactCallback(guard_xact_callback, NULL);
 		RegisterSubXactCallback(guard_subxact_callback, NULL);

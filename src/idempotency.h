@@ -21,6 +21,7 @@
 #include "storage/lwlock.h"
 #include "storage/lockdefs.h"
 #include "storage/spin.h"
+#include "utils/inval.h"
 #include "utils/relcache.h"
 
 #include "compat.h"
@@ -215,6 +216,7 @@ typedef struct IdemResultCache
 } IdemResultCache;
 
 extern void IdemWatchCatalogs(void);
+extern void IdemOnRelcacheChange(RelcacheCallbackFunction fn);
 extern IdemResultCache *IdemGetResultCache(FunctionCallInfo fcinfo,
 										   const char *const *outcome_names,
 										   int noutcomes, const Oid *types,

@@ -82,7 +82,7 @@ lock_secret(void)
 		return secret;
 	if (!secret_callback)
 	{
-		CacheRegisterRelcacheCallback(secret_invalidate, (Datum) 0);
+		IdemOnRelcacheChange(secret_invalidate);
 		secret_callback = true;
 	}
 	IdemAsOwner(&save);

@@ -196,7 +196,7 @@ policy_entry(const char *name, PolicyEntry *local)
 
 	if (!callbacks_registered)
 	{
-		CacheRegisterRelcacheCallback(policy_relcache_callback, (Datum) 0);
+		IdemOnRelcacheChange(policy_relcache_callback);
 		CacheRegisterSyscacheCallback(AUTHMEMROLEMEM, role_syscache_callback, (Datum) 0);
 		CacheRegisterSyscacheCallback(AUTHOID, role_syscache_callback, (Datum) 0);
 		policy_cxt = AllocSetContextCreate(CacheMemoryContext, "idempotency policies",

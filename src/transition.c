@@ -274,7 +274,7 @@ get_plans(Relation rel, Oid idtype, LockMode mode, GuardEntry *g)
 		ctl.keysize = sizeof(TransitionKey);
 		ctl.entrysize = sizeof(TransitionPlans);
 		plan_cache = hash_create("idempotency transitions", 16, &ctl, HASH_ELEM | HASH_BLOBS);
-		CacheRegisterRelcacheCallback(transition_relcache_callback, (Datum) 0);
+		IdemOnRelcacheChange(transition_relcache_callback);
 		CacheRegisterSyscacheCallback(NAMESPACEOID, transition_syscache_callback, (Datum) 0);
 		CacheRegisterSyscacheCallback(OPEROID, transition_syscache_callback, (Datum) 0);
 		RegisterXactCallback(transition_xact_callback, NULL);

@@ -515,15 +515,23 @@ static Oid	owner_id = InvalidOid;
  * callbacks for what this file and call_scan.c keep per backend.
  * PostgreSQL has room for ten relcache callbacks in a backend, shared by
  * every module loaded (logical decoding takes two), so the extension's
- * caches share callbacks rather than each registering its own.
+ * caches share one: the other files' relcache handlers
+ * (IdemOnRelcacheChange) are called from it, in the order they were
+ * added.
  */
 static bool catalog_watch = false;
+
+#define RELCACHE_HANDLERS 8
+static RelcacheCallbackFunction relcache_handlers[RELCACHE_HANDLERS];
+static int	nrelcache_handlers = 0;
 
 static void
 watch_relcache(Datum arg, Oid relid)
 {
 	owner_id = InvalidOid;
 	result_caches_stale();
+	for (int i = 0; i < nrelcache_handlers; i++)
+		relcache_handlers[i] (arg, relid);
 }
 
 static void
@@ -554,6 +562,23 @@ IdemWatchCatalogs(void)
 	CacheRegisterSyscacheCallback(ENUMOID, watch_syscache, (Datum) 0);
 	CacheRegisterSyscacheCallback(PROCOID, watch_syscache, (Datum) 0);
 	catalog_watch = true;
+}
+
+/*
+ * Have fn called on every relcache invalidation, as by
+ * CacheRegisterRelcacheCallback but without taking one of PostgreSQL's
+ * ten slots.  Adding the same function again changes nothing.
+ */
+void
+IdemOnRelcacheChange(RelcacheCallbackFunction fn)
+{
+	for (int i = 0; i < nrelcache_handlers; i++)
+		if (relcache_handlers[i] == fn)
+			return;
+	if (nrelcache_handlers == RELCACHE_HANDLERS)
+		elog(ERROR, "too many relcache handlers in the idempotency extension");
+	IdemWatchCatalogs();
+	relcache_handlers[nrelcache_handlers++] = fn;
 }
 
 /*
