@@ -270,11 +270,12 @@ get_plans(Relation rel, Oid idtype, LockMode mode, GuardEntry *g)
 	{
 		HASHCTL		ctl;
 
+		/* First, as it may fail: plan_cache set means all is registered. */
+		IdemOnRelcacheChange(transition_relcache_callback);
 		memset(&ctl, 0, sizeof(ctl));
 		ctl.keysize = sizeof(TransitionKey);
 		ctl.entrysize = sizeof(TransitionPlans);
 		plan_cache = hash_create("idempotency transitions", 16, &ctl, HASH_ELEM | HASH_BLOBS);
-		IdemOnRelcacheChange(transition_relcache_callback);
 		CacheRegisterSyscacheCallback(NAMESPACEOID, transition_syscache_callback, (Datum) 0);
 		CacheRegisterSyscacheCallback(OPEROID, transition_syscache_callback, (Datum) 0);
 		RegisterXactCallback(transition_xact_callback, NULL);
