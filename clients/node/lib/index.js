@@ -462,6 +462,12 @@ function serve(pool, handlerName, options) {
     if (typeof pool.connect !== 'function' || !pool.options || pool.options.pipeline !== true) {
       throw new TypeError('multiplex needs a pg.Pool made with pipeline: true (pg 8.23 or later)')
     }
+    if (!(o.multiplex < pool.options.max)) {
+      throw new RangeError(`multiplex must be less than the pool's max (${pool.options.max}), so that a duplicate sent again to wait and the application's other queries find a connection`)
+    }
+    if (pool.options.query_timeout) {
+      throw new TypeError("multiplex does not go with the pool's query_timeout: its timer counts the time a statement waits behind others, and when it fires the connection is closed with every statement on it (use statement_timeout)")
+    }
     mux = new Mux(pool, o.multiplex)
   }
   let handlerRef = handlerName  // the name, or the OID the server gave for it

@@ -14,10 +14,18 @@
 //
 // The price is a queue: a statement waits on its connection for the ones
 // written before it.  A new request goes to the connection with the fewest
-// statements in flight.  A connection goes back to the pool as soon as none
-// is (so pool.end() and the application's own queries are not kept
-// waiting), and one that fails is given back broken (the pool closes it):
-// its statements in flight fail as a lost connection does without a Mux.
+// statements in flight, among those that answered within STALL_MS (or
+// have nothing in flight); if every shared connection is held up so, the request
+// gets a pool connection of its own (pool.query), so that a few slow
+// statements do not stop the others.  A connection goes back to the pool
+// as soon as no statement is in flight on it.  As pool.query does, a
+// connection on which a statement failed is closed (given back broken,
+// once its other statements are answered): what the failure may have left
+// in its session (a setting, a session lock, a prepared statement gone)
+// goes with it.  A lost connection fails its statements in flight, as it
+// would without a Mux.
+
+const STALL_MS = 50
 
 class Mux {
   constructor(pool, size) {
@@ -29,21 +37,17 @@ class Mux {
 
   async query(config) {
     const client = await this.pick()
-    client.idemInFlight++
+    if (client === null) return this.pool.query(config) // every shared connection is held up
     this.cork(client)
+    client.idemSent.push(Date.now())
     try {
       return await client.query(config)
     } catch (err) {
-      // An error the server sent about this statement alone has a
-      // severity and a SQLSTATE (not matched by class: the application's
-      // pg may be another copy than ours); anything else, or a connection
-      // or shutdown error, may leave the connection unusable.
-      const fromServer = err && typeof err.severity === 'string' && typeof err.code === 'string' && err.code.length === 5
-      if (!fromServer || /^(08|57P)/.test(err.code)) {
-        this.drop(client, err)
-      }
+      this.drop(client, err)
       throw err
     } finally {
+      client.idemSent.shift() // answers come back in the order sent
+      client.idemAnswered = Date.now()
       client.idemInFlight--
       if (client.idemInFlight === 0) this.giveBack(client)
     }
@@ -63,26 +67,40 @@ class Mux {
     })
   }
 
-  // The connection with the fewest statements in flight; another one is
-  // opened, up to `size`, when none is idle (without waiting for it when
-  // one is there to share).
+  // The connection to send on, counted as in use before this returns (so
+  // that no other statement's answer can give it back in between), or
+  // null: every shared connection is held up by a slow statement.  Among
+  // the others, the one with the fewest statements in flight; another one
+  // is opened, up to `size`, when none is idle (without waiting for it
+  // when one is there to share; a request with none waits for whichever
+  // opens first, so that a pool short of connections still serves it).
   async pick() {
     for (;;) {
+      // pg-pool's own words for a pool after end()
+      if (this.pool.ending) throw new Error('Cannot use a pool after calling end on the pool')
+      const now = Date.now()
       let best = null
-      for (const c of this.held) if (best === null || c.idemInFlight < best.idemInFlight) best = c
-      if (best !== null && best.idemInFlight === 0) return best
-      if (this.held.length + this.opening.length < this.size) {
-        const opened = this.open()
-        if (best === null) return opened
+      for (const c of this.held) {
+        // held up: no answer for STALL_MS while a statement is in flight
+        if (c.idemSent.length > 0 && now - Math.max(c.idemSent[0], c.idemAnswered) > STALL_MS) continue
+        if (best === null || c.idemInFlight < best.idemInFlight) best = c
       }
-      if (best !== null) return best
-      await Promise.race(this.opening).catch(() => {})
+      const room = this.held.length + this.opening.length < this.size
+      if (room && (best === null || best.idemInFlight > 0)) this.open()
+      if (best !== null) {
+        best.idemInFlight++
+        return best
+      }
+      if (this.opening.length === 0) return null
+      await Promise.race(this.opening) // rejects, and so fails the request, if that open failed
     }
   }
 
   open() {
     const opened = this.pool.connect().then((client) => {
       client.idemInFlight = 0
+      client.idemSent = [] // when each statement in flight was sent, oldest first
+      client.idemAnswered = 0 // when the last answer came
       client.idemBroken = null
       client.idemReleased = false
       client.idemOnError = (err) => this.drop(client, err)
@@ -101,8 +119,9 @@ class Mux {
     return entry
   }
 
-  // A failed connection takes no new statements; it is given back broken
-  // when the last one in flight has failed.
+  // A connection that failed, or on which a statement failed, takes no new
+  // statements; it is given back broken when the last one in flight is
+  // answered.
   drop(client, err) {
     if (client.idemBroken === null) client.idemBroken = err || new Error('connection lost')
     const i = this.held.indexOf(client)

@@ -17,6 +17,9 @@ const FUNCTION = `CREATE OR REPLACE FUNCTION node_mux_order(key text, request by
       amount int := (convert_from(request, 'UTF8')::jsonb ->> 'amount')::int;  -- 'x' fails: 22P02
     BEGIN
       IF amount = 0 THEN PERFORM pg_sleep(0.05); END IF;
+      IF amount = 1000 THEN PERFORM pg_sleep(0.6); END IF;
+      -- leaves its session read-only: the next statement there fails (25006)
+      IF amount = 2000 THEN PERFORM set_config('default_transaction_read_only', 'on', false); END IF;
       INSERT INTO node_effects (key, run) VALUES (key, 1);
       status := 201;
       body := convert_to(format('{"amount": %s, "backend": %s, "nonce": "%s"}',
@@ -56,8 +59,16 @@ test('options: a pool without pipeline mode, a bad size and wrap() are refused',
     assert.throws(() => serve(pool, HANDLER, { multiplex: 1.5 }), RangeError)
     assert.throws(() => wrap(pool, () => {}, { multiplex: 2 }), /serve\(\) only/)
     assert.throws(() => serve({ query() {} }, HANDLER, { multiplex: 2 }), TypeError)
+    assert.throws(() => serve(pool, HANDLER, { multiplex: 10 }), /less than the pool's max \(10\)/)
+    assert.doesNotThrow(() => serve(pool, HANDLER, { multiplex: 9 }))
   } finally {
     await pool.end()
+  }
+  const timed = h.makePool({ query_timeout: 1000 })
+  try {
+    assert.throws(() => serve(timed, HANDLER, { multiplex: 2 }), /statement_timeout/)
+  } finally {
+    await timed.end()
   }
 })
 
@@ -82,7 +93,7 @@ test('64 requests at once on 2 shared connections: 2 connections, given back aft
   const s = await muxServer(2)
   try {
     const keys = Array.from({ length: 64 }, (_, i) => h.uniqueKey(`mux-many${i}`))
-    const many = await Promise.all(keys.map((k) => h.request(s.srv, { key: k, body: '{"amount": 0}' })))
+    const many = await Promise.all(keys.map((k) => h.request(s.srv, { key: k, body: '{"amount": 3}' })))
     assert.deepEqual([...new Set(many.map((a) => a.status))], [201])
     const backends = new Set(many.map((a) => JSON.parse(a.body).backend))
     assert.ok(backends.size <= 2, `statements ran on ${backends.size} backends`)
@@ -172,4 +183,107 @@ test('a shared connection killed mid-storm: its requests get 503, none runs twic
   } finally {
     await s.close()
   }
+})
+
+test('a slow statement holds up only the requests already queued behind it', async () => {
+  const s = await muxServer(1)
+  try {
+    const slow = h.request(s.srv, { key: h.uniqueKey('mux-slow'), body: '{"amount": 1000}' })
+    await h.sleep(150)
+    const fast = await Promise.all(
+      Array.from({ length: 10 }, (_, i) => h.request(s.srv, { key: h.uniqueKey(`mux-fast${i}`), body: '{"amount": 7}' })))
+    const slowBackend = JSON.parse((await slow).body).backend
+    for (const a of fast) {
+      assert.equal(a.status, 201)
+      assert.notEqual(JSON.parse(a.body).backend, slowBackend, 'a fast request waited behind the slow one')
+    }
+  } finally {
+    await s.close()
+  }
+})
+
+test('a statement that failed closes its connection: what it left in the session goes with it', async () => {
+  const s = await muxServer(1)
+  try {
+    assert.equal((await h.request(s.srv, { key: h.uniqueKey('mux-poison'), body: '{"amount": 2000}' })).status, 201)
+    const statuses = []
+    for (let i = 0; i < 10; i++) {
+      statuses.push((await h.request(s.srv, { key: h.uniqueKey(`mux-after${i}`), body: '{"amount": 8}' })).status)
+    }
+    // The next statement on that session fails (it is read-only now); the
+    // connection is closed, and the others run on a new one.
+    assert.deepEqual(statuses, [500, 201, 201, 201, 201, 201, 201, 201, 201, 201])
+  } finally {
+    await s.close()
+  }
+})
+
+test('after pool.end() no statement is sent, and end() does not wait for the load', async () => {
+  const s = await muxServer(2)
+  try {
+    const before = await Promise.all(Array.from({ length: 8 }, (_, i) => h.request(s.srv, { key: h.uniqueKey(`mux-end${i}`), body: '{"amount": 0}' })))
+    assert.deepEqual([...new Set(before.map((a) => a.status))], [201])
+    const inFlight = Array.from({ length: 8 }, (_, i) => h.request(s.srv, { key: h.uniqueKey(`mux-ending${i}`), body: '{"amount": 0}' }))
+    await h.sleep(20)
+    const ended = s.pool.end()
+    const after = await h.request(s.srv, { key: h.uniqueKey('mux-ended'), body: '{"amount": 0}' })
+    assert.ok(after.status >= 500, `a request after end() got ${after.status}`)
+    await ended
+    await Promise.all(inFlight)
+  } finally {
+    await s.srv.close()
+  }
+})
+
+test("with the pool's other connections taken, requests share the one the Mux has", async () => {
+  const pool = h.makePool({ max: 3 })
+  const srv = await h.serve(serve(pool, HANDLER, { ...h.quiet, multiplex: 2 }))
+  const taken = [await pool.connect(), await pool.connect()]
+  try {
+    let timer
+    const hang = new Promise((resolve) => { timer = setTimeout(() => resolve('hung'), 15000) })
+    const burst = Promise.all(Array.from({ length: 40 }, (_, i) => h.request(srv, { key: h.uniqueKey(`mux-short${i}`), body: '{"amount": 3}' })))
+    const answers = await Promise.race([burst, hang])
+    clearTimeout(timer)
+    assert.notEqual(answers, 'hung', 'requests waited for a connection the application held')
+    assert.deepEqual([...new Set(answers.map((a) => a.status))], [201])
+  } finally {
+    for (const c of taken) c.release()
+    await srv.close()
+    await pool.end()
+  }
+})
+
+test('a connection is counted in use before it is handed out', async () => {
+  const { Mux } = require('../lib/mux')
+  const { EventEmitter } = require('node:events')
+  const released = []
+  let n = 0
+  const pool = {
+    ending: false,
+    async connect() {
+      const c = new EventEmitter()
+      c.id = ++n
+      c.answers = []
+      c.query = () => {
+        if (released.includes(c.id)) return Promise.reject(new Error(`query on released client ${c.id}`))
+        return new Promise((resolve) => c.answers.push(resolve))
+      }
+      c.release = () => released.push(c.id)
+      return c
+    },
+  }
+  const mux = new Mux(pool, 1)
+  const first = mux.query({})
+  await h.sleep(5)
+  const [client] = mux.held
+  // The first answer arrives and a new request comes in the same turn.
+  client.answers.shift()({ rows: [1] })
+  const second = mux.query({})
+  await first
+  await h.sleep(5)
+  assert.deepEqual(released, [], 'the connection went back to the pool with a statement about to be sent')
+  client.answers.shift()({ rows: [2] })
+  assert.deepEqual((await second).rows, [2])
+  assert.deepEqual(released, [client.id])
 })
