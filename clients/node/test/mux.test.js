@@ -38,11 +38,17 @@ test.after(async () => {
   await setupPool.end()
 })
 
-// A server on a pool of its own, so that its connections can be counted.
-async function muxServer(multiplex, counter, options = {}) {
+// Run f with a server on a pool of its own (so that its connections can
+// be counted), then close both (the pool unless f ended it).
+async function withMux(multiplex, f, counter = null, options = {}) {
   const pool = h.makePool({ max: 10, counter })
   const srv = await h.serve(serve(pool, HANDLER, { ...h.quiet, ...options, multiplex }), counter)
-  return { pool, srv, close: async () => { await srv.close(); await pool.end() } }
+  try {
+    await f({ pool, srv })
+  } finally {
+    await srv.close()
+    if (!pool.ending) await pool.end()
+  }
 }
 
 test('options: a pool without pipeline mode, a bad size and wrap() are refused', async () => {
@@ -75,8 +81,7 @@ test('options: a pool without pipeline mode, a bad size and wrap() are refused',
 // The duplicates that find the key in progress are sent again with waitFor,
 // each on a connection of its own; without it they would get 409.
 test('64 concurrent identical requests on 2 shared connections: one effect, 63 byte-identical replays', async () => {
-  const s = await muxServer(2, null, { waitFor: 20000 })
-  try {
+  await withMux(2, async (s) => {
     const key = h.uniqueKey('mux-storm')
     const answers = await Promise.all(Array.from({ length: 64 }, () => h.request(s.srv, { key, body: '{"amount": 0}' })))
     assert.equal(answers.filter((a) => a.status === 201).length, 64)
@@ -84,14 +89,11 @@ test('64 concurrent identical requests on 2 shared connections: one effect, 63 b
     for (const a of answers) assert.deepEqual(a.body, answers[0].body)
     assert.equal(await h.effects(setupPool, key), 1)
     assert.equal(s.pool.idleCount, s.pool.totalCount)
-  } finally {
-    await s.close()
-  }
+  }, null, { waitFor: 20000 })
 })
 
 test('64 requests at once on 2 shared connections: 2 connections, given back afterwards', async () => {
-  const s = await muxServer(2)
-  try {
+  await withMux(2, async (s) => {
     const keys = Array.from({ length: 64 }, (_, i) => h.uniqueKey(`mux-many${i}`))
     const many = await Promise.all(keys.map((k) => h.request(s.srv, { key: k, body: '{"amount": 3}' })))
     assert.deepEqual([...new Set(many.map((a) => a.status))], [201])
@@ -100,26 +102,20 @@ test('64 requests at once on 2 shared connections: 2 connections, given back aft
     assert.ok(s.pool.totalCount <= 2, `the pool opened ${s.pool.totalCount} connections`)
     assert.equal(s.pool.idleCount, s.pool.totalCount)
     for (const k of keys) assert.equal(await h.effects(setupPool, k), 1, k)
-  } finally {
-    await s.close()
-  }
+  })
 })
 
 test('without multiplex the same burst takes a connection per statement', async () => {
-  const s = await muxServer(0)
-  try {
+  await withMux(0, async (s) => {
     const keys = Array.from({ length: 32 }, (_, i) => h.uniqueKey(`nomux${i}`))
     const many = await Promise.all(keys.map((k) => h.request(s.srv, { key: k, body: '{"amount": 0}' })))
     assert.ok(new Set(many.map((a) => JSON.parse(a.body).backend)).size > 2)
-  } finally {
-    await s.close()
-  }
+  })
 })
 
 test('one round trip per request, and an error ends only its own request', async () => {
   const counter = { roundTrips: 0 }
-  const s = await muxServer(1, counter)
-  try {
+  await withMux(1, async (s) => {
     const key = h.uniqueKey('mux-one')
     const first = await h.request(s.srv, { key, body: '{"amount": 4}' })
     assert.equal(first.status, 201)
@@ -143,14 +139,11 @@ test('one round trip per request, and an error ends only its own request', async
     assert.equal((await h.request(s.srv, { key: bad[0], body: '{"amount": "x"}' })).status, 500)
     assert.equal((await h.request(s.srv, { key: bad[1], body: '{"amount": 6}' })).status, 201)
     assert.equal(s.pool.totalCount, 1)
-  } finally {
-    await s.close()
-  }
+  }, counter)
 })
 
 test('a shared connection killed mid-storm: its requests get 503, none runs twice, the pool recovers', async () => {
-  const s = await muxServer(2)
-  try {
+  await withMux(2, async (s) => {
     const keys = Array.from({ length: 80 }, (_, i) => h.uniqueKey(`mux-kill${i}`))
     const status = new Map()
     let next = 0
@@ -180,14 +173,11 @@ test('a shared connection killed mid-storm: its requests get 503, none runs twic
       assert.equal(await h.effects(setupPool, key), 1, key)
     }
     assert.equal(s.pool.idleCount, s.pool.totalCount)
-  } finally {
-    await s.close()
-  }
+  })
 })
 
 test('a slow statement holds up only the requests already queued behind it', async () => {
-  const s = await muxServer(1)
-  try {
+  await withMux(1, async (s) => {
     const slow = h.request(s.srv, { key: h.uniqueKey('mux-slow'), body: '{"amount": 1000}' })
     await h.sleep(150)
     const fast = await Promise.all(
@@ -197,14 +187,11 @@ test('a slow statement holds up only the requests already queued behind it', asy
       assert.equal(a.status, 201)
       assert.notEqual(JSON.parse(a.body).backend, slowBackend, 'a fast request waited behind the slow one')
     }
-  } finally {
-    await s.close()
-  }
+  })
 })
 
 test('a statement that failed closes its connection: what it left in the session goes with it', async () => {
-  const s = await muxServer(1)
-  try {
+  await withMux(1, async (s) => {
     assert.equal((await h.request(s.srv, { key: h.uniqueKey('mux-poison'), body: '{"amount": 2000}' })).status, 201)
     const statuses = []
     for (let i = 0; i < 10; i++) {
@@ -213,14 +200,11 @@ test('a statement that failed closes its connection: what it left in the session
     // The next statement on that session fails (it is read-only now); the
     // connection is closed, and the others run on a new one.
     assert.deepEqual(statuses, [500, 201, 201, 201, 201, 201, 201, 201, 201, 201])
-  } finally {
-    await s.close()
-  }
+  })
 })
 
 test('after pool.end() no statement is sent, and end() does not wait for the load', async () => {
-  const s = await muxServer(2)
-  try {
+  await withMux(2, async (s) => {
     const before = await Promise.all(Array.from({ length: 8 }, (_, i) => h.request(s.srv, { key: h.uniqueKey(`mux-end${i}`), body: '{"amount": 0}' })))
     assert.deepEqual([...new Set(before.map((a) => a.status))], [201])
     const inFlight = Array.from({ length: 8 }, (_, i) => h.request(s.srv, { key: h.uniqueKey(`mux-ending${i}`), body: '{"amount": 0}' }))
@@ -230,9 +214,7 @@ test('after pool.end() no statement is sent, and end() does not wait for the loa
     assert.ok(after.status >= 500, `a request after end() got ${after.status}`)
     await ended
     await Promise.all(inFlight)
-  } finally {
-    await s.srv.close()
-  }
+  })
 })
 
 test("with the pool's other connections taken, requests share the one the Mux has", async () => {
