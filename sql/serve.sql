@@ -349,6 +349,34 @@ FROM (SELECT s.body, CASE WHEN g IN (100, 1000) THEN memory_in_use() END AS used
 			ELSE 'say_b(text, bytea)' END::regprocedure, 's-40-' || g) s) q;
 DROP FUNCTION say_a(text, bytea), say_b(text, bytea), memory_in_use();
 DROP FUNCTION strict_one(text, bytea), open_door(text, bytea);
+-- What a handler sets ends with it: a setting made local or for the
+-- session, or a role, is undone when it returns, so that the next call in
+-- the same transaction (a client's group commit) or session starts from
+-- the caller's, and the completion runs as the caller.
+CREATE ROLE regress_serve_other;
+GRANT regress_serve_other TO CURRENT_USER;
+CREATE FUNCTION settles(key text, request bytea,
+	OUT status int, OUT body bytea, OUT content_type text, OUT headers jsonb)
+LANGUAGE plpgsql AS $$
+BEGIN
+	body := convert_to(concat_ws(' ', coalesce(nullif(current_setting('app.user', true), ''), '-'),
+		current_setting('work_mem'), current_user = 'regress_serve_other'), 'UTF8');
+	PERFORM set_config('app.user', key, true);
+	PERFORM set_config('work_mem', '1234kB', false);
+	SET LOCAL ROLE regress_serve_other;
+	status := 200;
+END $$;
+BEGIN;
+SET LOCAL work_mem = '2MB';
+SELECT a.n, convert_from(s.body, 'UTF8') AS seen
+FROM unnest(ARRAY['s-41-a', 's-41-b', 's-41-c']) WITH ORDINALITY AS a(k, n),
+	LATERAL idempotency.idem_serve('settles(text, bytea)', a.k) s ORDER BY a.n;
+SELECT coalesce(nullif(current_setting('app.user', true), ''), '-') AS app_user,
+	current_setting('work_mem') AS work_mem, current_user = session_user AS caller;
+COMMIT;
+SELECT count(*) AS completed FROM idempotency.claims WHERE key LIKE 's-41-%' AND state = 'completed';
+DROP FUNCTION settles(text, bytea);
+DROP ROLE regress_serve_other;
 
 DROP FUNCTION place_order(text, bytea), failing(text, bytea), wrong(text), bigstatus(text, bytea),
 	odd_status(text, bytea), busy(text, bytea), forger(text, bytea);

@@ -28,6 +28,10 @@
  * the statement's memory and returned.  An error of the handler's, or of
  * ours, rolls the subtransaction back and ends the statement.
  *
+ * The handler's settings end with it (see serve_once), so that calls of
+ * idem_serve in one transaction, or on one connection, do not see each
+ * other's.
+ *
  *-------------------------------------------------------------------------
  */
 #include "postgres.h"
@@ -44,6 +48,7 @@
 #include "utils/acl.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
+#include "utils/guc.h"
 #include "utils/inval.h"
 #include "utils/lsyscache.h"
 #include "utils/regproc.h"
@@ -467,7 +472,23 @@ serve_once(void *arg)
 	if (handler->fn_strict && cfc->args[1].isnull)
 		cfc->isnull = true;		/* what the executor would make of it */
 	else
+	{
+		/*
+		 * What the handler sets (set_config, SET, SET LOCAL, SET ROLE) is
+		 * undone when it returns, as if it had been declared with a SET
+		 * clause for every setting: the completion runs under the
+		 * caller's settings and rights, and another request served in
+		 * the same transaction (several calls in one statement, as the
+		 * clients' group commit sends them) or on the same connection
+		 * starts from them too, not from a setting an earlier request's
+		 * handler made, such as the user a row-level security policy
+		 * reads.  (An error undoes them with the subtransaction.)
+		 */
+		int			settings = NewGUCNestLevel();
+
 		answer = FunctionCallInvoke(cfc);
+		AtEOXact_GUC(false, settings);
+	}
 	if (cfc->isnull)
 		c->nulls[OUT_STATUS] = true;
 	else

@@ -18,8 +18,10 @@ const FUNCTION = `CREATE OR REPLACE FUNCTION node_mux_order(key text, request by
     BEGIN
       IF amount = 0 THEN PERFORM pg_sleep(0.05); END IF;
       IF amount = 1000 THEN PERFORM pg_sleep(0.6); END IF;
-      -- leaves its session read-only: the next statement there fails (25006)
+      -- would leave its session read-only, but idem_serve undoes a handler's settings
       IF amount = 2000 THEN PERFORM set_config('default_transaction_read_only', 'on', false); END IF;
+      -- drops the session's prepared statements: the next idem_node_serve there fails (26000)
+      IF amount = 3000 THEN EXECUTE 'DEALLOCATE ALL'; END IF;
       INSERT INTO node_effects (key, run) VALUES (key, 1);
       status := 201;
       body := convert_to(format('{"amount": %s, "backend": %s, "nonce": "%s"}',
@@ -192,14 +194,25 @@ test('a slow statement holds up only the requests already queued behind it', asy
 
 test('a statement that failed closes its connection: what it left in the session goes with it', async () => {
   await withMux(1, async (s) => {
-    assert.equal((await h.request(s.srv, { key: h.uniqueKey('mux-poison'), body: '{"amount": 2000}' })).status, 201)
+    assert.equal((await h.request(s.srv, { key: h.uniqueKey('mux-poison'), body: '{"amount": 3000}' })).status, 201)
     const statuses = []
     for (let i = 0; i < 10; i++) {
       statuses.push((await h.request(s.srv, { key: h.uniqueKey(`mux-after${i}`), body: '{"amount": 8}' })).status)
     }
-    // The next statement on that session fails (it is read-only now); the
-    // connection is closed, and the others run on a new one.
+    // The next statement on that session fails (its prepared statement is
+    // gone); the connection is closed, and the others run on a new one.
     assert.deepEqual(statuses, [500, 201, 201, 201, 201, 201, 201, 201, 201, 201])
+  })
+})
+
+test("a handler's settings do not outlive it on a shared connection", async () => {
+  await withMux(1, async (s) => {
+    assert.equal((await h.request(s.srv, { key: h.uniqueKey('mux-readonly'), body: '{"amount": 2000}' })).status, 201)
+    const statuses = []
+    for (let i = 0; i < 5; i++) {
+      statuses.push((await h.request(s.srv, { key: h.uniqueKey(`mux-writable${i}`), body: '{"amount": 8}' })).status)
+    }
+    assert.deepEqual(statuses, [201, 201, 201, 201, 201])
   })
 })
 
