@@ -11,6 +11,8 @@
 #   ext-mux, ...                 the same with serve() and multiplex: 4 (the
 #                                statements of many requests in flight on
 #                                each connection when it is lost)
+#   ext-batch, ...               the same with multiplex: 4 and batch: 32 (up
+#                                to 32 requests in each transaction lost)
 #   redis-always, Redis killed   Redis (appendfsync always) killed and
 #                                restarted: it reloads its append-only file
 #   redis-always, app killed     the service killed twice, some requests
@@ -78,6 +80,7 @@ start_redis always always
 start_redis no-aof no-aof
 start_app ext 18081
 start_app ext-mux 18086
+start_app ext-batch 18087
 start_app redis 18082 "$IDEM_WORK/redis-always/redis.sock"
 start_app redis 18084 "$IDEM_WORK/redis-no-aof/redis.sock"
 
@@ -86,6 +89,8 @@ scenario "ext, app killed" 18081 kill_app 18081 ext
 scenario "ext, PostgreSQL killed" 18081 kill_postgres
 scenario "ext-mux, app killed" 18086 kill_app 18086 ext-mux
 scenario "ext-mux, PostgreSQL killed" 18086 kill_postgres
+scenario "ext-batch, app killed" 18087 kill_app 18087 ext-batch
+scenario "ext-batch, PostgreSQL killed" 18087 kill_postgres
 scenario "redis-always, Redis killed" 18082 kill_redis always always
 scenario "redis-always, app killed" 18082 kill_app 18082 redis "$IDEM_WORK/redis-always/redis.sock"
 scenario "redis-no-aof, Redis killed" 18084 kill_redis no-aof no-aof

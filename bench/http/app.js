@@ -8,6 +8,9 @@
 //                                   statement, idem_serve, per request)
 //   node app.js ext-mux PORT        serve() with multiplex: 4, the statements of
 //                                   concurrent requests pipelined on 4 shared connections
+//   node app.js ext-batch PORT      serve() with multiplex: 4 and batch: 32, the requests
+//                                   that wait for a shared connection sent together in one
+//                                   statement: one transaction and one commit for them all
 //   node app.js ext-fn PORT         a hand-written SQL function (claim, order, completion:
 //                                   order_once in bench/http/lib.sh) called in one statement,
 //                                   without the client: the least a request can cost here
@@ -64,6 +67,9 @@ async function main () {
   } else if (mode === 'ext-mux') {
     const { serve } = require('../../clients/node')
     handler = serve(pool, 'place_order(text, bytea)', { scope: 'orders', multiplex: 4 })
+  } else if (mode === 'ext-batch') {
+    const { serve } = require('../../clients/node')
+    handler = serve(pool, 'place_order(text, bytea)', { scope: 'orders', multiplex: 4, batch: 32 })
   } else if (mode === 'ext-fn') {
     handler = async (req, res) => {
       const key = req.headers['idempotency-key']
@@ -118,7 +124,7 @@ async function main () {
       }
     }
   } else {
-    throw new Error('mode must be ext, ext-sql, ext-mux, ext-fn or redis')
+    throw new Error('mode must be ext, ext-sql, ext-mux, ext-batch, ext-fn or redis')
   }
   const server = http.createServer((req, res) => {
     Promise.resolve(handler(req, res)).catch(() => {

@@ -21,7 +21,7 @@
 const crypto = require('node:crypto')
 const { Capture } = require('./capture')
 const db = require('./db')
-const { Mux } = require('./mux')
+const { Mux, GroupCommit } = require('./mux')
 
 const DEFAULTS = {
   required: false,
@@ -34,6 +34,7 @@ const DEFAULTS = {
   ttl: null,
   maxBodyBytes: 1024 * 1024,
   multiplex: 0,
+  batch: 1,
   onError: (err) => console.error('pg-idempotency:', err && err.message),
 }
 
@@ -372,7 +373,9 @@ function build(pool, handler, options, expressStyle) {
   if (!pool || typeof pool.connect !== 'function') throw new TypeError('pool must be a pg.Pool (or have connect() and query())')
   if (typeof handler !== 'function') throw new TypeError('handler must be a function (req, res, ctx)')
   const o = normaliseOptions(options)
-  if (o.multiplex !== 0) throw new TypeError('multiplex applies to serve() only: a handler in JavaScript needs its own connection for its transaction')
+  if (o.multiplex !== 0 || o.batch !== 1) {
+    throw new TypeError('multiplex and batch apply to serve() only: a handler in JavaScript needs its own connection for its transaction')
+  }
 
   return function idempotencyHandler(req, res, next) {
     const capture = new Capture(res)
@@ -452,15 +455,33 @@ const SERVE =
   ' FROM idempotency.idem_serve($1::regprocedure, $2, $3::bytea, $4::bytea, $5,' +
   ' $6::interval, $7::interval)'
 
+// Several requests in one statement, and so one transaction (serve()'s
+// batch: group commit): idem_serve called once per element of the
+// arrays, in their order, each row numbered by its request.
+const SERVE_MANY =
+  'SELECT a.n::int AS n, s.outcome::text, s.status, s.body, s.content_type, s.headers, a.h::oid::text AS handler' +
+  ' FROM unnest($1::regprocedure[], $2::text[], $3::bytea[], $4::bytea[], $5::text[], $6::interval[])' +
+  ' WITH ORDINALITY AS a(h, k, r, f, sc, t, n),' +
+  ' LATERAL idempotency.idem_serve(a.h, a.k, a.r, a.f, a.sc, a.t, NULL) s'
+
+function serveMany(configs) {
+  const columns = [[], [], [], [], [], []]
+  for (const { values } of configs) for (let i = 0; i < 6; i++) columns[i].push(values[i])
+  return { name: 'idem_node_serve_many', text: SERVE_MANY, values: columns }
+}
+
 function serve(pool, handlerName, options) {
   if (!pool || typeof pool.query !== 'function') throw new TypeError('pool must be a pg.Pool (or have query())')
   if (typeof handlerName !== 'string' || handlerName === '') throw new TypeError("handlerName must name a SQL function, such as 'place_order(text, bytea)'")
   const o = normaliseOptions(options)
   if (!Number.isInteger(o.multiplex) || o.multiplex < 0) throw new RangeError('multiplex must be an integer >= 0')
   let mux = null
+  if (!Number.isInteger(o.batch) || o.batch < 1) throw new RangeError('batch must be an integer >= 1')
+  if (o.batch > 1 && o.multiplex === 0) throw new TypeError('batch needs multiplex: the requests of a batch share one of its connections')
   if (o.multiplex > 0) {
-    if (typeof pool.connect !== 'function' || !pool.options || pool.options.pipeline !== true) {
-      throw new TypeError('multiplex needs a pg.Pool made with pipeline: true (pg 8.23 or later)')
+    if (typeof pool.connect !== 'function' || !pool.options) throw new TypeError('multiplex needs a pg.Pool')
+    if (o.batch === 1 && pool.options.pipeline !== true) {
+      throw new TypeError('multiplex without batch needs a pg.Pool made with pipeline: true (pg 8.23 or later)')
     }
     if (!(o.multiplex < pool.options.max)) {
       throw new RangeError(`multiplex must be less than the pool's max (${pool.options.max}), so that a duplicate sent again to wait and the application's other queries find a connection`)
@@ -468,7 +489,7 @@ function serve(pool, handlerName, options) {
     if (pool.options.query_timeout) {
       throw new TypeError("multiplex does not go with the pool's query_timeout: its timer counts the time a statement waits behind others, and when it fires the connection is closed with every statement on it (use statement_timeout)")
     }
-    mux = new Mux(pool, o.multiplex)
+    mux = o.batch > 1 ? new GroupCommit(pool, o.multiplex, o.batch, serveMany, (c) => c.values[2].length) : new Mux(pool, o.multiplex)
   }
   let handlerRef = handlerName  // the name, or the OID the server gave for it
   return (req, res) => {

@@ -1,5 +1,7 @@
 'use strict'
-// Shared connections for serve() (its `multiplex` option).
+// Shared connections for serve() (its `multiplex` and `batch` options):
+// a Mux pipelines each request's statement, a GroupCommit (below) sends
+// the requests that wait together in one statement.
 //
 // A request through serve() is one statement, idem_serve, in a transaction
 // of its own: nothing of it is left on the connection once its answer is
@@ -26,8 +28,11 @@
 // would without a Mux.
 
 const STALL_MS = 50
+const BATCH_BYTES = 1024 * 1024
 
-class Mux {
+// The connections a Mux or a GroupCommit has checked out of the pool, at
+// most `size`, with what each keeps of its state.
+class Shared {
   constructor(pool, size) {
     this.pool = pool
     this.size = size
@@ -35,65 +40,14 @@ class Mux {
     this.opening = [] // pool.connect() promises not settled yet
   }
 
-  async query(config) {
-    const client = await this.pick()
-    if (client === null) return this.pool.query(config) // every shared connection is held up
-    this.cork(client)
-    client.idemSent.push(Date.now())
-    try {
-      return await client.query(config)
-    } catch (err) {
-      this.drop(client, err)
-      throw err
-    } finally {
-      client.idemSent.shift() // answers come back in the order sent
-      client.idemAnswered = Date.now()
-      client.idemInFlight--
-      if (client.idemInFlight === 0) this.giveBack(client)
-    }
+  // pg-pool's own words for a pool after end()
+  checkOpen() {
+    if (this.pool.ending) throw new Error('Cannot use a pool after calling end on the pool')
   }
 
-  // Statements sent in the same turn of the event loop (the requests read
-  // together) go out in one write: the socket is corked until the turn is
-  // over.
-  cork(client) {
-    const stream = client.connection && client.connection.stream
-    if (client.idemCorked || !stream || typeof stream.cork !== 'function') return
-    stream.cork()
-    client.idemCorked = true
-    setImmediate(() => {
-      client.idemCorked = false
-      stream.uncork()
-    })
-  }
-
-  // The connection to send on, counted as in use before this returns (so
-  // that no other statement's answer can give it back in between), or
-  // null: every shared connection is held up by a slow statement.  Among
-  // the others, the one with the fewest statements in flight; another one
-  // is opened, up to `size`, when none is idle (without waiting for it
-  // when one is there to share; a request with none waits for whichever
-  // opens first, so that a pool short of connections still serves it).
-  async pick() {
-    for (;;) {
-      // pg-pool's own words for a pool after end()
-      if (this.pool.ending) throw new Error('Cannot use a pool after calling end on the pool')
-      const now = Date.now()
-      let best = null
-      for (const c of this.held) {
-        // held up: no answer for STALL_MS while a statement is in flight
-        if (c.idemSent.length > 0 && now - Math.max(c.idemSent[0], c.idemAnswered) > STALL_MS) continue
-        if (best === null || c.idemInFlight < best.idemInFlight) best = c
-      }
-      const room = this.held.length + this.opening.length < this.size
-      if (room && (best === null || best.idemInFlight > 0)) this.open()
-      if (best !== null) {
-        best.idemInFlight++
-        return best
-      }
-      if (this.opening.length === 0) return null
-      await Promise.race(this.opening) // rejects, and so fails the request, if that open failed
-    }
+  // A connection held up: no answer for STALL_MS while a statement is in flight.
+  stalled(client, now) {
+    return client.idemSent.length > 0 && now - Math.max(client.idemSent[0], client.idemAnswered) > STALL_MS
   }
 
   open() {
@@ -142,4 +96,180 @@ class Mux {
   }
 }
 
-module.exports = { Mux }
+// Pipelining: each request's statement is written at once, on the shared
+// connection with the fewest in flight.
+class Mux extends Shared {
+  async query(config) {
+    const client = await this.pick()
+    if (client === null) return this.pool.query(config) // every shared connection is held up
+    this.cork(client)
+    client.idemSent.push(Date.now())
+    try {
+      return await client.query(config)
+    } catch (err) {
+      this.drop(client, err)
+      throw err
+    } finally {
+      client.idemSent.shift() // answers come back in the order sent
+      client.idemAnswered = Date.now()
+      client.idemInFlight--
+      if (client.idemInFlight === 0) this.giveBack(client)
+    }
+  }
+
+  // Statements sent in the same turn of the event loop (the requests read
+  // together) go out in one write: the socket is corked until the turn is
+  // over.
+  cork(client) {
+    const stream = client.connection && client.connection.stream
+    if (client.idemCorked || !stream || typeof stream.cork !== 'function') return
+    stream.cork()
+    client.idemCorked = true
+    setImmediate(() => {
+      client.idemCorked = false
+      stream.uncork()
+    })
+  }
+
+  // The connection to send on, counted as in use before this returns (so
+  // that no other statement's answer can give it back in between), or
+  // null: every shared connection is held up by a slow statement.  Among
+  // the others, the one with the fewest statements in flight; another one
+  // is opened, up to `size`, when none is idle (without waiting for it
+  // when one is there to share; a request with none waits for whichever
+  // opens first, so that a pool short of connections still serves it).
+  async pick() {
+    for (;;) {
+      this.checkOpen()
+      const now = Date.now()
+      let best = null
+      for (const c of this.held) {
+        if (this.stalled(c, now)) continue
+        if (best === null || c.idemInFlight < best.idemInFlight) best = c
+      }
+      const room = this.held.length + this.opening.length < this.size
+      if (room && (best === null || best.idemInFlight > 0)) this.open()
+      if (best !== null) {
+        best.idemInFlight++
+        return best
+      }
+      if (this.opening.length === 0) return null
+      await Promise.race(this.opening) // rejects, and so fails the request, if that open failed
+    }
+  }
+}
+
+// Group commit: one statement in flight per shared connection.  Requests
+// that come while every shared connection is busy wait in one queue, and
+// the first connection to answer takes up to `batch` of them at once, in
+// one statement (many(configs): a row per request, numbered n from 1) and
+// so one transaction: one commit, one flush of the WAL, for all of them.
+// Each request is still its own claim, work and completion (idem_serve's
+// subtransaction), and sees the same as if the requests before it in the
+// batch had committed just before; nothing of one request's settings
+// reaches the next (idem_serve undoes what a handler sets).  When the
+// statement fails, nothing of the batch is kept, and each of its requests
+// is sent again alone on a pool connection of its own, where an error is
+// its own.  A request waits in the queue no longer than it takes a shared
+// connection to answer, or, if every one is held up for STALL_MS, to get a
+// pool connection of its own.
+class GroupCommit extends Shared {
+  constructor(pool, size, batch, many, bytes) {
+    super(pool, size)
+    this.batch = batch
+    this.many = many // configs => the config of one statement for them all
+    this.bytes = bytes // config => how many bytes it sends
+    this.queue = [] // { config, resolve, reject }, oldest first
+    this.timer = null
+  }
+
+  query(config) {
+    return new Promise((resolve, reject) => {
+      this.checkOpen()
+      this.queue.push({ config, resolve, reject })
+      this.pump()
+    })
+  }
+
+  pump() {
+    if (this.queue.length === 0) return
+    if (this.pool.ending) {
+      const err = new Error('Cannot use a pool after calling end on the pool')
+      for (const item of this.queue.splice(0)) item.reject(err)
+      return
+    }
+    for (const c of this.held) {
+      if (c.idemInFlight === 0) this.send(c, this.next())
+      if (this.queue.length === 0) return
+    }
+    if (this.held.length + this.opening.length < this.size) {
+      this.open().then(() => this.pump(), (err) => {
+        // Nobody else to serve the queue: the requests see why.
+        if (this.held.length === 0 && this.opening.length === 0) {
+          for (const item of this.queue.splice(0)) item.reject(err)
+        }
+      })
+      return
+    }
+    const now = Date.now()
+    if (this.opening.length === 0 && this.held.every((c) => this.stalled(c, now))) {
+      for (const item of this.queue.splice(0)) this.alone(item)
+    } else if (this.timer === null) {
+      this.timer = setTimeout(() => {
+        this.timer = null
+        this.pump()
+      }, STALL_MS)
+      this.timer.unref()
+    }
+  }
+
+  // The requests of the next statement: up to `batch`, and no more than
+  // BATCH_BYTES of bodies unless the first is larger alone.
+  next() {
+    let n = 0
+    let bytes = 0
+    while (n < this.queue.length && n < this.batch) {
+      bytes += this.bytes(this.queue[n].config)
+      if (n > 0 && bytes > BATCH_BYTES) break
+      n++
+    }
+    return this.queue.splice(0, n)
+  }
+
+  alone(item) {
+    this.pool.query(item.config).then(item.resolve, item.reject)
+  }
+
+  async send(client, items) {
+    client.idemInFlight = 1
+    client.idemSent.push(Date.now())
+    let result = null
+    let failed = null
+    try {
+      result = await client.query(items.length === 1 ? items[0].config : this.many(items.map((item) => item.config)))
+    } catch (err) {
+      failed = err
+    }
+    client.idemSent.shift()
+    client.idemAnswered = Date.now()
+    client.idemInFlight = 0
+    if (failed !== null) this.drop(client, failed)
+    else if (this.queue.length === 0) this.giveBack(client)
+    if (items.length === 1) {
+      if (failed === null) items[0].resolve(result)
+      else items[0].reject(failed)
+    } else if (failed !== null) {
+      for (const item of items) this.alone(item)
+    } else {
+      const rows = []
+      for (const row of result.rows) rows[row.n - 1] = row
+      items.forEach((item, i) => {
+        if (rows[i] === undefined) item.reject(new Error(`no answer for request ${i + 1} of a batch of ${items.length}`))
+        else item.resolve({ rows: [rows[i]] })
+      })
+    }
+    this.pump()
+  }
+}
+
+module.exports = { Mux, GroupCommit }

@@ -1,0 +1,220 @@
+'use strict'
+// serve() with `batch` (group commit): requests that come while the shared
+// connections are busy go in one statement, one transaction.  Each request
+// is still its own claim, work and stored answer; a failure costs the
+// batch a rerun of each request alone, never an effect twice; nothing one
+// handler sets reaches the next request.
+
+const test = require('node:test')
+const assert = require('node:assert/strict')
+const { serve, wrap } = require('..')
+const h = require('./helpers')
+
+const HANDLER = 'node_batch_order(text, bytea)'
+const FUNCTION = `CREATE OR REPLACE FUNCTION node_batch_order(key text, request bytea,
+      OUT status int, OUT body bytea, OUT content_type text, OUT headers jsonb)
+    LANGUAGE plpgsql AS $$
+    DECLARE
+      amount int := (convert_from(request, 'UTF8')::jsonb ->> 'amount')::int;  -- 'x' fails: 22P02
+      seen text := coalesce(nullif(current_setting('app.user', true), ''), '-');
+    BEGIN
+      IF amount = 0 THEN PERFORM pg_sleep(0.03); END IF;
+      IF amount = 1000 THEN PERFORM pg_sleep(0.6); END IF;
+      -- what a row-level security policy would read: set for this request only
+      PERFORM set_config('app.user', key, true);
+      INSERT INTO node_effects (key, run) VALUES (key, 1);
+      status := 201;
+      body := convert_to(json_build_object('key', key, 'seen', seen, 'xact', txid_current()::text,
+                                           'nonce', md5(random()::text))::text, 'UTF8');
+      content_type := 'application/json';
+    END $$`
+
+let setupPool
+
+test.before(async () => {
+  await h.setup()
+  setupPool = h.makePool({ max: 2 })
+  await setupPool.query(FUNCTION)
+})
+test.after(async () => {
+  await setupPool.end()
+})
+
+async function withBatch(multiplex, batch, f, options = {}) {
+  const pool = h.makePool({ max: 10, pipeline: false })
+  const srv = await h.serve(serve(pool, HANDLER, { ...h.quiet, ...options, multiplex, batch }))
+  try {
+    await f({ pool, srv })
+  } finally {
+    await srv.close()
+    if (!pool.ending) await pool.end()
+  }
+}
+
+const answerOf = (a) => JSON.parse(a.body)
+
+// Requests sent while the one shared connection runs a first one (30 ms,
+// below the 50 ms after which queued requests go alone) wait for it, then
+// go together.
+async function behindOne(srv, requests) {
+  const first = h.request(srv, { key: h.uniqueKey('batch-first'), body: '{"amount": 0}' })
+  await h.sleep(5)
+  const rest = requests.map((r) => h.request(srv, r))
+  return [await first, ...(await Promise.all(rest))]
+}
+
+test('options: batch needs multiplex, not pipeline mode; wrap() refuses it', async () => {
+  const pool = h.makePool({ pipeline: false })
+  try {
+    assert.throws(() => serve(pool, HANDLER, { batch: 8 }), /batch needs multiplex/)
+    assert.throws(() => serve(pool, HANDLER, { multiplex: 2, batch: 0 }), RangeError)
+    assert.throws(() => serve(pool, HANDLER, { multiplex: 2, batch: 2.5 }), RangeError)
+    assert.throws(() => serve(pool, HANDLER, { multiplex: 2 }), /pipeline: true/)
+    assert.doesNotThrow(() => serve(pool, HANDLER, { multiplex: 2, batch: 8 }))
+    assert.throws(() => serve(pool, HANDLER, { multiplex: 10, batch: 8 }), /less than the pool's max/)
+    assert.throws(() => wrap(pool, () => {}, { batch: 8 }), /serve\(\) only/)
+  } finally {
+    await pool.end()
+  }
+})
+
+test('64 requests on 2 shared connections: fewer transactions than requests, one effect each, nothing of one seen by the next', async () => {
+  await withBatch(2, 16, async (s) => {
+    const keys = Array.from({ length: 64 }, (_, i) => h.uniqueKey(`batch-many${i}`))
+    const answers = await Promise.all(keys.map((k) => h.request(s.srv, { key: k, body: '{"amount": 3}' })))
+    assert.deepEqual([...new Set(answers.map((a) => a.status))], [201])
+    const perXact = new Map()
+    answers.forEach((a, i) => {
+      const body = answerOf(a)
+      assert.equal(body.key, keys[i])
+      assert.equal(body.seen, '-', `request ${i} saw app.user = ${body.seen}`)
+      perXact.set(body.xact, (perXact.get(body.xact) || 0) + 1)
+    })
+    assert.ok(perXact.size < 32, `64 requests took ${perXact.size} transactions`)
+    assert.ok(Math.max(...perXact.values()) <= 16, 'a transaction held more than batch requests')
+    for (const k of keys) assert.equal(await h.effects(setupPool, k), 1, k)
+    assert.ok(s.pool.totalCount <= 2, `the pool opened ${s.pool.totalCount} connections`)
+    assert.equal(s.pool.idleCount, s.pool.totalCount)
+  })
+})
+
+test('64 concurrent identical requests: one effect, 63 byte-identical replays', async () => {
+  await withBatch(2, 16, async (s) => {
+    const key = h.uniqueKey('batch-storm')
+    const answers = await Promise.all(Array.from({ length: 64 }, () => h.request(s.srv, { key, body: '{"amount": 0}' })))
+    assert.equal(answers.filter((a) => a.status === 201).length, 64)
+    assert.equal(answers.filter((a) => a.headers['idempotent-replayed'] === 'true').length, 63)
+    for (const a of answers) assert.deepEqual(a.body, answers[0].body)
+    assert.equal(await h.effects(setupPool, key), 1)
+  }, { waitFor: 20000 })
+})
+
+test('a key twice in one batch: the second replays the first', async () => {
+  await withBatch(1, 16, async (s) => {
+    const key = h.uniqueKey('batch-twice')
+    const [, a, b] = await behindOne(s.srv, [{ key, body: '{"amount": 3}' }, { key, body: '{"amount": 3}' }])
+    assert.equal(answerOf(a).xact, answerOf(b).xact, 'not in one batch')
+    assert.equal(a.status, 201)
+    assert.equal(b.status, 201)
+    assert.equal(b.headers['idempotent-replayed'], 'true')
+    assert.deepEqual(b.body, a.body)
+    assert.equal(await h.effects(setupPool, key), 1)
+  })
+})
+
+test('a request that fails in a batch: the batch runs again alone, only that one fails', async () => {
+  await withBatch(1, 16, async (s) => {
+    const good = Array.from({ length: 6 }, (_, i) => h.uniqueKey(`batch-good${i}`))
+    const bad = h.uniqueKey('batch-bad')
+    const requests = good.map((key) => ({ key, body: '{"amount": 5}' }))
+    requests.splice(3, 0, { key: bad, body: '{"amount": "x"}' })
+    const [, ...answers] = await behindOne(s.srv, requests)
+    assert.deepEqual(answers.map((a) => a.status), [201, 201, 201, 500, 201, 201, 201])
+    for (const key of good) assert.equal(await h.effects(setupPool, key), 1, key)
+    assert.equal(await h.effects(setupPool, bad), 0)
+    // It stored nothing: sent again right, it runs.
+    assert.equal((await h.request(s.srv, { key: bad, body: '{"amount": 6}' })).status, 201)
+    // The others, run alone after the batch failed, replay now.
+    for (const key of good) {
+      assert.equal((await h.request(s.srv, { key, body: '{"amount": 5}' })).headers['idempotent-replayed'], 'true')
+    }
+  })
+})
+
+test('keys and bodies of every shape go through the arrays unchanged', async () => {
+  await withBatch(1, 16, async (s) => {
+    const odd = ['a,b', 'q"uote', 'back\\slash', '{brace}', ' spaced ', 'NULL', 'ünï', "it's"]
+    const keys = odd.map((k) => h.uniqueKey(k))
+    const [, ...answers] = await behindOne(s.srv, keys.map((key) => ({ key, body: '{"amount": 7}' })))
+    assert.equal(new Set(answers.map((a) => answerOf(a).xact)).size, 1, 'not in one batch')
+    answers.forEach((a, i) => {
+      assert.equal(a.status, 201)
+      assert.equal(answerOf(a).key, keys[i])
+    })
+    for (const key of keys) assert.equal(await h.effects(setupPool, key), 1, key)
+  })
+})
+
+test('requests queued behind a slow batch go alone once it is held up', async () => {
+  await withBatch(1, 16, async (s) => {
+    const slow = h.request(s.srv, { key: h.uniqueKey('batch-slow'), body: '{"amount": 1000}' })
+    await h.sleep(100)
+    const fast = await Promise.all(
+      Array.from({ length: 10 }, (_, i) => h.request(s.srv, { key: h.uniqueKey(`batch-fast${i}`), body: '{"amount": 4}' }))
+    )
+    const late = await slow
+    for (const a of fast) {
+      assert.equal(a.status, 201)
+      assert.ok(a.at < late.at, 'a fast request waited for the slow one')
+    }
+  })
+})
+
+test('shared connections killed mid-storm: 201 or 503 only, none runs twice, the pool recovers', async () => {
+  await withBatch(2, 16, async (s) => {
+    const keys = Array.from({ length: 80 }, (_, i) => h.uniqueKey(`batch-kill${i}`))
+    const status = new Map()
+    let next = 0
+    const worker = async () => {
+      while (next < keys.length) {
+        const key = keys[next++]
+        status.set(key, (await h.request(s.srv, { key, body: '{"amount": 0}' })).status)
+      }
+    }
+    const workers = Array.from({ length: 16 }, worker)
+    await h.sleep(100)
+    const { rows } = await setupPool.query(
+      `SELECT count(pg_terminate_backend(pid))::int AS n FROM pg_stat_activity
+        WHERE datname = current_database() AND pid <> pg_backend_pid()
+          AND query LIKE '%idem_serve%'`)
+    await Promise.all(workers)
+    assert.ok(rows[0].n > 0, 'no connection was killed')
+    const codes = [...status.values()]
+    assert.ok(codes.every((c) => c === 201 || c === 503), `statuses ${[...new Set(codes)]}`)
+    for (const key of keys) {
+      const again = await h.request(s.srv, { key, body: '{"amount": 0}' })
+      assert.equal(again.status, 201, key)
+      if (status.get(key) === 201) assert.equal(again.headers['idempotent-replayed'], 'true', key)
+      assert.equal(await h.effects(setupPool, key), 1, key)
+    }
+    assert.equal(s.pool.idleCount, s.pool.totalCount)
+  })
+})
+
+test('after pool.end() no statement is sent, not even on a connection still held', async () => {
+  await withBatch(1, 16, async (s) => {
+    // The request after end() waits in the queue for the shared
+    // connection, which the first request holds for 30 ms more (sent at
+    // once: the pool has the connection open already).
+    assert.equal((await h.request(s.srv, { key: h.uniqueKey('batch-warm'), body: '{"amount": 3}' })).status, 201)
+    const first = h.request(s.srv, { key: h.uniqueKey('batch-ending'), body: '{"amount": 0}' })
+    await h.sleep(5)
+    const ended = s.pool.end()
+    const key = h.uniqueKey('batch-ended')
+    const after = await h.request(s.srv, { key, body: '{"amount": 3}' })
+    assert.ok(after.status >= 500, `a request after end() got ${after.status}`)
+    assert.equal((await first).status, 201)
+    await ended
+    assert.equal(await h.effects(setupPool, key), 0)
+  })
+})
