@@ -35,6 +35,7 @@ const DEFAULTS = {
   maxBodyBytes: 1024 * 1024,
   multiplex: 0,
   batch: 1,
+  stallMs: 50,
   onError: (err) => console.error('pg-idempotency:', err && err.message),
 }
 
@@ -373,8 +374,8 @@ function build(pool, handler, options, expressStyle) {
   if (!pool || typeof pool.connect !== 'function') throw new TypeError('pool must be a pg.Pool (or have connect() and query())')
   if (typeof handler !== 'function') throw new TypeError('handler must be a function (req, res, ctx)')
   const o = normaliseOptions(options)
-  if (o.multiplex !== 0 || o.batch !== 1) {
-    throw new TypeError('multiplex and batch apply to serve() only: a handler in JavaScript needs its own connection for its transaction')
+  if (o.multiplex !== 0 || o.batch !== 1 || o.stallMs !== DEFAULTS.stallMs) {
+    throw new TypeError('multiplex, batch and stallMs apply to serve() only: a handler in JavaScript needs its own connection for its transaction')
   }
 
   return function idempotencyHandler(req, res, next) {
@@ -477,6 +478,9 @@ function serve(pool, handlerName, options) {
   if (!Number.isInteger(o.multiplex) || o.multiplex < 0) throw new RangeError('multiplex must be an integer >= 0')
   let mux = null
   if (!Number.isInteger(o.batch) || o.batch < 1) throw new RangeError('batch must be an integer >= 1')
+  if (typeof o.stallMs !== 'number' || !(o.stallMs > 0) || !Number.isFinite(o.stallMs)) {
+    throw new RangeError('stallMs must be a number of milliseconds > 0')
+  }
   if (o.batch > 1 && o.multiplex === 0) throw new TypeError('batch needs multiplex: the requests of a batch share one of its connections')
   if (o.multiplex > 0) {
     if (typeof pool.connect !== 'function' || !pool.options) throw new TypeError('multiplex needs a pg.Pool')
@@ -489,7 +493,9 @@ function serve(pool, handlerName, options) {
     if (pool.options.query_timeout) {
       throw new TypeError("multiplex does not go with the pool's query_timeout: its timer counts the time a statement waits behind others, and when it fires the connection is closed with every statement on it (use statement_timeout)")
     }
-    mux = o.batch > 1 ? new GroupCommit(pool, o.multiplex, o.batch, serveMany, (c) => c.values[2].length) : new Mux(pool, o.multiplex)
+    mux = o.batch > 1
+      ? new GroupCommit(pool, o.multiplex, o.stallMs, o.batch, serveMany, (c) => c.values[2].length)
+      : new Mux(pool, o.multiplex, o.stallMs)
   }
   let handlerRef = handlerName  // the name, or the OID the server gave for it
   return (req, res) => {

@@ -16,7 +16,7 @@
 //
 // The price is a queue: a statement waits on its connection for the ones
 // written before it.  A new request goes to the connection with the fewest
-// statements in flight, among those that answered within STALL_MS (or
+// statements in flight, among those that answered within stallMs (or
 // have nothing in flight); if every shared connection is held up so, the request
 // gets a pool connection of its own (pool.query), so that a few slow
 // statements do not stop the others.  A connection goes back to the pool
@@ -27,15 +27,15 @@
 // goes with it.  A lost connection fails its statements in flight, as it
 // would without a Mux.
 
-const STALL_MS = 50
 const BATCH_BYTES = 1024 * 1024
 
 // The connections a Mux or a GroupCommit has checked out of the pool, at
 // most `size`, with what each keeps of its state.
 class Shared {
-  constructor(pool, size) {
+  constructor(pool, size, stallMs = 50) {
     this.pool = pool
     this.size = size
+    this.stallMs = stallMs
     this.held = [] // checked out, with .idemInFlight
     this.opening = [] // pool.connect() promises not settled yet
   }
@@ -45,9 +45,9 @@ class Shared {
     if (this.pool.ending) throw new Error('Cannot use a pool after calling end on the pool')
   }
 
-  // A connection held up: no answer for STALL_MS while a statement is in flight.
+  // A connection held up: no answer for stallMs while a statement is in flight.
   stalled(client, now) {
-    return client.idemSent.length > 0 && now - Math.max(client.idemSent[0], client.idemAnswered) > STALL_MS
+    return client.idemSent.length > 0 && now - Math.max(client.idemSent[0], client.idemAnswered) > this.stallMs
   }
 
   open() {
@@ -171,11 +171,11 @@ class Mux extends Shared {
 // statement fails, nothing of the batch is kept, and each of its requests
 // is sent again alone on a pool connection of its own, where an error is
 // its own.  A request waits in the queue no longer than it takes a shared
-// connection to answer, or, if every one is held up for STALL_MS, to get a
+// connection to answer, or, if every one is held up for stallMs, to get a
 // pool connection of its own.
 class GroupCommit extends Shared {
-  constructor(pool, size, batch, many, bytes) {
-    super(pool, size)
+  constructor(pool, size, stallMs, batch, many, bytes) {
+    super(pool, size, stallMs)
     this.batch = batch
     this.many = many // configs => the config of one statement for them all
     this.bytes = bytes // config => how many bytes it sends
@@ -218,7 +218,7 @@ class GroupCommit extends Shared {
       this.timer = setTimeout(() => {
         this.timer = null
         this.pump()
-      }, STALL_MS)
+      }, this.stallMs)
       this.timer.unref()
     }
   }

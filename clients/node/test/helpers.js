@@ -6,6 +6,7 @@
 const http = require('node:http')
 const crypto = require('node:crypto')
 const pg = require('pg')
+const assert = require('node:assert/strict')
 
 const RUN = crypto.randomBytes(4).toString('hex') // keys of this run
 
@@ -107,6 +108,67 @@ async function effects(pool, key) {
 
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms))
 
+// The test file's fixture: the extension set up and its handler created
+// before its tests, on a pool of two connections (fixture.pool) closed
+// after them.
+function fixture(functionSql) {
+  const test = require('node:test')
+  const f = { pool: null }
+  test.before(async () => {
+    await setup()
+    f.pool = makePool({ max: 2 })
+    await f.pool.query(functionSql)
+  })
+  test.after(async () => {
+    await f.pool.end()
+  })
+  return f
+}
+
+// 64 concurrent requests with one key: one runs, 63 replay it byte for byte.
+async function identicalStorm(srv, pool, prefix) {
+  const key = uniqueKey(prefix)
+  const answers = await Promise.all(Array.from({ length: 64 }, () => request(srv, { key, body: '{"amount": 0}' })))
+  assert.equal(answers.filter((a) => a.status === 201).length, 64)
+  assert.equal(answers.filter((a) => a.headers['idempotent-replayed'] === 'true').length, 63)
+  for (const a of answers) assert.deepEqual(a.body, answers[0].body)
+  assert.equal(await effects(pool, key), 1)
+}
+
+// A storm of first-time requests (16 at a time, `count` keys) against a
+// serve() with shared connections, whose backends running idem_serve are
+// killed once 10 requests are answered; then every key is sent again.  Asserts: only 201 and
+// 503 during the storm; afterwards 201 for every key, a replay where the
+// first answer was 201, and one effect per key.  Resolves to the statuses.
+async function killStorm(srv, pool, prefix, count, body) {
+  const keys = Array.from({ length: count }, (_, i) => uniqueKey(`${prefix}${i}`))
+  const status = new Map()
+  let next = 0
+  const worker = async () => {
+    while (next < keys.length) {
+      const key = keys[next++]
+      status.set(key, (await request(srv, { key, body })).status)
+    }
+  }
+  const workers = Array.from({ length: 16 }, worker)
+  while (status.size < 10) await sleep(5) // connections open and in use
+  const { rows } = await pool.query(
+    `SELECT count(pg_terminate_backend(pid))::int AS n FROM pg_stat_activity
+      WHERE datname = current_database() AND pid <> pg_backend_pid()
+        AND query LIKE '%idem_serve%'`)
+  await Promise.all(workers)
+  assert.ok(rows[0].n > 0, 'no connection was killed')
+  const codes = [...status.values()]
+  assert.ok(codes.every((c) => c === 201 || c === 503), `statuses ${[...new Set(codes)]}`)
+  for (const key of keys) {
+    const again = await request(srv, { key, body })
+    assert.equal(again.status, 201, key)
+    if (status.get(key) === 201) assert.equal(again.headers['idempotent-replayed'], 'true', key)
+    assert.equal(await effects(pool, key), 1, key)
+  }
+  return codes
+}
+
 const quiet = { onError: () => {} }
 
-module.exports = { RUN, uniqueKey, makePool, setup, serve, request, effects, sleep, quiet, countRoundTrips }
+module.exports = { RUN, uniqueKey, makePool, setup, serve, request, effects, sleep, quiet, countRoundTrips, killStorm, fixture, identicalStorm }

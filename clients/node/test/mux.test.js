@@ -29,16 +29,7 @@ const FUNCTION = `CREATE OR REPLACE FUNCTION node_mux_order(key text, request by
       content_type := 'application/json';
     END $$`
 
-let setupPool
-
-test.before(async () => {
-  await h.setup()
-  setupPool = h.makePool({ max: 2 })
-  await setupPool.query(FUNCTION)
-})
-test.after(async () => {
-  await setupPool.end()
-})
+const db = h.fixture(FUNCTION)
 
 // Run f with a server on a pool of its own (so that its connections can
 // be counted), then close both (the pool unless f ended it).
@@ -84,12 +75,7 @@ test('options: a pool without pipeline mode, a bad size and wrap() are refused',
 // each on a connection of its own; without it they would get 409.
 test('64 concurrent identical requests on 2 shared connections: one effect, 63 byte-identical replays', async () => {
   await withMux(2, async (s) => {
-    const key = h.uniqueKey('mux-storm')
-    const answers = await Promise.all(Array.from({ length: 64 }, () => h.request(s.srv, { key, body: '{"amount": 0}' })))
-    assert.equal(answers.filter((a) => a.status === 201).length, 64)
-    assert.equal(answers.filter((a) => a.headers['idempotent-replayed'] === 'true').length, 63)
-    for (const a of answers) assert.deepEqual(a.body, answers[0].body)
-    assert.equal(await h.effects(setupPool, key), 1)
+    await h.identicalStorm(s.srv, db.pool, 'mux-storm')
     assert.equal(s.pool.idleCount, s.pool.totalCount)
   }, null, { waitFor: 20000 })
 })
@@ -103,8 +89,8 @@ test('64 requests at once on 2 shared connections: 2 connections, given back aft
     assert.ok(backends.size <= 2, `statements ran on ${backends.size} backends`)
     assert.ok(s.pool.totalCount <= 2, `the pool opened ${s.pool.totalCount} connections`)
     assert.equal(s.pool.idleCount, s.pool.totalCount)
-    for (const k of keys) assert.equal(await h.effects(setupPool, k), 1, k)
-  })
+    for (const k of keys) assert.equal(await h.effects(db.pool, k), 1, k)
+  }, null, { stallMs: 5000 }) // (a busy machine may hold a statement up 50 ms)
 })
 
 test('without multiplex the same burst takes a connection per statement', async () => {
@@ -134,46 +120,20 @@ test('one round trip per request, and an error ends only its own request', async
     for (let i = 0; i < 20; i++) {
       assert.equal(answers[2 * i].status, 201, good[i])
       assert.equal(answers[2 * i + 1].status, 500, bad[i])
-      assert.equal(await h.effects(setupPool, good[i]), 1)
-      assert.equal(await h.effects(setupPool, bad[i]), 0)
+      assert.equal(await h.effects(db.pool, good[i]), 1)
+      assert.equal(await h.effects(db.pool, bad[i]), 0)
     }
     // A failed request stored nothing: sent again right, it runs.
     assert.equal((await h.request(s.srv, { key: bad[0], body: '{"amount": "x"}' })).status, 500)
     assert.equal((await h.request(s.srv, { key: bad[1], body: '{"amount": 6}' })).status, 201)
     assert.equal(s.pool.totalCount, 1)
-  }, counter)
+  }, counter, { stallMs: 5000 })
 })
 
 test('a shared connection killed mid-storm: its requests get 503, none runs twice, the pool recovers', async () => {
   await withMux(2, async (s) => {
-    const keys = Array.from({ length: 80 }, (_, i) => h.uniqueKey(`mux-kill${i}`))
-    const status = new Map()
-    let next = 0
-    const worker = async () => {
-      while (next < keys.length) {
-        const key = keys[next++]
-        status.set(key, (await h.request(s.srv, { key, body: '{"amount": 0}' })).status)
-      }
-    }
-    const workers = Array.from({ length: 16 }, worker)
-    await h.sleep(100)
-    const { rows } = await setupPool.query(
-      `SELECT count(pg_terminate_backend(pid))::int AS n FROM pg_stat_activity
-        WHERE datname = current_database() AND pid <> pg_backend_pid()
-          AND query LIKE '%idem_serve%'`)
-    await Promise.all(workers)
-    assert.ok(rows[0].n > 0, 'no connection was killed')
-    const codes = [...status.values()]
-    assert.ok(codes.every((c) => c === 201 || c === 503), `statuses ${[...new Set(codes)]}`)
+    const codes = await h.killStorm(s.srv, db.pool, 'mux-kill', 80, '{"amount": 0}')
     assert.ok(codes.includes(503), 'the kill failed no request')
-    // Every key sent again: a 503 ran at most once before (the retry
-    // replays it or runs it now), a 201 replays.
-    for (const key of keys) {
-      const again = await h.request(s.srv, { key, body: '{"amount": 0}' })
-      assert.equal(again.status, 201, key)
-      if (status.get(key) === 201) assert.equal(again.headers['idempotent-replayed'], 'true', key)
-      assert.equal(await h.effects(setupPool, key), 1, key)
-    }
     assert.equal(s.pool.idleCount, s.pool.totalCount)
   })
 })
@@ -192,27 +152,27 @@ test('a slow statement holds up only the requests already queued behind it', asy
   })
 })
 
+// The statuses of n requests sent one after the other, after one with body.
+async function statusesAfter(srv, body, n) {
+  assert.equal((await h.request(srv, { key: h.uniqueKey('mux-first'), body })).status, 201)
+  const statuses = []
+  for (let i = 0; i < n; i++) {
+    statuses.push((await h.request(srv, { key: h.uniqueKey(`mux-after${i}`), body: '{"amount": 8}' })).status)
+  }
+  return statuses
+}
+
 test('a statement that failed closes its connection: what it left in the session goes with it', async () => {
   await withMux(1, async (s) => {
-    assert.equal((await h.request(s.srv, { key: h.uniqueKey('mux-poison'), body: '{"amount": 3000}' })).status, 201)
-    const statuses = []
-    for (let i = 0; i < 10; i++) {
-      statuses.push((await h.request(s.srv, { key: h.uniqueKey(`mux-after${i}`), body: '{"amount": 8}' })).status)
-    }
     // The next statement on that session fails (its prepared statement is
     // gone); the connection is closed, and the others run on a new one.
-    assert.deepEqual(statuses, [500, 201, 201, 201, 201, 201, 201, 201, 201, 201])
+    assert.deepEqual(await statusesAfter(s.srv, '{"amount": 3000}', 10), [500, 201, 201, 201, 201, 201, 201, 201, 201, 201])
   })
 })
 
 test("a handler's settings do not outlive it on a shared connection", async () => {
   await withMux(1, async (s) => {
-    assert.equal((await h.request(s.srv, { key: h.uniqueKey('mux-readonly'), body: '{"amount": 2000}' })).status, 201)
-    const statuses = []
-    for (let i = 0; i < 5; i++) {
-      statuses.push((await h.request(s.srv, { key: h.uniqueKey(`mux-writable${i}`), body: '{"amount": 8}' })).status)
-    }
-    assert.deepEqual(statuses, [201, 201, 201, 201, 201])
+    assert.deepEqual(await statusesAfter(s.srv, '{"amount": 2000}', 5), [201, 201, 201, 201, 201])
   })
 })
 
@@ -268,7 +228,7 @@ test('a connection is counted in use before it is handed out', async () => {
       return c
     },
   }
-  const mux = new Mux(pool, 1)
+  const mux = new Mux(pool, 1, 5000) // (a busy machine may sleep 50 ms instead of 5)
   const first = mux.query({})
   await h.sleep(5)
   const [client] = mux.held
