@@ -68,11 +68,21 @@ function normaliseOptions(options) {
   const o = { ...DEFAULTS, ...(options || {}) }
   o.keptHeaders = (o.keptHeaders || []).map((h) => String(h).toLowerCase())
   if (!Number.isInteger(o.retries) || o.retries < 0) throw new RangeError('retries must be an integer >= 0')
+  if (typeof o.scope !== 'string' && typeof o.scope !== 'function') throw new TypeError('scope must be a string or a function (req) => string')
   db.interval(o.waitFor) // throws early on a bad value
   if (o.waitFor === 0) throw new RangeError('waitFor must be positive; leave it null for no waiting')
   db.interval(o.lease)
   db.interval(o.ttl)
   return o
+}
+
+// The request's scope: the option, or what its function returns, which
+// must be a string (anything else would be sent as something else: an
+// array as an array literal, a Buffer as bytes).
+async function scopeOf(o, req) {
+  const scope = typeof o.scope === 'function' ? await o.scope(req) : o.scope
+  if (typeof scope !== 'string') throw new TypeError(`scope must be a string, not ${scope === null ? 'null' : typeof scope}`)
+  return scope
 }
 
 function fingerprint(method, target, body) {
@@ -409,7 +419,7 @@ function build(pool, handler, options, expressStyle) {
         throw new HttpError(400, `Idempotency-Key longer than ${MAX_KEY_BYTES} bytes`)
       }
       r.key = key
-      r.scope = typeof o.scope === 'function' ? await o.scope(req) : o.scope
+      r.scope = await scopeOf(o, req)
       r.ttl = o.ttl
       r.lease = o.lease
       r.waitFor = o.waitFor
@@ -504,7 +514,7 @@ function serve(pool, handlerName, options) {
       if (Array.isArray(key)) key = key[0]
       if (key === undefined || key === '') throw new HttpError(400, 'missing Idempotency-Key header')
       if (Buffer.byteLength(key, 'utf8') > MAX_KEY_BYTES) throw new HttpError(400, `Idempotency-Key longer than ${MAX_KEY_BYTES} bytes`)
-      const scope = typeof o.scope === 'function' ? await o.scope(req) : o.scope
+      const scope = await scopeOf(o, req)
       const body = await readBody(req, o.maxBodyBytes)
       const waitFor = db.interval(o.waitFor)
       // Multiplexed, a statement must not wait: the requests queued behind

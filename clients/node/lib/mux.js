@@ -191,36 +191,56 @@ class GroupCommit extends Shared {
     })
   }
 
+  // Hand the queue to the idle shared connections; open another (up to
+  // size) when none is idle; when every one has been held up for stallMs,
+  // send the queued requests alone; else look again in stallMs.  After
+  // pool.end(), fail the queue and give back what is idle, so that end()
+  // is not left waiting for a connection nobody will use.
   pump() {
-    if (this.queue.length === 0) return
     if (this.pool.ending) {
       const err = new Error('Cannot use a pool after calling end on the pool')
       for (const item of this.queue.splice(0)) item.reject(err)
+      for (const c of [...this.held]) if (c.idemInFlight === 0) this.giveBack(c)
       return
     }
+    if (this.queue.length === 0) return
     for (const c of this.held) {
       if (c.idemInFlight === 0) this.send(c, this.next())
       if (this.queue.length === 0) return
     }
     if (this.held.length + this.opening.length < this.size) {
       this.open().then(() => this.pump(), (err) => {
-        // Nobody else to serve the queue: the requests see why.
+        // Nobody else to serve the queue: the requests see why.  Else the
+        // others serve it, and the stall rule still holds.
         if (this.held.length === 0 && this.opening.length === 0) {
           for (const item of this.queue.splice(0)) item.reject(err)
+        } else {
+          this.unstick()
         }
       })
       return
     }
+    this.unstick()
+  }
+
+  // Every shared connection held up: the queue goes alone.  Else look
+  // again in stallMs.
+  unstick() {
     const now = Date.now()
     if (this.opening.length === 0 && this.held.every((c) => this.stalled(c, now))) {
       for (const item of this.queue.splice(0)) this.alone(item)
-    } else if (this.timer === null) {
-      this.timer = setTimeout(() => {
-        this.timer = null
-        this.pump()
-      }, this.stallMs)
-      this.timer.unref()
+    } else {
+      this.later()
     }
+  }
+
+  later() {
+    if (this.timer !== null) return
+    this.timer = setTimeout(() => {
+      this.timer = null
+      this.pump()
+    }, this.stallMs)
+    this.timer.unref()
   }
 
   // The requests of the next statement: up to `batch`, and no more than

@@ -2,8 +2,8 @@
 // serve() with `batch` (group commit): requests that come while the shared
 // connections are busy go in one statement, one transaction.  Each request
 // is still its own claim, work and stored answer; a failure costs the
-// batch a rerun of each request alone, never an effect twice; nothing one
-// handler sets reaches the next request.
+// batch a rerun of each request alone, never a committed effect twice;
+// no setting one handler makes reaches the next request.
 
 const test = require('node:test')
 const assert = require('node:assert/strict')
@@ -187,4 +187,58 @@ test('after pool.end() no statement is sent, not even on a connection still held
     await ended
     assert.equal(await h.effects(db.pool, key), 0)
   }, LONG_STALL)
+})
+
+test('pool.end() with requests queued returns, and gives the shared connection back', async () => {
+  await withBatch(1, 16, async (s) => {
+    const first = h.request(s.srv, { key: h.uniqueKey('batch-end-first'), body: '{"amount": 500}' })
+    await h.sleep(20)
+    const queued = Array.from({ length: 3 }, (_, i) => h.request(s.srv, { key: h.uniqueKey(`batch-end-queued${i}`), body: '{"amount": 3}' }))
+    await h.sleep(20)
+    let timer
+    const hang = new Promise((resolve) => { timer = setTimeout(() => resolve('hung'), 5000) })
+    const ended = await Promise.race([s.pool.end().then(() => 'ended'), hang])
+    clearTimeout(timer)
+    assert.equal(ended, 'ended', `pool.end() still waiting, ${s.pool.totalCount} connection(s) out`)
+    assert.equal((await first).status, 201)
+    for (const a of await Promise.all(queued)) assert.ok(a.status >= 500)
+  }, LONG_STALL)
+})
+
+test('a connection that fails to open leaves the queue to the stall rule', async () => {
+  const { GroupCommit } = require('../lib/mux')
+  const { EventEmitter } = require('node:events')
+  let opened = 0
+  const pool = {
+    ending: false,
+    async connect() {
+      if (++opened > 1) throw new Error('too many connections')
+      const c = new EventEmitter()
+      c.query = () => new Promise(() => {}) // never answers
+      c.release = () => {}
+      return c
+    },
+    query: async () => ({ rows: ['alone'] }),
+  }
+  const gc = new GroupCommit(pool, 2, 20, 16, () => ({}), () => 0)
+  gc.query({ values: [] })
+  await h.sleep(5)
+  let timer
+  const hang = new Promise((resolve) => { timer = setTimeout(() => resolve({ rows: ['hung'] }), 3000) })
+  const second = await Promise.race([gc.query({ values: [] }), hang])
+  clearTimeout(timer)
+  assert.deepEqual(second.rows, ['alone'])
+})
+
+test('a scope that is not a string is refused, not sent as something else', async () => {
+  const pool = h.makePool({ pipeline: false })
+  try {
+    assert.throws(() => serve(pool, HANDLER, { scope: ['a'] }), /scope must be a string/)
+  } finally {
+    await pool.end()
+  }
+  await withBatch(1, 16, async (s) => {
+    const a = await h.request(s.srv, { key: h.uniqueKey('batch-scope'), body: '{"amount": 3}' })
+    assert.equal(a.status, 500)
+  }, { scope: () => ['tenant-a'] })
 })
