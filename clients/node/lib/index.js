@@ -488,8 +488,9 @@ function serve(pool, handlerName, options) {
   if (!Number.isInteger(o.multiplex) || o.multiplex < 0) throw new RangeError('multiplex must be an integer >= 0')
   let mux = null
   if (!Number.isInteger(o.batch) || o.batch < 1) throw new RangeError('batch must be an integer >= 1')
-  if (typeof o.stallMs !== 'number' || !(o.stallMs > 0) || !Number.isFinite(o.stallMs)) {
-    throw new RangeError('stallMs must be a number of milliseconds > 0')
+  // (a timer's limit: setTimeout takes 1 ms for more)
+  if (typeof o.stallMs !== 'number' || !(o.stallMs > 0) || !(o.stallMs <= 2147483647)) {
+    throw new RangeError('stallMs must be a number of milliseconds > 0 and at most 2147483647')
   }
   if (o.batch > 1 && o.multiplex === 0) throw new TypeError('batch needs multiplex: the requests of a batch share one of its connections')
   if (o.multiplex > 0) {

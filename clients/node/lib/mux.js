@@ -50,27 +50,36 @@ class Shared {
     return client.idemSent.length > 0 && now - Math.max(client.idemSent[0], client.idemAnswered) > this.stallMs
   }
 
+  // A pool connection checked out for sharing.  pg-pool's callback, not
+  // its promise: a connection another request just gave back is handed
+  // over in the same turn, without pg-pool's own 'error' listener, and a
+  // message that ends its session may be read in that turn too; the
+  // listener must be on before then, not one microtask later.
   open() {
-    const opened = this.pool.connect().then((client) => {
-      client.idemInFlight = 0
-      client.idemSent = [] // when each statement in flight was sent, oldest first
-      client.idemAnswered = 0 // when the last answer came
-      client.idemBroken = null
-      client.idemReleased = false
-      client.idemOnError = (err) => this.drop(client, err)
-      client.on('error', client.idemOnError)
-      this.held.push(client)
-      // Opened for a request that found another connection meanwhile:
-      // back to the pool if still unused once this turn is over.
-      setImmediate(() => {
-        if (client.idemInFlight === 0) this.giveBack(client)
-      })
-      return client
+    const opened = new Promise((resolve, reject) => {
+      this.pool.connect((err, client) => (err ? reject(err) : resolve(this.adopt(client))))
     })
     const entry = opened.finally(() => this.opening.splice(this.opening.indexOf(entry), 1))
     entry.catch(() => {}) // the request that waits for it sees the error
     this.opening.push(entry)
     return entry
+  }
+
+  adopt(client) {
+    client.idemInFlight = 0
+    client.idemSent = [] // when each statement in flight was sent, oldest first
+    client.idemAnswered = 0 // when the last answer came
+    client.idemBroken = null
+    client.idemReleased = false
+    client.idemOnError = (err) => this.drop(client, err)
+    client.on('error', client.idemOnError)
+    this.held.push(client)
+    // Opened for a request that found another connection meanwhile:
+    // back to the pool if still unused once this turn is over.
+    setImmediate(() => {
+      if (client.idemInFlight === 0) this.giveBack(client)
+    })
+    return client
   }
 
   // A connection that failed, or on which a statement failed, takes no new

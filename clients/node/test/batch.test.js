@@ -68,6 +68,8 @@ test('options: batch needs multiplex, not pipeline mode; wrap() refuses it', asy
     assert.throws(() => serve(pool, HANDLER, { multiplex: 10, batch: 8 }), /less than the pool's max/)
     assert.throws(() => serve(pool, HANDLER, { multiplex: 2, batch: 8, stallMs: 0 }), RangeError)
     assert.throws(() => serve(pool, HANDLER, { multiplex: 2, batch: 8, stallMs: '50' }), RangeError)
+    assert.throws(() => serve(pool, HANDLER, { multiplex: 2, batch: 8, stallMs: 2 ** 31 }), RangeError)
+    assert.doesNotThrow(() => serve(pool, HANDLER, { multiplex: 2, batch: 8, stallMs: 2 ** 31 - 1 }))
     assert.throws(() => wrap(pool, () => {}, { batch: 8 }), /serve\(\) only/)
     assert.throws(() => wrap(pool, () => {}, { stallMs: 100 }), /serve\(\) only/)
   } finally {
@@ -211,12 +213,12 @@ test('a connection that fails to open leaves the queue to the stall rule', async
   let opened = 0
   const pool = {
     ending: false,
-    async connect() {
-      if (++opened > 1) throw new Error('too many connections')
+    connect(callback) {
+      if (++opened > 1) return setImmediate(() => callback(new Error('too many connections')))
       const c = new EventEmitter()
       c.query = () => new Promise(() => {}) // never answers
       c.release = () => {}
-      return c
+      setImmediate(() => callback(null, c))
     },
     query: async () => ({ rows: ['alone'] }),
   }

@@ -216,7 +216,7 @@ test('a connection is counted in use before it is handed out', async () => {
   let n = 0
   const pool = {
     ending: false,
-    async connect() {
+    connect(callback) {
       const c = new EventEmitter()
       c.id = ++n
       c.answers = []
@@ -225,7 +225,7 @@ test('a connection is counted in use before it is handed out', async () => {
         return new Promise((resolve) => c.answers.push(resolve))
       }
       c.release = () => released.push(c.id)
-      return c
+      setImmediate(() => callback(null, c))
     },
   }
   const mux = new Mux(pool, 1, 5000) // (a busy machine may sleep 50 ms instead of 5)
@@ -241,4 +241,31 @@ test('a connection is counted in use before it is handed out', async () => {
   client.answers.shift()({ rows: [2] })
   assert.deepEqual((await second).rows, [2])
   assert.deepEqual(released, [client.id])
+})
+
+test('a connection that fails as it is handed over is dropped, and the request runs on another', async () => {
+  const { Mux, GroupCommit } = require('../lib/mux')
+  const { EventEmitter } = require('node:events')
+  const released = []
+  let n = 0
+  const pool = {
+    ending: false,
+    // pg-pool hands a connection just given back to a waiting connect()
+    // in the same turn; the message that ends its session may be read in
+    // that turn too.
+    connect(callback) {
+      const c = new EventEmitter()
+      c.id = ++n
+      c.query = async () => ({ rows: [`on ${c.id}`] })
+      c.release = (err) => released.push([c.id, err ? err.message : null])
+      callback(null, c)
+      if (c.id === 1) c.emit('error', new Error('terminating connection due to administrator command'))
+    },
+  }
+  for (const shared of [new Mux(pool, 2, 5000), new GroupCommit(pool, 2, 5000, 16, () => ({}), () => 0)]) {
+    n = 0
+    released.length = 0
+    assert.deepEqual((await shared.query({ values: [] })).rows, ['on 2'])
+    assert.deepEqual(released[0], [1, 'terminating connection due to administrator command'])
+  }
 })
