@@ -163,7 +163,16 @@ class Mux extends Shared {
         return best
       }
       if (this.opening.length === 0) return null
-      await Promise.race(this.opening) // rejects, and so fails the request, if that open failed
+      // Whichever opens first (rejects, and so fails the request, if that
+      // open failed), or stallMs: pg-pool leaves a connect() waiting at
+      // end() unsettled, and the loop's first check fails the request then.
+      let timer
+      const tick = new Promise((resolve) => { timer = setTimeout(resolve, this.stallMs) })
+      try {
+        await Promise.race([...this.opening, tick])
+      } finally {
+        clearTimeout(timer)
+      }
     }
   }
 }
@@ -227,6 +236,9 @@ class GroupCommit extends Shared {
           this.unstick()
         }
       })
+      // and look again in stallMs all the same: pg-pool leaves a
+      // connect() waiting at end() unsettled
+      this.later()
       return
     }
     this.unstick()

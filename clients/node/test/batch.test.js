@@ -193,6 +193,7 @@ test('after pool.end() no statement is sent, not even on a connection still held
 
 test('pool.end() with requests queued returns, and gives the shared connection back', async () => {
   await withBatch(1, 16, async (s) => {
+    assert.equal((await h.request(s.srv, { key: h.uniqueKey('batch-end-warm'), body: '{"amount": 3}' })).status, 201)
     const first = h.request(s.srv, { key: h.uniqueKey('batch-end-first'), body: '{"amount": 500}' })
     await h.sleep(20)
     const queued = Array.from({ length: 3 }, (_, i) => h.request(s.srv, { key: h.uniqueKey(`batch-end-queued${i}`), body: '{"amount": 3}' }))
@@ -209,22 +210,16 @@ test('pool.end() with requests queued returns, and gives the shared connection b
 
 test('a connection that fails to open leaves the queue to the stall rule', async () => {
   const { GroupCommit } = require('../lib/mux')
-  const { EventEmitter } = require('node:events')
-  let opened = 0
-  const pool = {
-    ending: false,
-    connect(callback) {
-      if (++opened > 1) return setImmediate(() => callback(new Error('too many connections')))
-      const c = new EventEmitter()
+  const pool = h.fakePool({
+    client(c) {
       c.query = () => new Promise(() => {}) // never answers
-      c.release = () => {}
-      setImmediate(() => callback(null, c))
     },
+    fail: (id) => (id > 1 ? new Error('too many connections') : null),
     query: async () => ({ rows: ['alone'] }),
-  }
+  })
   const gc = new GroupCommit(pool, 2, 20, 16, () => ({}), () => 0)
   gc.query({ values: [] })
-  await h.sleep(5)
+  while (!(gc.held.length === 1 && gc.held[0].idemInFlight === 1)) await h.sleep(1) // sent
   let timer
   const hang = new Promise((resolve) => { timer = setTimeout(() => resolve({ rows: ['hung'] }), 3000) })
   const second = await Promise.race([gc.query({ values: [] }), hang])

@@ -108,6 +108,30 @@ async function effects(pool, key) {
 
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms))
 
+// A stand-in for pg.Pool, for the shared-connection classes alone.
+// connect() hands out clients numbered from 1 (an EventEmitter with id and
+// release(), which records [id, error message or null] in pool.released),
+// each given its query() by client(c), or fails with fail(id) if that
+// returns an error.  The callback comes a turn later, or at once with
+// sync, after which handedOver(c) runs in the same turn.
+function fakePool({ client = () => {}, fail = () => null, sync = false, handedOver = () => {}, query } = {}) {
+  const { EventEmitter } = require('node:events')
+  const pool = { ending: false, opened: 0, released: [], query }
+  pool.connect = (callback) => {
+    const id = ++pool.opened
+    const err = fail(id)
+    const c = err ? null : Object.assign(new EventEmitter(), { id })
+    if (c) {
+      c.release = (e) => pool.released.push([id, e ? e.message : null])
+      client(c)
+    }
+    const call = () => (err ? callback(err) : (callback(null, c), handedOver(c)))
+    if (sync) call()
+    else setImmediate(call)
+  }
+  return pool
+}
+
 // The test file's fixture: the extension set up and its handler created
 // before its tests, on a pool of two connections (fixture.pool) closed
 // after them.
@@ -171,4 +195,4 @@ async function killStorm(srv, pool, prefix, count, body) {
 
 const quiet = { onError: () => {} }
 
-module.exports = { RUN, uniqueKey, makePool, setup, serve, request, effects, sleep, quiet, countRoundTrips, killStorm, fixture, identicalStorm }
+module.exports = { RUN, uniqueKey, makePool, setup, serve, request, effects, sleep, quiet, countRoundTrips, killStorm, fixture, identicalStorm, fakePool }

@@ -211,23 +211,15 @@ test("with the pool's other connections taken, requests share the one the Mux ha
 
 test('a connection is counted in use before it is handed out', async () => {
   const { Mux } = require('../lib/mux')
-  const { EventEmitter } = require('node:events')
-  const released = []
-  let n = 0
-  const pool = {
-    ending: false,
-    connect(callback) {
-      const c = new EventEmitter()
-      c.id = ++n
+  const pool = h.fakePool({
+    client(c) {
       c.answers = []
       c.query = () => {
-        if (released.includes(c.id)) return Promise.reject(new Error(`query on released client ${c.id}`))
+        if (pool.released.some(([id]) => id === c.id)) return Promise.reject(new Error(`query on released client ${c.id}`))
         return new Promise((resolve) => c.answers.push(resolve))
       }
-      c.release = () => released.push(c.id)
-      setImmediate(() => callback(null, c))
     },
-  }
+  })
   const mux = new Mux(pool, 1, 5000) // (a busy machine may sleep 50 ms instead of 5)
   const first = mux.query({})
   await h.sleep(5)
@@ -237,35 +229,43 @@ test('a connection is counted in use before it is handed out', async () => {
   const second = mux.query({})
   await first
   await h.sleep(5)
-  assert.deepEqual(released, [], 'the connection went back to the pool with a statement about to be sent')
+  assert.deepEqual(pool.released, [], 'the connection went back to the pool with a statement about to be sent')
   client.answers.shift()({ rows: [2] })
   assert.deepEqual((await second).rows, [2])
-  assert.deepEqual(released, [client.id])
+  assert.deepEqual(pool.released, [[client.id, null]])
 })
 
 test('a connection that fails as it is handed over is dropped, and the request runs on another', async () => {
   const { Mux, GroupCommit } = require('../lib/mux')
-  const { EventEmitter } = require('node:events')
-  const released = []
-  let n = 0
-  const pool = {
-    ending: false,
+  for (const make of [(p) => new Mux(p, 2, 5000), (p) => new GroupCommit(p, 2, 5000, 16, () => ({}), () => 0)]) {
     // pg-pool hands a connection just given back to a waiting connect()
     // in the same turn; the message that ends its session may be read in
     // that turn too.
-    connect(callback) {
-      const c = new EventEmitter()
-      c.id = ++n
-      c.query = async () => ({ rows: [`on ${c.id}`] })
-      c.release = (err) => released.push([c.id, err ? err.message : null])
-      callback(null, c)
-      if (c.id === 1) c.emit('error', new Error('terminating connection due to administrator command'))
-    },
+    const pool = h.fakePool({
+      client(c) {
+        c.query = async () => ({ rows: [`on ${c.id}`] })
+      },
+      sync: true,
+      handedOver(c) {
+        if (c.id === 1) c.emit('error', new Error('terminating connection due to administrator command'))
+      },
+    })
+    assert.deepEqual((await make(pool).query({ values: [] })).rows, ['on 2'])
+    assert.deepEqual(pool.released[0], [1, 'terminating connection due to administrator command'])
   }
-  for (const shared of [new Mux(pool, 2, 5000), new GroupCommit(pool, 2, 5000, 16, () => ({}), () => 0)]) {
-    n = 0
-    released.length = 0
-    assert.deepEqual((await shared.query({ values: [] })).rows, ['on 2'])
-    assert.deepEqual(released[0], [1, 'terminating connection due to administrator command'])
+})
+
+test('after pool.end(), a request waiting for a connection to open fails within stallMs', async () => {
+  const { Mux, GroupCommit } = require('../lib/mux')
+  for (const make of [(p) => new Mux(p, 1, 20), (p) => new GroupCommit(p, 1, 20, 16, () => ({}), () => 0)]) {
+    const pool = h.fakePool()
+    pool.connect = () => {} // pg-pool leaves a connect() waiting at end() unsettled
+    const waiting = make(pool).query({ values: [] })
+    pool.ending = true
+    let timer
+    const hang = new Promise((resolve) => { timer = setTimeout(() => resolve('hung'), 3000) })
+    const outcome = await Promise.race([waiting.then(() => 'answered', (err) => err.message), hang])
+    clearTimeout(timer)
+    assert.match(outcome, /after calling end/)
   }
 })
