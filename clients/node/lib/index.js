@@ -486,13 +486,13 @@ function serve(pool, handlerName, options) {
   if (typeof handlerName !== 'string' || handlerName === '') throw new TypeError("handlerName must name a SQL function, such as 'place_order(text, bytea)'")
   const o = normaliseOptions(options)
   if (!Number.isInteger(o.multiplex) || o.multiplex < 0) throw new RangeError('multiplex must be an integer >= 0')
-  let mux = null
   if (!Number.isInteger(o.batch) || o.batch < 1) throw new RangeError('batch must be an integer >= 1')
   // (a timer's limit: setTimeout takes 1 ms for more)
   if (typeof o.stallMs !== 'number' || !(o.stallMs > 0) || !(o.stallMs <= 2147483647)) {
     throw new RangeError('stallMs must be a number of milliseconds > 0 and at most 2147483647')
   }
   if (o.batch > 1 && o.multiplex === 0) throw new TypeError('batch needs multiplex: the requests of a batch share one of its connections')
+  let mux = null
   if (o.multiplex > 0) {
     if (typeof pool.connect !== 'function' || !pool.options) throw new TypeError('multiplex needs a pg.Pool')
     if (o.batch === 1 && pool.options.pipeline !== true) {

@@ -41,8 +41,12 @@ class Shared {
   }
 
   // pg-pool's own words for a pool after end()
+  static ended() {
+    return new Error('Cannot use a pool after calling end on the pool')
+  }
+
   checkOpen() {
-    if (this.pool.ending) throw new Error('Cannot use a pool after calling end on the pool')
+    if (this.pool.ending) throw Shared.ended()
   }
 
   // A connection held up: no answer for stallMs while a statement is in flight.
@@ -216,7 +220,7 @@ class GroupCommit extends Shared {
   // is not left waiting for a connection nobody will use.
   pump() {
     if (this.pool.ending) {
-      const err = new Error('Cannot use a pool after calling end on the pool')
+      const err = Shared.ended()
       for (const item of this.queue.splice(0)) item.reject(err)
       for (const c of [...this.held]) if (c.idemInFlight === 0) this.giveBack(c)
       return

@@ -45,14 +45,21 @@ async function withBatch(multiplex, batch, f, options = {}) {
 
 const answerOf = (a) => JSON.parse(a.body)
 
-// Requests sent while the one shared connection runs a first one (300 ms,
-// with stallMs above it) wait for it, then go together.
+// The one shared connection taken for 300 ms by a first request (sent at
+// once: a request before it opened the connection), 20 ms in: { first },
+// its answer to come.  With stallMs above 300 ms, requests sent now wait
+// for it.
 const LONG_STALL = { stallMs: 5000 }
-async function behindOne(srv, requests) {
-  // the connection open already, so that the first goes at once
+async function occupied(srv) {
   assert.equal((await h.request(srv, { key: h.uniqueKey('batch-warm'), body: '{"amount": 3}' })).status, 201)
   const first = h.request(srv, { key: h.uniqueKey('batch-first'), body: '{"amount": 500}' })
   await h.sleep(20)
+  return { first }
+}
+
+// Requests sent behind such a first one, which go together after it.
+async function behindOne(srv, requests) {
+  const { first } = await occupied(srv)
   const rest = requests.map((r) => h.request(srv, r))
   return [await first, ...(await Promise.all(rest))]
 }
@@ -176,11 +183,8 @@ test('shared connections killed mid-storm: 201 or 503 only, none runs twice, the
 test('after pool.end() no statement is sent, not even on a connection still held', async () => {
   await withBatch(1, 16, async (s) => {
     // The request after end() waits in the queue for the shared
-    // connection, which the first request holds for 300 ms (sent at once:
-    // the pool has the connection open already).
-    assert.equal((await h.request(s.srv, { key: h.uniqueKey('batch-warm'), body: '{"amount": 3}' })).status, 201)
-    const first = h.request(s.srv, { key: h.uniqueKey('batch-ending'), body: '{"amount": 500}' })
-    await h.sleep(20)
+    // connection, which the first request holds.
+    const { first } = await occupied(s.srv)
     const ended = s.pool.end()
     const key = h.uniqueKey('batch-ended')
     const after = await h.request(s.srv, { key, body: '{"amount": 3}' })
@@ -193,15 +197,10 @@ test('after pool.end() no statement is sent, not even on a connection still held
 
 test('pool.end() with requests queued returns, and gives the shared connection back', async () => {
   await withBatch(1, 16, async (s) => {
-    assert.equal((await h.request(s.srv, { key: h.uniqueKey('batch-end-warm'), body: '{"amount": 3}' })).status, 201)
-    const first = h.request(s.srv, { key: h.uniqueKey('batch-end-first'), body: '{"amount": 500}' })
-    await h.sleep(20)
+    const { first } = await occupied(s.srv)
     const queued = Array.from({ length: 3 }, (_, i) => h.request(s.srv, { key: h.uniqueKey(`batch-end-queued${i}`), body: '{"amount": 3}' }))
     await h.sleep(20)
-    let timer
-    const hang = new Promise((resolve) => { timer = setTimeout(() => resolve('hung'), 5000) })
-    const ended = await Promise.race([s.pool.end().then(() => 'ended'), hang])
-    clearTimeout(timer)
+    const ended = await h.orHung(s.pool.end().then(() => 'ended'), 5000)
     assert.equal(ended, 'ended', `pool.end() still waiting, ${s.pool.totalCount} connection(s) out`)
     assert.equal((await first).status, 201)
     for (const a of await Promise.all(queued)) assert.ok(a.status >= 500)
@@ -220,11 +219,8 @@ test('a connection that fails to open leaves the queue to the stall rule', async
   const gc = new GroupCommit(pool, 2, 20, 16, () => ({}), () => 0)
   gc.query({ values: [] })
   while (!(gc.held.length === 1 && gc.held[0].idemInFlight === 1)) await h.sleep(1) // sent
-  let timer
-  const hang = new Promise((resolve) => { timer = setTimeout(() => resolve({ rows: ['hung'] }), 3000) })
-  const second = await Promise.race([gc.query({ values: [] }), hang])
-  clearTimeout(timer)
-  assert.deepEqual(second.rows, ['alone'])
+  const second = await h.orHung(gc.query({ values: [] }), 3000)
+  assert.deepEqual(second === 'hung' ? second : second.rows, ['alone'])
 })
 
 test('a scope that is not a string is refused, not sent as something else', async () => {

@@ -108,6 +108,17 @@ async function effects(pool, key) {
 
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms))
 
+// What promise resolves to, or 'hung' if it has not settled within ms.
+async function orHung(promise, ms) {
+  let timer
+  const hang = new Promise((resolve) => { timer = setTimeout(() => resolve('hung'), ms) })
+  try {
+    return await Promise.race([promise, hang])
+  } finally {
+    clearTimeout(timer)
+  }
+}
+
 // A stand-in for pg.Pool, for the shared-connection classes alone.
 // connect() hands out clients numbered from 1 (an EventEmitter with id and
 // release(), which records [id, error message or null] in pool.released),
@@ -195,4 +206,4 @@ async function killStorm(srv, pool, prefix, count, body) {
 
 const quiet = { onError: () => {} }
 
-module.exports = { RUN, uniqueKey, makePool, setup, serve, request, effects, sleep, quiet, countRoundTrips, killStorm, fixture, identicalStorm, fakePool }
+module.exports = { RUN, uniqueKey, makePool, setup, serve, request, effects, sleep, quiet, countRoundTrips, killStorm, fixture, identicalStorm, fakePool, orHung }

@@ -195,11 +195,8 @@ test("with the pool's other connections taken, requests share the one the Mux ha
   const srv = await h.serve(serve(pool, HANDLER, { ...h.quiet, multiplex: 2 }))
   const taken = [await pool.connect(), await pool.connect()]
   try {
-    let timer
-    const hang = new Promise((resolve) => { timer = setTimeout(() => resolve('hung'), 15000) })
     const burst = Promise.all(Array.from({ length: 40 }, (_, i) => h.request(srv, { key: h.uniqueKey(`mux-short${i}`), body: '{"amount": 3}' })))
-    const answers = await Promise.race([burst, hang])
-    clearTimeout(timer)
+    const answers = await h.orHung(burst, 15000)
     assert.notEqual(answers, 'hung', 'requests waited for a connection the application held')
     assert.deepEqual([...new Set(answers.map((a) => a.status))], [201])
   } finally {
@@ -262,10 +259,7 @@ test('after pool.end(), a request waiting for a connection to open fails within 
     pool.connect = () => {} // pg-pool leaves a connect() waiting at end() unsettled
     const waiting = make(pool).query({ values: [] })
     pool.ending = true
-    let timer
-    const hang = new Promise((resolve) => { timer = setTimeout(() => resolve('hung'), 3000) })
-    const outcome = await Promise.race([waiting.then(() => 'answered', (err) => err.message), hang])
-    clearTimeout(timer)
+    const outcome = await h.orHung(waiting.then(() => 'answered', (err) => err.message), 3000)
     assert.match(outcome, /after calling end/)
   }
 })
